@@ -1,0 +1,26 @@
+# Two commands matter: `make run` (the whole stack, embedded) and `make test`.
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/spinbot dev
+
+test: install
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python -m bench.orchestration
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache

@@ -1,0 +1,1 @@
+"""Every side effect the workflow asks for: node-plane services, persistence, publishing, handoff."""

@@ -1,0 +1,31 @@
+"""Clients the activities share within one worker process, created once at start-up."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import httpx
+import redis.asyncio as aioredis
+
+from spinbot.contracts import Contracts
+from spinbot.settings import Settings
+
+
+def now_ms() -> str:
+    return str(int(time.time() * 1000))
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    contracts: Contracts
+    redis: aioredis.Redis
+    http: httpx.AsyncClient
+    storage: object = None  # activities.storage.ObjectStore; built lazily by the artifacts service
+
+    async def publish_progress(self, job_id: str, progress: float) -> None:
+        """Publish job progress on channel:progress:<jobId> (the relay keeps the key and history)."""
+        bridge = self.contracts.bridge
+        payload = {"jobId": job_id, "progress": round(progress, 6), "created": now_ms()}
+        await self.redis.publish(bridge.channel("progress", job_id), json.dumps(payload))

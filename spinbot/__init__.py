@@ -1,0 +1,1 @@
+"""Shared pieces no single role owns: settings, contracts, the PostgreSQL store, the CLI."""

@@ -1,0 +1,163 @@
+"""Config files and JSON Schemas: loaded once, validated, with errors that name the file and field."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+from referencing import Registry, Resource
+
+from config import CONFIG_DIR, SCHEMA_DIR
+
+
+class ConfigError(Exception):
+    """A config file is missing, is not JSON, or breaks its schema."""
+
+
+class ContractError(ValueError):
+    """A document broke a wire contract; the message names the field."""
+
+
+@cache
+def _registry() -> Registry:
+    resources = []
+    for path in SCHEMA_DIR.glob("*.schema.json"):
+        schema = json.loads(path.read_text())
+        resources.append((path.name, Resource.from_contents(schema)))
+    return Registry().with_resources(resources)
+
+
+@cache
+def validator(schema_file: str, definition: str | None = None) -> Draft202012Validator:
+    """A validator for a schema file, or for one of its `$defs`."""
+    schema = _registry().contents(schema_file)
+    if definition:
+        schema = {"$ref": f"{schema_file}#/$defs/{definition}"}
+    return Draft202012Validator(schema, registry=_registry(), format_checker=FormatChecker())
+
+
+def first_error(doc: Any, schema_file: str, definition: str | None = None) -> str | None:
+    """The clearest schema violation in `doc` as 'path: message', or None when it is valid."""
+    errors = sorted(validator(schema_file, definition).iter_errors(doc), key=lambda e: (len(e.path), list(map(str, e.path))))
+    if not errors:
+        return None
+    err = errors[0]
+    where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+    return f"{where}: {err.message}"
+
+
+def check(doc: Any, schema_file: str, definition: str | None = None) -> Any:
+    """Return `doc` if it satisfies the schema, else raise ContractError naming the field."""
+    problem = first_error(doc, schema_file, definition)
+    if problem:
+        raise ContractError(problem)
+    return doc
+
+
+def load_config(name: str, schema_file: str, directory: Path = CONFIG_DIR) -> dict:
+    path = directory / name
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    problem = first_error(doc, schema_file)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+    return doc
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """Names shared with the data plane (config/redis.bridge.json); never spelled elsewhere."""
+
+    data_stream: str
+    control_stream: str
+    dead_suffix: str
+    max_length: int
+    workers_group: str
+    control_group: str
+    status_channel: str
+    progress_channel: str
+    data_channel: str
+    key_prefix: str
+    ttl: int
+    block_ms: int
+    batch_size: int
+    claim_idle_ms: int
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> Bridge:
+        relay = doc.get("relay", {})
+        return cls(
+            data_stream=doc["streams"]["data"],
+            control_stream=doc["streams"]["control"],
+            dead_suffix=doc["streams"]["deadLetterSuffix"],
+            max_length=doc["streams"].get("maxLength", 100_000),
+            workers_group=doc["groups"]["workers"],
+            control_group=doc["groups"]["control"],
+            status_channel=doc["channels"]["status"],
+            progress_channel=doc["channels"]["progress"],
+            data_channel=doc["channels"]["data"],
+            key_prefix=doc["jobs"]["keyPrefix"],
+            ttl=doc["jobs"]["ttl"],
+            block_ms=relay.get("blockMs", 5000),
+            batch_size=relay.get("batchSize", 64),
+            claim_idle_ms=relay.get("claimIdleMs", 30_000),
+        )
+
+    def dead_letter(self, stream: str) -> str:
+        return stream + self.dead_suffix
+
+    def job_key(self, job_id: str) -> str:
+        return f"{self.key_prefix}{job_id}"
+
+    def status_key(self, job_id: str) -> str:
+        return f"{self.key_prefix}{job_id}:status"
+
+    def progress_key(self, job_id: str) -> str:
+        return f"{self.key_prefix}{job_id}:progress"
+
+    def channel(self, kind: str, job_id: str) -> str:
+        return {"status": self.status_channel, "progress": self.progress_channel, "data": self.data_channel}[kind] + job_id
+
+    @property
+    def channel_patterns(self) -> list[str]:
+        return [self.status_channel + "*", self.progress_channel + "*", self.data_channel + "*"]
+
+
+@dataclass(frozen=True)
+class Contracts:
+    """Every config file, validated."""
+
+    capabilities: dict
+    python_capabilities: dict
+    pipelines: dict
+    bridge: Bridge
+
+    def services(self, plane: str) -> dict[str, dict]:
+        manifest = self.capabilities if plane == "node" else self.python_capabilities
+        return {cap["id"]: cap for cap in manifest["capabilities"]}
+
+
+def load_contracts(directory: Path = CONFIG_DIR) -> Contracts:
+    """Load and validate every config file; raises ConfigError naming the file and field."""
+    node = load_config("capabilities.json", "plane-manifest.schema.json", directory)
+    python = load_config("python-capabilities.json", "plane-manifest.schema.json", directory)
+    for name, manifest, plane in (("capabilities.json", node, "node"), ("python-capabilities.json", python, "python")):
+        for i, cap in enumerate(manifest["capabilities"]):
+            if cap["plane"] != plane:
+                raise ConfigError(f"{directory / name}: capabilities/{i}/plane: must be {plane!r}")
+    pipelines = load_config("pipelines.json", "pipelines.schema.json", directory)
+    bridge = load_config("redis.bridge.json", "redis-bridge.schema.json", directory)
+    return Contracts(node, python, pipelines["pipelines"], Bridge.from_doc(bridge))
+
+
+@cache
+def contracts() -> Contracts:
+    """The shipped config, loaded once per process."""
+    return load_contracts()

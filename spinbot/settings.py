@@ -1,0 +1,87 @@
+"""One typed settings object, read from SPINBOT_* environment variables and validated at start-up."""
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+def _split(value):
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPINBOT_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    log_format: Literal["auto", "json", "text"] = "auto"
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 3000
+    api_keys: CommaList = []
+    cors_origins: CommaList = ["http://localhost:3001", "http://127.0.0.1:3001", "https://ui.myspinbot.local"]
+    max_body_bytes: int = 1 << 20
+    upload_max_bytes: int = 50 << 20
+
+    llm_endpoint: str = "http://localhost:11434"
+    llm_model: str = "llama3"
+    llm_temperature: float = 0.7
+    llm_timeout_ms: int = 60_000
+
+    segment_timeout_seconds: float = 6 * 3600
+    capabilities_timeout_seconds: float = 10.0
+    capabilities_cache_seconds: float = 60.0
+
+    minio_endpoint: str | None = Field(default=None, validation_alias=AliasChoices("MINIO_ENDPOINT", "SPINBOT_MINIO_ENDPOINT"))
+    minio_access_key: str = Field(default="minioadmin", validation_alias=AliasChoices("MINIO_ACCESS_KEY", "SPINBOT_MINIO_ACCESS_KEY"))
+    minio_secret_key: str = Field(default="minioadmin", validation_alias=AliasChoices("MINIO_SECRET_KEY", "SPINBOT_MINIO_SECRET_KEY"))
+    minio_secure: bool = False
+    artifacts_dir: Path = Path(".data/objects")
+
+    worker_metrics_port: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_lists(cls, values):
+        for key in ("api_keys", "cors_origins"):
+            if key in values:
+                values[key] = _split(values[key])
+        return values
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self):
+        if self.environment == "production":
+            if not self.api_keys:
+                raise ValueError("SPINBOT_API_KEYS must be set in production")
+            if self.minio_endpoint and self.minio_secret_key == "minioadmin":
+                raise ValueError("MINIO_SECRET_KEY must not be the default in production")
+        return self
+
+    @property
+    def llm_defaults(self) -> dict:
+        """LLM params a `script` node gets when its own params omit them."""
+        return {
+            "model": self.llm_model,
+            "temperature": self.llm_temperature,
+            "endpoint": self.llm_endpoint,
+            "timeoutMs": self.llm_timeout_ms,
+        }
+
+
+@cache
+def settings() -> Settings:
+    return Settings()

@@ -1,0 +1,145 @@
+"""The PostgreSQL store: jobs and job_events, through one asyncpg pool, every query parameterised."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("completed", "failed")
+
+
+def is_job_id(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+        return True
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+def millis(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+@dataclass
+class Event:
+    job_id: str
+    fingerprint: str
+    status: str | None = None
+    progress: float | None = None
+    data: object = None
+    created: datetime | None = None
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect_pool(database_url: str, timeout: float = 30.0, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A pool, waiting with backoff until PostgreSQL answers (or `timeout` passes)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.1
+    while True:
+        try:
+            return await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size, init=_init_connection)
+        except (OSError, asyncpg.PostgresError) as exc:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("PostgreSQL not ready (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    async def create_job(self, job_id: str, graph: dict, pipeline: str | None, idempotency_key: str | None = None) -> int:
+        """Insert an `advertised` job; returns its creation time in ms. Idempotent on job_id."""
+        row = await self.pool.fetchrow(
+            """
+            INSERT INTO jobs (job_id, status, progress, pipeline, last_graph, idempotency_key)
+            VALUES ($1, 'advertised', 0, $2, $3, $4)
+            ON CONFLICT (job_id) DO UPDATE SET job_id = EXCLUDED.job_id
+            RETURNING created
+            """,
+            uuid.UUID(job_id), pipeline, graph, idempotency_key,
+        )
+        return millis(row["created"])
+
+    async def save_snapshot(self, job_id: str, status: str, progress: float, graph: dict) -> None:
+        """The workflow's authoritative state after each change."""
+        await self.pool.execute(
+            """
+            INSERT INTO jobs (job_id, status, progress, pipeline, last_graph)
+            VALUES ($1, $2, $3, $4->'context'->>'pipeline', $4)
+            ON CONFLICT (job_id) DO UPDATE
+               SET status = EXCLUDED.status, progress = EXCLUDED.progress,
+                   last_graph = EXCLUDED.last_graph, updated = now()
+            """,
+            uuid.UUID(job_id), status, progress, graph,
+        )
+
+    async def apply_event(self, event: Event) -> bool:
+        """Record one pub/sub message once, and fold it into the job row. False if skipped."""
+        row = await self.pool.fetchrow(
+            """
+            WITH ev AS (
+                INSERT INTO job_events (job_id, status, progress, data, fingerprint, created)
+                SELECT $1, $2, $3, $4, $5, coalesce($6, now())
+                WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)
+                ON CONFLICT (job_id, fingerprint) DO NOTHING
+                RETURNING event_id
+            ), up AS (
+                UPDATE jobs SET
+                    status = CASE WHEN $2::text IS NULL OR status = ANY($7::text[]) THEN status ELSE $2 END,
+                    progress = GREATEST(progress, coalesce($3, progress)),
+                    updated = now()
+                WHERE job_id = $1 AND EXISTS (SELECT 1 FROM ev)
+            )
+            SELECT event_id FROM ev
+            """,
+            uuid.UUID(event.job_id), event.status, event.progress, event.data, event.fingerprint, event.created, list(TERMINAL),
+        )
+        return row is not None
+
+    async def job_status(self, job_id: str) -> dict | None:
+        row = await self.pool.fetchrow("SELECT status, progress FROM jobs WHERE job_id = $1", uuid.UUID(job_id))
+        return dict(row) if row else None
+
+    async def job(self, job_id: str) -> dict | None:
+        row = await self.pool.fetchrow(
+            "SELECT job_id, status, progress, last_graph, created, idempotency_key FROM jobs WHERE job_id = $1",
+            uuid.UUID(job_id),
+        )
+        return dict(row) if row else None
+
+    async def job_by_idempotency_key(self, key: str) -> dict | None:
+        row = await self.pool.fetchrow(
+            "SELECT job_id, status, progress, created FROM jobs WHERE idempotency_key = $1", key
+        )
+        return dict(row) if row else None
+
+    async def events(self, job_id: str, limit: int = 50) -> list[dict]:
+        rows = await self.pool.fetch(
+            """
+            SELECT event_id, status, progress, data, created FROM job_events
+            WHERE job_id = $1 ORDER BY event_id DESC LIMIT $2
+            """,
+            uuid.UUID(job_id), limit,
+        )
+        return [dict(r) for r in rows]
+
+    async def list_jobs(self, limit: int, offset: int) -> list[dict]:
+        rows = await self.pool.fetch(
+            "SELECT job_id, status, progress, created FROM jobs ORDER BY created DESC, job_id LIMIT $1 OFFSET $2",
+            limit, offset,
+        )
+        return [dict(r) for r in rows]

@@ -1,0 +1,63 @@
+"""Real services for the whole session: Temporal dev server, Redis, PostgreSQL (all embedded, loopback)."""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+
+import pytest
+import redis.asyncio as aioredis
+
+from spinbot.migrate import migrate_url
+from spinbot.services import Postgres, free_port, start_redis, start_temporal
+from spinbot.store import Store, connect_pool
+
+
+@dataclass
+class Services:
+    temporal_address: str
+    redis_url: str
+    database_url: str
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory):
+    base = tmp_path_factory.mktemp("services")
+    temporal = start_temporal(base / "temporal", free_port(), None, log_path=base / "temporal.log")
+    redis_server = start_redis(base / "redis", free_port(), persist=False)
+    # Unix socket paths must stay short: keep PostgreSQL's folder near the root.
+    pg = Postgres(base / "pg")
+    yield Services(temporal.url, redis_server.url, pg.url)
+    pg.stop()
+    redis_server.stop()
+    temporal.stop()
+
+
+@pytest.fixture(scope="session")
+async def database_url(services):
+    await migrate_url(services.database_url)
+    return services.database_url
+
+
+@pytest.fixture(scope="session")
+def redis_url(services):
+    return services.redis_url
+
+
+@pytest.fixture
+async def redis_client(redis_url):
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def store(database_url):
+    pool = await connect_pool(database_url)
+    yield Store(pool)
+    await pool.close()
+
+
+@pytest.fixture
+def job_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,123 @@
+"""Pure graph logic shared by the workflow and the reference data plane: readiness, inputs, progress, merges."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable
+
+RUNNABLE = ("pending", "ready")
+# Fields the data plane may change on its own (python-plane) nodes.
+WORKER_FIELDS = ("status", "input", "output", "error", "retries", "telemetry")
+# Optional fields the existing worker sends back as null when it did not receive them.
+OPTIONAL_NODE_FIELDS = ("name", "params", "input", "output", "error", "retries", "tags", "telemetry", "progressWeight")
+
+
+def nodes_by_id(graph: dict) -> dict[str, dict]:
+    return {node["id"]: node for node in graph["nodes"]}
+
+
+def upstream_ids(graph: dict, node_id: str) -> list[str]:
+    """Ids of the nodes with an edge into `node_id`, in edge order."""
+    return [edge["from"] for edge in graph["edges"] if edge["to"] == node_id]
+
+
+def ready_nodes(graph: dict, plane: str | None = None) -> list[dict]:
+    """Nodes that are pending (or ready) and whose every upstream node is completed."""
+    by_id = nodes_by_id(graph)
+    return [
+        node
+        for node in graph["nodes"]
+        if node["status"] in RUNNABLE
+        and (plane is None or node["plane"] == plane)
+        and all(by_id[up]["status"] == "completed" for up in upstream_ids(graph, node["id"]))
+    ]
+
+
+def merged_input(graph: dict, node: dict) -> dict:
+    """The node's own input, then each upstream node's output merged over it in edge order."""
+    by_id = nodes_by_id(graph)
+    merged = dict(node["input"]) if isinstance(node.get("input"), dict) else {}
+    for up in upstream_ids(graph, node["id"]):
+        output = by_id[up].get("output")
+        if isinstance(output, dict):
+            merged.update(output)
+    return merged
+
+
+def _weights(graph: dict) -> tuple[dict[str, float], float]:
+    weights = {node["id"]: float(node.get("progressWeight") or 0) for node in graph["nodes"]}
+    total = sum(weights.values())
+    if total <= 0:  # no weights at all: every node counts the same
+        weights = {node_id: 1.0 for node_id in weights}
+        total = float(len(weights))
+    return weights, total
+
+
+def job_progress(graph: dict, also_done: Iterable[str] = ()) -> float:
+    """Completed weight over total weight, in [0, 1]; `also_done` counts extra nodes as completed."""
+    weights, total = _weights(graph)
+    extra = set(also_done)
+    done = sum(w for node_id, w in weights.items() if node_id in extra or nodes_by_id(graph)[node_id]["status"] == "completed")
+    return clamp_progress(done / total)
+
+
+def clamp_progress(value: Any) -> float:
+    """A progress figure as a float in [0, 1]; numeric strings accepted, garbage is 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    if number != number:  # NaN
+        return 0.0
+    return min(1.0, max(0.0, number))
+
+
+def drop_nulls(graph: dict) -> dict:
+    """A handback with every optional null removed: null means absent."""
+    clean = {k: v for k, v in graph.items() if v is not None}
+    clean["nodes"] = [{k: v for k, v in node.items() if v is not None} for node in graph.get("nodes") or []]
+    clean["edges"] = [{k: v for k, v in edge.items() if v is not None} for edge in graph.get("edges") or []]
+    return clean
+
+
+def merge_handback(graph: dict, handback: dict) -> dict:
+    """A copy of `graph` with the handback's python-plane node fields; node-plane nodes never change."""
+    merged = copy.deepcopy(graph)
+    theirs = nodes_by_id(handback)
+    for node in merged["nodes"]:
+        if node["plane"] != "python" or node["id"] not in theirs:
+            continue
+        for field in WORKER_FIELDS:
+            if field in theirs[node["id"]]:
+                node[field] = theirs[node["id"]][field]
+            elif field != "status":
+                node.pop(field, None)
+    return merged
+
+
+def skip_unreachable(graph: dict) -> list[str]:
+    """Mark every node that can no longer run as skipped; returns their ids."""
+    skipped = []
+    for node in graph["nodes"]:
+        if node["status"] in RUNNABLE:
+            node["status"] = "skipped"
+            skipped.append(node["id"])
+    return skipped
+
+
+def failed_nodes(graph: dict) -> list[dict]:
+    return [node for node in graph["nodes"] if node["status"] == "failed"]
+
+
+def all_completed(graph: dict) -> bool:
+    return all(node["status"] == "completed" for node in graph["nodes"])
+
+
+def reset_for_retry(graph: dict) -> dict:
+    """A copy where failed and skipped nodes (and nodes left running) are pending again; completed outputs stay."""
+    fresh = copy.deepcopy(graph)
+    for node in fresh["nodes"]:
+        if node["status"] != "completed":
+            node["status"] = "pending"
+            node.pop("error", None)
+            node.pop("output", None)
+    return fresh

@@ -1,0 +1,59 @@
+"""One dataclass per workflow, activity and signal input, so fields can be added without breaking history."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServiceRuntime:
+    """How a node-plane service runs: from `runtime` in the capabilities manifest."""
+
+    task_queue: str
+    timeout_seconds: float
+    max_attempts: int = 3
+    initial_interval_seconds: float = 1.0
+    backoff_coefficient: float = 2.0
+
+
+@dataclass
+class JobInput:
+    graph: dict
+    runtimes: dict[str, ServiceRuntime]
+    segment_timeout_seconds: float
+    attempt: int = 1
+
+
+@dataclass
+class NodeTask:
+    """One node-plane node, as its activity receives it."""
+
+    job_id: str
+    node_id: str
+    service: str
+    params: dict
+    input: dict
+    progress_weight: float = 0.0
+    progress_start: float = 0.0
+    progress_end: float = 0.0
+
+
+@dataclass
+class JobSnapshot:
+    """The job's state after a change: persisted, published, and (with push) handed to the data plane."""
+
+    job_id: str
+    graph: dict
+    status: str
+    progress: float
+    announce_status: bool = False
+    announce_progress: bool = False
+    data: list = field(default_factory=list)
+    push: bool = False
+
+
+@dataclass
+class Handback:
+    """A graph the data plane handed back (or left in job:<id> when it failed without handing back)."""
+
+    graph: dict
+    received_ms: int = 0

@@ -1,0 +1,21 @@
+"""Every name the API, the workers, the relay and the tests share with the workflow."""
+
+WORKFLOW_QUEUE = "spinbot.workflows"
+ACTIVITY_QUEUE = "spinbot.activities"
+
+JOB_WORKFLOW = "JobWorkflow"
+
+# Signals
+HANDBACK = "handback"
+DATAPLANE_FAILED = "dataplane_failed"
+
+# Queries
+STATE = "state"
+
+# Bridge activities, run by the workflow worker next to the workflow.
+SYNC_JOB = "bridge.sync_job"
+
+# Custom search attributes (Keyword), registered on the Temporal server at start.
+STATUS_ATTRIBUTE = "JobStatus"
+PIPELINE_ATTRIBUTE = "JobPipeline"
+SEARCH_ATTRIBUTES = (STATUS_ATTRIBUTE, PIPELINE_ATTRIBUTE)
