@@ -1,0 +1,1 @@
+"""FastAPI app: routes, WebSocket hub, request models, planner entry points, auth, metrics."""
