@@ -122,7 +122,7 @@ class Postgres:
         import pgserver
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.server = pgserver.get_server(str(data_dir), cleanup_mode=None)
+        self.server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
         self.url = self.server.get_uri()
 
     def stop(self) -> None:

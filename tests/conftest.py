@@ -61,3 +61,39 @@ async def store(database_url):
 @pytest.fixture
 def job_id() -> str:
     return str(uuid.uuid4())
+
+
+@pytest.fixture(scope="session")
+def ollama():
+    from tests.peers import OllamaPeer
+
+    with OllamaPeer() as peer:
+        yield peer
+
+
+@pytest.fixture(scope="session")
+async def temporal_client(services):
+    from spinbot.temporal import connect
+
+    return await connect(services.temporal_address)
+
+
+@pytest.fixture(scope="session")
+async def stack(services, database_url, temporal_client, ollama):
+    from spinbot.settings import Settings
+    from tests.stack import running_stack
+
+    settings = Settings(
+        temporal_address=services.temporal_address, redis_url=services.redis_url, database_url=database_url,
+        llm_endpoint=ollama.url, llm_timeout_ms=5000, segment_timeout_seconds=60,
+    )
+    async with running_stack(settings, temporal_client) as running:
+        yield running
+
+
+@pytest.fixture
+def llm(ollama):
+    """The Ollama peer, reset to a clean JSON reply for each test."""
+    ollama.reset()
+    yield ollama
+    ollama.reset()

@@ -1,0 +1,80 @@
+"""Request and response models: the REST contract of PROTOCOL §5, as OpenAPI shows it."""
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FixedGraphRequest(BaseModel):
+    mode: Literal["fixed_graph"]
+    variant: str = Field(description="A pipeline name from config/pipelines.json")
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Params merged into each node, by node id")
+
+
+class ProcessGraphRequest(BaseModel):
+    mode: Literal["process_graph"]
+    graph: Union[dict[str, Any], str] = Field(description="A langgraph.v1 graph, as an object or a JSON string")
+
+
+PlanningRequest = Union[FixedGraphRequest, ProcessGraphRequest]
+
+
+class AcceptedJob(BaseModel):
+    jobId: str
+    status: Literal["advertised"] = "advertised"
+    progress: float = 0
+    created: str = Field(description="Milliseconds since epoch, as a string")
+
+
+class JobStatus(BaseModel):
+    jobId: str
+    status: str
+    progress: float
+
+
+class JobSummary(BaseModel):
+    jobId: str
+    status: str
+    progress: float
+    created: int = Field(description="Milliseconds since epoch")
+
+
+class Pagination(BaseModel):
+    limit: int
+    offset: int
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    pagination: Pagination
+
+
+class JobDetail(BaseModel):
+    jobId: str
+    status: str
+    progress: float
+    lastGraph: dict[str, Any] | None
+    created: int
+
+
+class JobEventOut(BaseModel):
+    eventId: int
+    status: str | None
+    progress: float | None
+    data: Any = None
+    created: int
+
+
+class JobWithEvents(BaseModel):
+    job: JobDetail
+    events: list[JobEventOut]
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"error": "job 1234 not found"}})
+    error: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"

@@ -1,0 +1,80 @@
+"""The pub/sub listener: status/progress/data messages of both planes → Redis keys, job_events, jobs.
+
+It also notices a data-plane failure that arrives without a handback (status `failed` plus the
+graph in `job:<id>`) and signals the workflow, so a job never waits forever.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import redis.asyncio as aioredis
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from handoff.messages import JobEvent, parse_event
+from handoff.streams import dead_letter
+from spinbot import jobkeys
+from spinbot.contracts import Bridge, ContractError
+from spinbot.metrics import PUBSUB_MESSAGES
+from spinbot.store import Event, Store, is_job_id
+from workflows.graph import drop_nulls, failed_nodes
+from workflows.inputs import Handback
+from workflows.names import DATAPLANE_FAILED
+
+log = logging.getLogger(__name__)
+
+GARBAGE_SOURCE = "channel"
+
+
+class EventListener:
+    def __init__(self, redis: aioredis.Redis, store: Store, client: Client, bridge: Bridge):
+        self.redis, self.store, self.client, self.bridge = redis, store, client, bridge
+
+    async def on_message(self, channel: str, raw: str) -> None:
+        try:
+            event = parse_event(self.bridge, channel, raw)
+        except ContractError as exc:
+            PUBSUB_MESSAGES.labels(kind="invalid").inc()
+            dead = self.bridge.dead_letter(GARBAGE_SOURCE)
+            await dead_letter(self.redis, GARBAGE_SOURCE, dead, {"channel": channel, "data": raw}, str(exc))
+            return
+        PUBSUB_MESSAGES.labels(kind=event.kind).inc()
+        await self._update_keys(event)
+        if is_job_id(event.job_id):
+            await self.store.apply_event(
+                Event(event.job_id, event.fingerprint, event.status, event.progress, event.data, event.created)
+            )
+        if event.status == "failed":
+            await self._detect_dataplane_failure(event.job_id)
+
+    async def _update_keys(self, event: JobEvent) -> None:
+        if event.kind == "data":
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        if event.status:
+            jobkeys.advance_status(pipe, self.bridge, event.job_id, event.status)
+        if event.progress is not None:
+            jobkeys.raise_progress(pipe, self.bridge, event.job_id, event.progress)
+        await pipe.execute()
+
+    async def _detect_dataplane_failure(self, job_id: str) -> None:
+        """The existing worker reports a failed node by status + job:<id> graph, without a handback."""
+        raw = await self.redis.hget(self.bridge.job_key(job_id), "graph")
+        try:
+            graph = drop_nulls(json.loads(raw)) if raw else None
+        except (json.JSONDecodeError, AttributeError):
+            graph = None
+        if not isinstance(graph, dict) or not any(n.get("plane") == "python" for n in failed_nodes_safe(graph)):
+            return
+        try:
+            await self.client.get_workflow_handle(job_id).signal(DATAPLANE_FAILED, Handback(graph))
+        except RPCError as exc:
+            log.info("job %s not waiting for a data-plane failure (%s)", job_id, exc.message)
+
+
+def failed_nodes_safe(graph: dict) -> list[dict]:
+    nodes = graph.get("nodes")
+    if not isinstance(nodes, list) or not all(isinstance(n, dict) and "status" in n for n in nodes):
+        return []
+    return failed_nodes(graph)

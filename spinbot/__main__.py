@@ -1,0 +1,3 @@
+from spinbot.cli import app
+
+app()

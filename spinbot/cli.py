@@ -1,0 +1,131 @@
+"""`spinbot`: one command per process role, plus `dev` for the whole stack on one machine."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from spinbot.contracts import ConfigError, contracts
+from spinbot.logs import setup_logging
+from spinbot.settings import settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="MySpinBot control plane on Temporal.")
+
+
+def _start(role: str):
+    """Validate settings and every config file before doing anything; stop with a clear message if broken."""
+    try:
+        config = settings()
+        contracts()
+    except ConfigError as exc:
+        typer.echo(f"config error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        typer.echo(f"settings error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    setup_logging(role, config.log_format)
+    return config
+
+
+def _run(coro) -> None:
+    try:
+        asyncio.run(coro)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def migrate():
+    """Apply pending database migrations."""
+    from spinbot.migrate import migrate_url
+
+    config = _start("migrate")
+    applied = asyncio.run(migrate_url(config.database_url))
+    typer.echo(f"applied: {', '.join(applied) or 'nothing (up to date)'}")
+
+
+@app.command()
+def api(host: Annotated[Optional[str], typer.Option()] = None, port: Annotated[Optional[int], typer.Option()] = None):
+    """Serve the REST + WebSocket API."""
+    import uvicorn
+
+    from api.app import create_app
+    from spinbot.migrate import migrate_url
+
+    config = _start("api")
+    asyncio.run(migrate_url(config.database_url))
+    uvicorn.run(create_app(config), host=host or config.api_host, port=port or config.api_port,
+                log_level="warning", ws_ping_interval=20, ws_ping_timeout=20)
+
+
+@app.command()
+def worker(
+    workflows: Annotated[bool, typer.Option("--workflows", help="Poll the workflow task queue")] = False,
+    activities: Annotated[bool, typer.Option("--activities", help="Poll node-plane activity queues")] = False,
+    queue: Annotated[Optional[list[str]], typer.Option(help="Only these activity queues")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Temporal SDK Prometheus metrics port")] = None,
+):
+    """Run Temporal workers (both kinds when neither flag is given)."""
+    from spinbot.temporal import connect, make_runtime
+    from spinbot.worker import WorkerRoles, running_workers
+
+    config = _start("worker")
+    both = not workflows and not activities
+    roles = WorkerRoles(workflows=workflows or both, activities=activities or both, queues=tuple(queue or ()))
+
+    async def main():
+        runtime = make_runtime(metrics_port or config.worker_metrics_port)
+        client = await connect(config.temporal_address, config.temporal_namespace, runtime)
+        async with running_workers(client, config, roles):
+            await asyncio.Event().wait()
+
+    _run(main())
+
+
+@app.command()
+def relay():
+    """Relay handbacks to workflows and pub/sub events to Redis keys and PostgreSQL."""
+    from handoff.service import run_relay
+    from spinbot.temporal import connect
+
+    config = _start("relay")
+
+    async def main():
+        client = await connect(config.temporal_address, config.temporal_namespace)
+        await run_relay(config, client)
+
+    _run(main())
+
+
+@app.command()
+def dataplane(
+    simulate: Annotated[bool, typer.Option("--simulate/--no-simulate", help="Serve python-plane services with a SIMULATOR")] = False,
+    sim_seconds: Annotated[float, typer.Option(help="Simulated duration of each node")] = 2.0,
+    handback_failures: Annotated[bool, typer.Option(help="Hand failed graphs back instead of the existing worker's way")] = False,
+):
+    """The reference data-plane worker (consumer group `workers` on process:data)."""
+    from handoff.dataplane import run_dataplane
+
+    config = _start("dataplane")
+    _run(run_dataplane(config, simulate=simulate, sim_seconds=sim_seconds, handback_failures=handback_failures))
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[Path, typer.Option(help="Where Temporal, Redis, PostgreSQL and objects keep their data")] = Path(".data"),
+    api_port: Annotated[int, typer.Option()] = 3000,
+    redis_port: Annotated[int, typer.Option()] = 6379,
+    temporal_port: Annotated[int, typer.Option()] = 7233,
+    ui_port: Annotated[int, typer.Option()] = 8233,
+    no_dataplane: Annotated[bool, typer.Option("--no-dataplane", help="Attach another data-plane worker instead")] = False,
+    simulate: Annotated[bool, typer.Option("--simulate/--no-simulate", help="Reference worker simulates generation")] = True,
+    sim_seconds: Annotated[float, typer.Option(help="Simulated duration of each python node")] = 2.0,
+):
+    """Everything on one machine: Temporal, Redis, PostgreSQL, API, workers, relay, data plane."""
+    from spinbot.dev import DevOptions, run_dev
+
+    _start("dev")
+    options = DevOptions(data_dir.resolve(), api_port, redis_port, temporal_port, ui_port, not no_dataplane, simulate, sim_seconds)
+    raise typer.Exit(run_dev(options))

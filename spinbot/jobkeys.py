@@ -1,0 +1,50 @@
+"""The per-job Redis keys the frontend and the data plane read (PROTOCOL §4), written in pipelines."""
+from __future__ import annotations
+
+from redis.asyncio.client import Pipeline
+
+from spinbot.contracts import Bridge
+
+TERMINAL = ("completed", "failed")
+
+# Progress never moves backwards, whoever reports it.
+_RAISE_PROGRESS = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
+if tonumber(ARGV[1]) > current then
+  return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return redis.call('EXPIRE', KEYS[1], ARGV[2])
+"""
+
+# A late 'running' from the data plane must not undo a finished job.
+_ADVANCE_STATUS = """
+local current = redis.call('GET', KEYS[1])
+if current == 'completed' or current == 'failed' then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+"""
+
+
+def format_progress(progress: float) -> str:
+    return f"{progress:.6f}".rstrip("0").rstrip(".") or "0"
+
+
+def set_state(pipe: Pipeline, bridge: Bridge, job_id: str, status: str, progress: float) -> None:
+    """Authoritative write (the workflow's own state): plain SETs with the TTL."""
+    pipe.set(bridge.status_key(job_id), status, ex=bridge.ttl)
+    pipe.set(bridge.progress_key(job_id), format_progress(progress), ex=bridge.ttl)
+
+
+def advance_status(pipe: Pipeline, bridge: Bridge, job_id: str, status: str) -> None:
+    pipe.eval(_ADVANCE_STATUS, 1, bridge.status_key(job_id), status, bridge.ttl)
+
+
+def raise_progress(pipe: Pipeline, bridge: Bridge, job_id: str, progress: float) -> None:
+    pipe.eval(_RAISE_PROGRESS, 1, bridge.progress_key(job_id), format_progress(progress), bridge.ttl)
+
+
+def set_graph(pipe: Pipeline, bridge: Bridge, job_id: str, graph_json: str, created_ms: str) -> None:
+    key = bridge.job_key(job_id)
+    pipe.hset(key, mapping={"graph": graph_json, "created": created_ms})
+    pipe.expire(key, bridge.ttl)

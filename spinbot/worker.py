@@ -1,0 +1,61 @@
+"""Worker start-up: the workflow worker (with the bridge activities) and node-plane activity workers."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import httpx
+import redis.asyncio as aioredis
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.bridge import BridgeActivities
+from activities.registry import activities_by_queue
+from activities.resources import Resources
+from spinbot.contracts import contracts
+from spinbot.settings import Settings
+from spinbot.store import Store, connect_pool
+from workflows.job import JobWorkflow
+from workflows.names import WORKFLOW_QUEUE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerRoles:
+    workflows: bool = True
+    activities: bool = True
+    queues: tuple[str, ...] = ()  # activity task queues to poll; empty means all of them
+
+
+@contextlib.asynccontextmanager
+async def running_workers(client: Client, settings: Settings, roles: WorkerRoles = WorkerRoles()):
+    """Start the requested workers on `client`; stop them (and their clients) on exit."""
+    spec = contracts()
+    redis = aioredis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+    http = httpx.AsyncClient()
+    pool = await connect_pool(settings.database_url) if roles.workflows else None
+    workers = []
+    if roles.workflows:
+        bridge = BridgeActivities(redis, Store(pool), spec.bridge)
+        workers.append(Worker(client, task_queue=WORKFLOW_QUEUE, workflows=[JobWorkflow], activities=[bridge.sync_job]))
+    if roles.activities:
+        resources = Resources(settings, spec, redis, http)
+        for queue, acts in activities_by_queue(spec, resources).items():
+            if not roles.queues or queue in roles.queues:
+                workers.append(Worker(client, task_queue=queue, activities=acts, max_concurrent_activities=64))
+    tasks = [asyncio.create_task(worker.run()) for worker in workers]
+    log.info("workers polling: %s", ", ".join(w.task_queue for w in workers))
+    try:
+        yield workers
+    finally:
+        await asyncio.gather(*(worker.shutdown() for worker in workers), return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await http.aclose()
+        await redis.aclose()
+        if pool:
+            await pool.close()

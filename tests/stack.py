@@ -1,0 +1,92 @@
+"""The whole control plane in the test's event loop, on the session's real services."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import httpx
+import redis.asyncio as aioredis
+import uvicorn
+from temporalio.client import Client
+
+from api.app import create_app
+from handoff.dataplane import DataPlaneWorker
+from handoff.service import run_relay
+from handoff.simulator import Simulator
+from spinbot.contracts import contracts
+from spinbot.services import free_port
+from spinbot.settings import Settings
+from spinbot.worker import running_workers
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    temporal: Client
+    redis: aioredis.Redis
+    api: httpx.AsyncClient
+    api_url: str
+    dataplane_options: dict = field(default_factory=dict)
+    dataplane_task: asyncio.Task | None = None
+
+    def start_dataplane(self, **options) -> None:
+        spec = contracts()
+        worker = DataPlaneWorker(self.redis, spec.bridge, spec.python_capabilities, Simulator(seconds=0.0),
+                                 consumer="test-dataplane", **options)
+        self.dataplane_task = asyncio.create_task(worker.run())
+
+    async def stop_dataplane(self) -> None:
+        if self.dataplane_task:
+            self.dataplane_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.dataplane_task
+            self.dataplane_task = None
+
+    @contextlib.asynccontextmanager
+    async def dataplane(self, **options):
+        """Run the reference worker with other options for one test, then restore the default one."""
+        await self.stop_dataplane()
+        self.start_dataplane(**options)
+        try:
+            yield
+        finally:
+            await self.stop_dataplane()
+            self.start_dataplane()
+
+    @contextlib.asynccontextmanager
+    async def no_dataplane(self):
+        """No data-plane worker for one test: the test plays the data plane itself, or nobody does."""
+        await self.stop_dataplane()
+        try:
+            yield
+        finally:
+            self.start_dataplane()
+
+
+@contextlib.asynccontextmanager
+async def running_stack(settings: Settings, temporal: Client):
+    redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+    relay_ready = asyncio.Event()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, temporal), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    async with running_workers(temporal, settings):
+        relay = asyncio.create_task(run_relay(settings, temporal, consumer="test-relay", ready=relay_ready))
+        serving = asyncio.create_task(server.serve())
+        await asyncio.wait_for(relay_ready.wait(), 10)
+        while not server.started:
+            await asyncio.sleep(0.01)
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url, timeout=30) as api:
+            stack = Stack(settings, temporal, redis, api, url)
+            stack.start_dataplane()
+            try:
+                yield stack
+            finally:
+                await stack.stop_dataplane()
+                server.should_exit = True
+                await serving
+                relay.cancel()
+                await asyncio.gather(relay, return_exceptions=True)
+                await redis.aclose()

@@ -1,0 +1,131 @@
+"""The handoff under stress: stale and repeated handbacks, garbage, silence from the data plane."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+
+import pytest
+
+from activities.registry import service_runtimes
+from spinbot.contracts import contracts
+from tests.e2e import BRIDGE, graph_request, outcome, pushed_segment, query_state, submit, wait_for
+from workflows.inputs import JobInput
+from workflows.names import JOB_WORKFLOW, WORKFLOW_QUEUE
+
+pytestmark = pytest.mark.timeout(90)
+
+TWO_SEGMENTS = graph_request(
+    [{"id": "script", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "seg"}},
+     {"id": "py1", "service": "dummy.dummy_task", "plane": "python"},
+     {"id": "mid", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "mid-marker"}},
+     {"id": "py2", "service": "dummy.dummy_task", "plane": "python"}],
+    [("script", "py1"), ("py1", "mid"), ("mid", "py2")],
+)
+
+
+def _hand_back(graph: dict, node_id: str, marker: str, **tag) -> dict:
+    """What a data-plane worker would hand back after running `node_id`."""
+    done = copy.deepcopy(graph)
+    for node in done["nodes"]:
+        if node["id"] == node_id:
+            node.update(status="completed", output={"currentProgress": 0.5, "marker": marker})
+    done["metadata"]["handoff"].update(tag)
+    return done
+
+
+async def _xadd_control(redis, job_id: str, graph: dict | str) -> None:
+    body = graph if isinstance(graph, str) else json.dumps(graph)
+    await redis.xadd(BRIDGE.control_stream, {"jobId": job_id, "created": str(int(time.time() * 1000)), "graph": body})
+
+
+async def test_stale_and_repeated_handbacks_are_ignored(stack, llm):
+    async with stack.no_dataplane():
+        job_id = await submit(stack, TWO_SEGMENTS)
+        first = await pushed_segment(stack.redis, job_id, segment=1)
+        await _xadd_control(stack.redis, job_id, _hand_back(first, "py1", "stale", segment=0))
+        await _xadd_control(stack.redis, job_id, _hand_back(first, "py1", "stale-run", runId="an-earlier-run"))
+        await _xadd_control(stack.redis, job_id, _hand_back(first, "py1", "real"))
+        second = await pushed_segment(stack.redis, job_id, segment=2)
+        await _xadd_control(stack.redis, job_id, _hand_back(first, "py1", "repeat"))  # delivered twice
+        await wait_for(lambda: _segment_still_open(stack, job_id), what="the repeat to be handled")
+        await _xadd_control(stack.redis, job_id, _hand_back(second, "py2", "real-2"))
+        assert await outcome(stack, job_id) == ("completed", None)
+    detail = (await stack.api.get(f"/api/jobs/{job_id}")).json()
+    nodes = {n["id"]: n for n in detail["job"]["lastGraph"]["nodes"]}
+    assert nodes["py1"]["output"]["marker"] == "real"
+    assert nodes["py2"]["output"]["marker"] == "real-2"
+    assert sum("mid-marker" in s["prompt"] for s in llm.spans) == 1, "the node after py1 ran exactly once"
+
+
+async def _segment_still_open(stack, job_id):
+    state = await query_state(stack, job_id)
+    nodes = {n["id"]: n for n in state["graph"]["nodes"]}
+    pending = await stack.redis.xpending(BRIDGE.control_stream, BRIDGE.control_group)
+    return nodes["py2"]["status"] == "pending" and nodes["py1"]["output"]["marker"] == "real" and pending["pending"] == 0
+
+
+async def test_garbage_on_control_goes_to_dead_letters_and_good_entries_flow(stack, llm):
+    dead = BRIDGE.dead_letter(BRIDGE.control_stream)
+    before = await stack.redis.xlen(dead)
+    unknown = str(uuid.uuid4())
+    garbage = [
+        {"nonsense": "1"},
+        {"jobId": unknown, "created": "1", "graph": "{not json"},
+        {"jobId": unknown, "created": "1", "graph": json.dumps({"schema": "langgraph.v1"})},
+        {"jobId": unknown, "created": "1", "graph": json.dumps({**TWO_SEGMENTS["graph"], "workflowId": unknown, "extra": 1})},
+        {"jobId": unknown, "created": "1", "graph": json.dumps({**TWO_SEGMENTS["graph"], "workflowId": unknown, "metadata": {"handoff": {}}})},
+    ]
+    for fields in garbage:
+        await stack.redis.xadd(BRIDGE.control_stream, fields)
+    entries = await wait_for(lambda: _dead_since(stack.redis, dead, before, len(garbage)), what="dead letters")
+    errors = [fields["error"] for _, fields in entries]
+    assert any("jobId" in e for e in errors) and any("not valid JSON" in e for e in errors)
+    assert any("extra" in e for e in errors) and any("no running job" in e for e in errors)
+    job_id = await submit(stack, {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "after garbage"}}})
+    assert await outcome(stack, job_id) == ("completed", None)
+
+
+async def _dead_since(redis, stream, before, count):
+    entries = await redis.xrange(stream)
+    return entries[before:] if len(entries) - before >= count else None
+
+
+async def test_garbage_on_pubsub_is_set_aside_and_listener_keeps_going(stack, llm):
+    dead = BRIDGE.dead_letter("channel")
+    before = await stack.redis.xlen(dead)
+    await stack.redis.publish(BRIDGE.channel("status", "abc"), "{not json")
+    await stack.redis.publish(BRIDGE.channel("status", "abc"), json.dumps({"jobId": "abc", "status": "exploded"}))
+    await stack.redis.publish(BRIDGE.channel("progress", "abc"), json.dumps({"jobId": "xyz", "progress": 0.5}))
+    entries = await wait_for(lambda: _dead_since(stack.redis, dead, before, 3), what="pub/sub dead letters")
+    assert all(fields["error"] for _, fields in entries)
+    job_id = await submit(stack, {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "p"}}})
+    assert await outcome(stack, job_id) == ("completed", None)
+
+
+async def test_numeric_string_progress_and_iso_created_are_accepted(stack, store, llm):
+    job_id = await submit(stack, {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "p"}}})
+    await outcome(stack, job_id)
+    await stack.redis.publish(BRIDGE.channel("data", job_id), json.dumps({"jobId": job_id, "data": "note", "created": "2026-11-24T10:00:00Z"}))
+    await stack.redis.publish(BRIDGE.channel("progress", job_id), json.dumps({"jobId": job_id, "progress": "0.25", "created": "1700000000000"}))
+
+    async def landed():
+        events = await store.events(job_id)
+        return events if any(e["data"] == "note" for e in events) and any(e["progress"] == 0.25 for e in events) else None
+
+    await wait_for(landed, what="both events in job_events")
+    assert float(await stack.redis.get(BRIDGE.progress_key(job_id))) == 1.0, "progress never moves backwards"
+
+
+async def test_no_dataplane_worker_times_the_segment_out(stack, llm):
+    spec = contracts()
+    job_id = str(uuid.uuid4())
+    graph = copy.deepcopy(TWO_SEGMENTS["graph"])
+    graph.update(workflowId=job_id, context={"pipeline": "custom"}, metadata={})
+    async with stack.no_dataplane():
+        await stack.temporal.start_workflow(JOB_WORKFLOW, JobInput(graph, service_runtimes(spec), 1.0),
+                                            id=job_id, task_queue=WORKFLOW_QUEUE)
+        state, message = await outcome(stack, job_id)
+    assert state == "failed"
+    assert 'node "py1"' in message and "did not hand back segment 1 within 1s" in message

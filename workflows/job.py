@@ -1,0 +1,244 @@
+"""The job workflow: runs node-plane nodes as activities, hands python-plane segments to the data plane."""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows import graph as g
+    from workflows.inputs import Handback, JobInput, JobSnapshot, NodeTask, ServiceRuntime
+    from workflows.names import DATAPLANE_FAILED, HANDBACK, JOB_WORKFLOW, STATE, STATUS_ATTRIBUTE, SYNC_JOB
+
+STATUS_KEY = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
+SYNC_TIMEOUT = timedelta(seconds=30)
+NON_RETRYABLE = ["ContractError", "InvalidParams", "InvalidManifest"]
+
+
+def _retry_policy(runtime: ServiceRuntime) -> RetryPolicy:
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=runtime.initial_interval_seconds),
+        backoff_coefficient=runtime.backoff_coefficient,
+        maximum_attempts=runtime.max_attempts,
+        non_retryable_error_types=NON_RETRYABLE,
+    )
+
+
+def _failure_message(error: BaseException) -> tuple[str, str]:
+    """The root cause of an activity failure as (message, code)."""
+    cause = error.cause if isinstance(error, ActivityError) and error.cause else error
+    code = getattr(cause, "type", None) or type(cause).__name__
+    return str(cause.message if hasattr(cause, "message") else cause), code
+
+
+@workflow.defn(name=JOB_WORKFLOW)
+class JobWorkflow:
+    def __init__(self) -> None:
+        self.graph: dict = {}
+        self.status = "queued"
+        self.progress = 0.0
+        self.inbox: list[tuple[str, Handback]] = []
+        self.segment = 0
+        self.open_segment: dict | None = None  # the tag of the segment the data plane holds
+        self.segment_ready: list[str] = []  # python nodes that were ready when the open segment was pushed
+        self.segment_deadline = None
+        self.changed = False  # wakes the main loop
+        self._dirty = False  # something to persist and publish
+        self.outputs: list[dict] = []  # node outputs to announce on channel:data at the next sync
+        self.in_flight: dict[str, asyncio.Task] = {}
+
+    @workflow.query(name=STATE)
+    def state(self) -> dict:
+        return {"graph": self.graph, "status": self.status, "progress": self.progress}
+
+    @workflow.signal(name=HANDBACK)
+    def handback(self, handback: Handback) -> None:
+        self.inbox.append((HANDBACK, handback))
+        self.changed = True
+
+    @workflow.signal(name=DATAPLANE_FAILED)
+    def dataplane_failed(self, handback: Handback) -> None:
+        self.inbox.append((DATAPLANE_FAILED, handback))
+        self.changed = True
+
+    @workflow.run
+    async def run(self, job: JobInput) -> dict:
+        self.graph = job.graph
+        self.job = job
+        try:
+            await self._sync(status="running")
+            await self._drive()
+        except asyncio.CancelledError:
+            await self._cancel()
+            raise
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if g.all_completed(self.graph):
+            await self._sync(status="completed", progress=1.0)
+            return self.state()
+        raise await self._mark_failed()
+
+    async def _drive(self) -> None:
+        """Start what is ready, wait for any change, record it; until nothing can move."""
+        while True:
+            self._start_ready_nodes()
+            push = self._open_segment_if_ready()
+            if push or self._dirty:
+                await self._sync(push=push)
+            if not self.in_flight and self.open_segment is None:
+                return
+            self.changed = False
+            try:
+                await workflow.wait_condition(lambda: self.changed, timeout=self._segment_time_left())
+            except asyncio.TimeoutError:
+                self._segment_timed_out()
+            self._apply_inbox()
+
+    # --- node plane -------------------------------------------------------------------------
+
+    def _start_ready_nodes(self) -> None:
+        for node in g.ready_nodes(self.graph, "node"):
+            node["status"] = "running"
+            node["input"] = g.merged_input(self.graph, node)
+            self._dirty = True
+            self.in_flight[node["id"]] = asyncio.create_task(self._run_node(node))
+
+    async def _run_node(self, node: dict) -> None:
+        runtime = self.job.runtimes[node["service"]]
+        task = NodeTask(
+            job_id=self.graph["workflowId"],
+            node_id=node["id"],
+            service=node["service"],
+            params=node.get("params") or {},
+            input=node["input"],
+            progress_weight=float(node.get("progressWeight") or 0),
+            progress_start=self.progress,
+            progress_end=g.job_progress(self.graph, also_done=[node["id"]]),
+        )
+        try:
+            output = await workflow.execute_activity(
+                node["service"],
+                task,
+                result_type=dict,
+                task_queue=runtime.task_queue,
+                start_to_close_timeout=timedelta(seconds=runtime.timeout_seconds),
+                retry_policy=_retry_policy(runtime),
+                summary=node.get("name") or node["id"],
+            )
+        except ActivityError as error:
+            message, code = _failure_message(error)
+            node["status"] = "failed"
+            node["error"] = {"message": message, "code": code}
+        else:
+            node["status"] = "completed"
+            node["output"] = output
+            self.outputs.append({"nodeId": node["id"], "output": output})
+        finally:
+            self.in_flight.pop(node["id"], None)
+            self._dirty = True
+            self.changed = True
+
+    # --- python plane -----------------------------------------------------------------------
+
+    def _open_segment_if_ready(self) -> bool:
+        if self.open_segment is not None or not g.ready_nodes(self.graph, "python"):
+            return False
+        self.segment += 1
+        self.open_segment = {"segment": self.segment, "attempt": self.job.attempt, "runId": workflow.info().run_id}
+        self.segment_ready = [node["id"] for node in g.ready_nodes(self.graph, "python")]
+        self.segment_deadline = workflow.now() + timedelta(seconds=self.job.segment_timeout_seconds)
+        self.graph.setdefault("metadata", {})["handoff"] = self.open_segment
+        return True
+
+    def _segment_time_left(self) -> timedelta | None:
+        if self.open_segment is None:
+            return None
+        return max(self.segment_deadline - workflow.now(), timedelta(milliseconds=1))
+
+    def _segment_timed_out(self) -> None:
+        if self.open_segment is None:
+            return
+        seconds = self.job.segment_timeout_seconds
+        message = f"data plane did not hand back segment {self.segment} within {seconds:g}s"
+        self._fail_python_nodes(self.segment_ready, message, "SegmentTimeout")
+        self.open_segment = None
+
+    def _apply_inbox(self) -> None:
+        while self.inbox:
+            kind, handback = self.inbox.pop(0)
+            tag = (handback.graph.get("metadata") or {}).get("handoff")
+            if self.open_segment is None or tag != self.open_segment:
+                workflow.logger.info("ignoring stale or repeated %s for segment %s", kind, tag)
+                continue
+            merged = g.merge_handback(self.graph, handback.graph)
+            if kind == DATAPLANE_FAILED and not g.failed_nodes(merged):
+                continue  # the status said failed, but the graph shows no failed python node yet
+            self.graph = merged
+            self.open_segment = None
+            self._dirty = True
+            untouched = [n["id"] for n in g.ready_nodes(self.graph, "python") if n["id"] in self.segment_ready]
+            # A worker that hands back without running what was ready would make us push forever.
+            self._fail_python_nodes(untouched, "data plane handed back without running this node", "NotRun")
+
+    def _fail_python_nodes(self, node_ids: list[str], message: str, code: str) -> None:
+        by_id = g.nodes_by_id(self.graph)
+        for node_id in node_ids:
+            node = by_id[node_id]
+            if node["status"] in ("pending", "ready", "running"):
+                node["status"] = "failed"
+                node["error"] = {"message": message, "code": code}
+                self._dirty = True
+
+    # --- endings and records ------------------------------------------------------------------
+
+    async def _mark_failed(self) -> ApplicationError:
+        """Skip what can no longer run, record the job failed; the error names the first failed node."""
+        failed = g.failed_nodes(self.graph)
+        g.skip_unreachable(self.graph)
+        first = failed[0] if failed else None
+        reason = first["error"].get("message", "failed") if first else "no node could run"
+        where = f'node "{first["id"]}" ({first["service"]})' if first else "graph"
+        self.graph.setdefault("metadata", {})["failure"] = {"nodeId": first and first["id"], "message": reason}
+        await self._sync(status="failed")
+        return ApplicationError(f"{where} failed: {reason}", type="JobFailed", non_retryable=True)
+
+    async def _cancel(self) -> None:
+        """Stop node-plane work, mark the job failed as cancelled, and leave nothing waiting."""
+        for task in list(self.in_flight.values()):
+            task.cancel()
+        for node in self.graph["nodes"]:
+            if node["status"] == "running" or (node["plane"] == "python" and self.open_segment and node["id"] in self.segment_ready):
+                node["status"] = "failed"
+                node["error"] = {"message": "cancelled", "code": "Cancelled"}
+        g.skip_unreachable(self.graph)
+        self.open_segment = None
+        self.graph.setdefault("metadata", {})["failure"] = {"nodeId": None, "message": "cancelled"}
+        await self._sync(status="failed")
+
+    async def _sync(self, status: str | None = None, progress: float | None = None, push: bool = False) -> None:
+        """Persist and publish the state once per change (one local activity, batched side effects)."""
+        new_progress = max(self.progress, progress if progress is not None else g.job_progress(self.graph))
+        announce_status = status is not None and status != self.status
+        announce_progress = new_progress != self.progress
+        if announce_status:
+            self.status = status
+            workflow.upsert_search_attributes([STATUS_KEY.value_set(status)])
+        self.progress = new_progress
+        outputs, self.outputs, self._dirty = self.outputs, [], False
+        await workflow.execute_local_activity(
+            SYNC_JOB,
+            JobSnapshot(
+                job_id=self.graph["workflowId"],
+                graph=self.graph,
+                status=self.status,
+                progress=self.progress,
+                announce_status=announce_status,
+                announce_progress=announce_progress,
+                data=outputs,
+                push=push,
+            ),
+            start_to_close_timeout=SYNC_TIMEOUT,
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),
+        )
