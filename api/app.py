@@ -1,22 +1,31 @@
 """The FastAPI app: clients opened once in the lifespan, routers aggregated here."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
 from activities.registry import service_runtimes
+from api.auth import require_key
 from api.backend import Backend
 from api.errors import install_error_handlers
+from api.hub import Hub
+from api.middleware import BodyLimit, RequestMetrics
 from api.models import Health
 from api.routes_jobs import router as jobs_router
+from api.routes_ws import router as ws_router
+from handoff.pubsub import subscribe_forever
 from spinbot.contracts import contracts
 from spinbot.settings import Settings
 from spinbot.store import Store, connect_pool
 from spinbot.temporal import connect
+
+UPLOAD_OVERHEAD = 1 << 20  # multipart framing and the `data` part, on top of two files
 
 
 def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
@@ -28,20 +37,38 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         redis = aioredis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
         pool = await connect_pool(settings.database_url)
         client = temporal or await connect(settings.temporal_address, settings.temporal_namespace)
-        app.state.backend = Backend(settings, spec, redis, Store(pool), client, service_runtimes(spec))
+        hub = Hub(spec.bridge)
+        listening = asyncio.Event()
+        relay = asyncio.create_task(subscribe_forever(settings.redis_url, hub.patterns, hub.on_message, listening))
+        app.state.backend = Backend(settings, spec, redis, Store(pool), client, service_runtimes(spec), {"hub": hub})
+        await asyncio.wait_for(listening.wait(), 30)
         try:
             yield
         finally:
+            relay.cancel()
+            await asyncio.gather(relay, return_exceptions=True)
             await redis.aclose()
             await pool.close()
 
-    app = FastAPI(title="MySpinBot control plane", version="1.0", lifespan=lifespan)
-    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
+    app = FastAPI(title="MySpinBot control plane", version="1.0", lifespan=lifespan,
+                  description="REST + WebSocket API of the MySpinBot control plane (jobs run as Temporal workflows).")
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, default_limit=settings.max_body_bytes,
+                       limits={"/api/infinitetalk": 2 * settings.upload_max_bytes + UPLOAD_OVERHEAD})
+    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                       allow_headers=["*"], allow_credentials=False)
+    app.add_middleware(RequestMetrics)
 
     @app.get("/health", response_model=Health, tags=["ops"])
     async def health():
         return {"status": "ok"}
 
-    app.include_router(jobs_router)
+    @app.get("/metrics", tags=["ops"], response_class=Response, dependencies=[Depends(require_key)],
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    async def metrics():
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    secured = [Depends(require_key)]
+    app.include_router(jobs_router, dependencies=secured)
+    app.include_router(ws_router)
     return app

@@ -16,9 +16,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="MySpinBot co
 
 def _start(role: str):
     """Validate settings and every config file before doing anything; stop with a clear message if broken."""
+    from api.planner import check_templates
+
     try:
         config = settings()
-        contracts()
+        check_templates(contracts(), config.llm_defaults)
     except ConfigError as exc:
         typer.echo(f"config error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -65,6 +65,8 @@ def load_config(name: str, schema_file: str, directory: Path = CONFIG_DIR) -> di
         raise ConfigError(f"{path}: file not found") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc})") from None
     problem = first_error(doc, schema_file)
     if problem:
         raise ConfigError(f"{path}: {problem}")

@@ -95,7 +95,11 @@ def merge_handback(graph: dict, handback: dict) -> dict:
 
 
 def skip_unreachable(graph: dict) -> list[str]:
-    """Mark every node that can no longer run as skipped; returns their ids."""
+    """Mark every node still waiting as skipped; returns their ids.
+
+    The workflow calls it only once nothing is running and nothing is ready, so every waiting
+    node sits below a failure (or the job was cancelled) and can no longer run.
+    """
     skipped = []
     for node in graph["nodes"]:
         if node["status"] in RUNNABLE:

@@ -1,0 +1,118 @@
+"""The WebSocket hub: pub/sub events pushed to the clients subscribed to each job, as they happen.
+
+Each API replica subscribes to the status and progress channels itself and serves only its own
+clients. A client gets a bounded queue and a sender task of its own, so a slow or dead client is
+disconnected instead of delaying anyone else.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+
+from fastapi import WebSocket
+
+from handoff.messages import parse_event
+from spinbot.contracts import Bridge, ContractError
+from spinbot.metrics import WS_ERRORS, WS_SENT
+
+log = logging.getLogger(__name__)
+
+QUEUE_LIMIT = 256
+SEND_TIMEOUT = 10.0
+SLOW_CLIENT_CLOSE = 1013  # "try again later": it fell too far behind
+
+
+@dataclass
+class JobView:
+    """What clients have been told about a job; progress shown never moves backwards."""
+
+    status: str | None = None
+    progress: float = 0.0
+
+    def update(self, job_id: str) -> dict:
+        return {"type": "update", "jobId": job_id, "status": self.status, "progress": self.progress}
+
+
+@dataclass(eq=False)
+class Subscriber:
+    socket: WebSocket
+    jobs: set[str] = field(default_factory=set)
+    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    dropped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def offer(self, message: str) -> bool:
+        """Queue a message without waiting; False when the client has fallen too far behind."""
+        if self.dropped.is_set():
+            return False
+        try:
+            self.queue.put_nowait(message)
+            return True
+        except asyncio.QueueFull:
+            self.dropped.set()
+            return False
+
+    async def send_forever(self) -> None:
+        while True:
+            message = await self.queue.get()
+            await asyncio.wait_for(self.socket.send_text(message), SEND_TIMEOUT)
+            WS_SENT.inc()
+
+
+class Hub:
+    def __init__(self, bridge: Bridge):
+        self.bridge = bridge
+        self.subscribers: dict[str, set[Subscriber]] = {}
+        self.views: dict[str, JobView] = {}
+
+    @property
+    def patterns(self) -> list[str]:
+        return [self.bridge.status_channel + "*", self.bridge.progress_channel + "*"]
+
+    def subscribe(self, client: Subscriber, job_id: str) -> None:
+        client.jobs.add(job_id)
+        self.subscribers.setdefault(job_id, set()).add(client)
+
+    def unsubscribe(self, client: Subscriber, job_id: str) -> None:
+        client.jobs.discard(job_id)
+        watchers = self.subscribers.get(job_id)
+        if watchers is not None:
+            watchers.discard(client)
+            if not watchers:
+                del self.subscribers[job_id]
+                self.views.pop(job_id, None)
+
+    def leave(self, client: Subscriber) -> None:
+        for job_id in list(client.jobs):
+            self.unsubscribe(client, job_id)
+
+    def current(self, job_id: str, status: str | None, progress: float) -> str:
+        """The state to send right after `subscribed`, folded with anything pushed meanwhile."""
+        view = self.views.setdefault(job_id, JobView())
+        view.status = view.status or status
+        view.progress = max(view.progress, progress)
+        return json.dumps(view.update(job_id))
+
+    async def on_message(self, channel: str, raw: str) -> None:
+        if not self.subscribers:
+            return
+        try:
+            event = parse_event(self.bridge, channel, raw)
+        except ContractError:
+            return  # the relay sets garbage aside; clients never see it
+        watchers = self.subscribers.get(event.job_id)
+        if not watchers:
+            return
+        view = self.views.setdefault(event.job_id, JobView())
+        if event.status:
+            view.status = event.status
+        elif event.progress is not None and event.progress > view.progress:
+            view.progress = event.progress
+        else:
+            return  # progress that would move backwards (or repeat) is not news
+        message = json.dumps(view.update(event.job_id))
+        for client in list(watchers):
+            if not client.offer(message):
+                WS_ERRORS.labels(kind="slow_client").inc()
+                self.leave(client)
