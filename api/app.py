@@ -17,6 +17,8 @@ from api.errors import install_error_handlers
 from api.hub import Hub
 from api.middleware import BodyLimit, RequestMetrics
 from api.models import Health
+from api.routes_capabilities import router as capabilities_router
+from api.routes_control import router as control_router
 from api.routes_jobs import router as jobs_router
 from api.routes_ws import router as ws_router
 from handoff.pubsub import subscribe_forever
@@ -70,5 +72,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
 
     secured = [Depends(require_key)]
     app.include_router(jobs_router, dependencies=secured)
+    app.include_router(control_router, dependencies=secured)
+    app.include_router(capabilities_router, dependencies=secured)
     app.include_router(ws_router)
     return app

@@ -12,6 +12,7 @@ from api.backend import Backend
 from api.errors import ApiError
 from api.planner import PlanningError, plan
 from spinbot import jobkeys
+from spinbot.metrics import JOBS_SUBMITTED
 from spinbot.store import is_job_id
 from workflows.inputs import JobInput
 from workflows.names import JOB_WORKFLOW, PIPELINE_ATTRIBUTE, STATUS_ATTRIBUTE, WORKFLOW_QUEUE
@@ -43,11 +44,12 @@ async def submit_job(backend: Backend, request: dict, idempotency_key: str | Non
     return await start_job(backend, graph, idempotency_key)
 
 
-async def start_job(backend: Backend, graph: dict, idempotency_key: str | None = None, attempt: int = 1) -> dict:
+async def start_job(backend: Backend, graph: dict, idempotency_key: str | None = None, attempt: int = 1,
+                    segment_timeout: float | None = None) -> dict:
     job_id, pipeline = graph["workflowId"], graph["context"]["pipeline"]
     created_ms = await backend.store.create_job(job_id, graph, pipeline, idempotency_key)
     await announce_accepted(backend, graph)
-    job = JobInput(graph, backend.runtimes, backend.settings.segment_timeout_seconds, attempt)
+    job = JobInput(graph, backend.runtimes, segment_timeout or backend.settings.segment_timeout_seconds, attempt)
     try:
         await backend.temporal.start_workflow(
             JOB_WORKFLOW, job, id=job_id, task_queue=WORKFLOW_QUEUE,
@@ -57,6 +59,7 @@ async def start_job(backend: Backend, graph: dict, idempotency_key: str | None =
         )
     except RPCError as exc:
         raise ApiError(503, f"workflow service unavailable: {exc.message}") from None
+    JOBS_SUBMITTED.labels(pipeline=pipeline).inc()
     return {"jobId": job_id, "status": "advertised", "progress": 0, "created": str(created_ms)}
 
 

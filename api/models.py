@@ -78,3 +78,26 @@ class ErrorBody(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+
+
+class JobControl(BaseModel):
+    jobId: str
+    message: str
+
+
+class LiveGraph(BaseModel):
+    jobId: str
+    status: str
+    progress: float
+    graph: dict[str, Any]
+
+
+class ManifestSource(BaseModel):
+    plane: Literal["node", "python"]
+    number: int
+
+
+class CombinedManifest(BaseModel):
+    generatedAt: str
+    capabilities: list[dict[str, Any]]
+    sources: dict[str, ManifestSource]

@@ -19,7 +19,9 @@ from spinbot.store import Store, connect_pool
 async def run_relay(settings: Settings, client: Client, consumer: str | None = None,
                     ready: asyncio.Event | None = None) -> None:
     spec = contracts()
-    redis = aioredis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+    # Blocking stream reads need a socket timeout longer than their BLOCK.
+    redis = aioredis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30,
+                              socket_timeout=spec.bridge.block_ms / 1000 + 5)
     pool = await connect_pool(settings.database_url)
     consumer = consumer or f"relay-{socket.gethostname()}-{os.getpid()}"
     relay = HandbackRelay(redis, client, spec.bridge, consumer)

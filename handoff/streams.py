@@ -15,6 +15,16 @@ log = logging.getLogger(__name__)
 
 EntryHandler = Callable[[str, dict], Awaitable[None]]
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+REDIS_PY_SOCKET_TIMEOUT = 5.0  # what redis-py (8.x) uses when the client is built without one
+
+
+def blocking_read_ms(redis: aioredis.Redis, block_ms: int) -> int:
+    """BLOCK for XREADGROUP, kept under the client's socket timeout: a read cut off by that timeout loses
+    its reply, and the entries it delivered would stay pending for good."""
+    socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout", REDIS_PY_SOCKET_TIMEOUT)
+    if not socket_timeout:
+        return block_ms
+    return max(100, min(block_ms, int(socket_timeout * 1000) - 1000))
 
 
 async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
@@ -68,7 +78,8 @@ class StreamConsumer:
     async def _read_forever(self) -> None:
         next_claim = asyncio.get_running_loop().time() + self.claim_idle_ms / 1000
         while True:
-            reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=self.block_ms)
+            reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=self.batch,
+                                                block=blocking_read_ms(self.redis, self.block_ms))
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     await self._dispatch(entry_id, fields)

@@ -79,7 +79,7 @@ class Store:
         await self.pool.execute(
             """
             INSERT INTO jobs (job_id, status, progress, pipeline, last_graph)
-            VALUES ($1, $2, $3, $4->'context'->>'pipeline', $4)
+            VALUES ($1, $2, $3, $4::jsonb->'context'->>'pipeline', $4::jsonb)
             ON CONFLICT (job_id) DO UPDATE
                SET status = EXCLUDED.status, progress = EXCLUDED.progress,
                    last_graph = EXCLUDED.last_graph, updated = now()

@@ -97,3 +97,24 @@ def llm(ollama):
     ollama.reset()
     yield ollama
     ollama.reset()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """moto's standalone S3 server for the session, as "127.0.0.1:<port>" (a MinIO endpoint)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from spinbot.services import Child, wait_for_port
+
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    moto = Child("moto_server", subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        wait_for_port(port, moto.proc, "moto_server")
+        yield f"127.0.0.1:{port}"
+    finally:
+        moto.stop()
+        log.close()

@@ -74,9 +74,14 @@ def clamp_progress(value: Any) -> float:
 def drop_nulls(graph: dict) -> dict:
     """A handback with every optional null removed: null means absent."""
     clean = {k: v for k, v in graph.items() if v is not None}
-    clean["nodes"] = [{k: v for k, v in node.items() if v is not None} for node in graph.get("nodes") or []]
-    clean["edges"] = [{k: v for k, v in edge.items() if v is not None} for edge in graph.get("edges") or []]
+    for key in ("nodes", "edges"):
+        if isinstance(graph.get(key), list):  # anything else is left for the schema to reject
+            clean[key] = [_without_nulls(item) for item in graph[key]]
     return clean
+
+
+def _without_nulls(item: Any) -> Any:
+    return {k: v for k, v in item.items() if v is not None} if isinstance(item, dict) else item
 
 
 def merge_handback(graph: dict, handback: dict) -> dict:

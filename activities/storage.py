@@ -1,0 +1,248 @@
+"""Object storage behind one small interface: MinIO / S3 when configured, a local folder in the dev stack."""
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import urlsplit
+
+import urllib3.exceptions
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from spinbot.settings import Settings
+
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MAX_KEY_BYTES = 1024
+COPY_CHUNK = 1 << 20
+NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "NoSuchObject", "ResourceNotFound"}
+# Retrying cannot fix bad credentials or a policy that forbids the request.
+REFUSED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidBucketName"}
+
+
+class StorageError(Exception):
+    """The store failed or refused a request; `retryable` says whether trying again can help."""
+
+    def __init__(self, message: str, *, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class InvalidObjectName(StorageError):
+    """A bucket or key the store must not hold: a bad bucket name, an absolute key, a '..' segment."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=False)
+
+
+class ObjectNotFound(StorageError):
+    """The object, or its bucket, does not exist."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=False)
+
+
+class ObjectStore(Protocol):
+    async def ensure_bucket(self, bucket: str) -> None: ...
+
+    async def put(self, bucket: str, key: str, data: bytes | BinaryIO, length: int, content_type: str) -> dict:
+        """Store `length` bytes of `data`; returns {bucket, key, size_bytes, content_type, created_at}."""
+
+    async def remove(self, bucket: str, key: str) -> None:
+        """Delete the object; removing one that does not exist is not an error."""
+
+    async def exists(self, bucket: str, key: str) -> bool: ...
+
+    async def get(self, bucket: str, key: str) -> bytes:
+        """The object's bytes; raises ObjectNotFound when it (or its bucket) does not exist."""
+
+
+def check_bucket(bucket: str) -> None:
+    if not isinstance(bucket, str) or not BUCKET_NAME.match(bucket) or ".." in bucket:
+        raise InvalidObjectName(f"bucket {bucket!r}: must be 3-63 lower-case letters, digits, '.' or '-'")
+
+
+def check_key(key: str) -> None:
+    """Keys are relative '/'-separated paths, so a folder-backed store can never be led outside its root."""
+    if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidObjectName(f"key {key!r}: must be a non-empty string of at most {MAX_KEY_BYTES} bytes")
+    if key.startswith("/") or "\\" in key or "\0" in key:
+        raise InvalidObjectName(f"key {key!r}: must be a relative path with '/' separators")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise InvalidObjectName(f"key {key!r}: must not have empty, '.' or '..' segments")
+
+
+def _as_stream(data: bytes | BinaryIO, length: int) -> BinaryIO:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        if len(data) != length:
+            raise StorageError(f"length is {length} but the data has {len(data)} bytes", retryable=False)
+        return io.BytesIO(data)
+    return data
+
+
+def _put_result(bucket: str, key: str, length: int, content_type: str) -> dict:
+    created_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {"bucket": bucket, "key": key, "size_bytes": length, "content_type": content_type, "created_at": created_at}
+
+
+def split_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
+    """`host:port` and whether to use TLS, from `host:port` (TLS per `secure`) or an `http(s)://host:port` URL."""
+    if "://" not in endpoint:
+        return endpoint, secure
+    url = urlsplit(endpoint)
+    if url.scheme not in ("http", "https") or not url.netloc or url.path not in ("", "/") or url.query:
+        raise StorageError(f"MinIO endpoint {endpoint!r}: must be host:port or http(s)://host:port", retryable=False)
+    return url.netloc, url.scheme == "https"
+
+
+class MinioStore:
+    """MinIO or any S3-compatible service; the blocking client runs in worker threads."""
+
+    def __init__(self, endpoint: str, access_key: str, secret_key: str, secure: bool = False):
+        host, secure = split_endpoint(endpoint, secure)
+        try:
+            self.client = Minio(host, access_key=access_key, secret_key=secret_key, secure=secure)
+        except ValueError as exc:
+            raise StorageError(f"MinIO endpoint {endpoint!r}: {exc}", retryable=False) from exc
+        self._known_buckets: set[str] = set()
+
+    async def _call(self, what: str, fn, *args):
+        """Run a blocking client call in a thread; library errors become StorageError naming `what`."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except S3Error as exc:
+            if exc.code in NOT_FOUND_CODES:
+                raise ObjectNotFound(f"{what}: {exc.code}: {exc.message}") from exc
+            raise StorageError(f"{what}: {exc.code}: {exc.message}", retryable=exc.code not in REFUSED_CODES) from exc
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"{what}: {exc}") from exc
+
+    async def ensure_bucket(self, bucket: str) -> None:
+        check_bucket(bucket)
+        if bucket not in self._known_buckets:
+            await self._call(f"create bucket {bucket}", self._create_bucket, bucket)
+            self._known_buckets.add(bucket)
+
+    def _create_bucket(self, bucket: str) -> None:
+        if self.client.bucket_exists(bucket):
+            return
+        try:
+            self.client.make_bucket(bucket)
+        except S3Error as exc:
+            if exc.code != "BucketAlreadyOwnedByYou":  # another writer created it between the two calls
+                raise
+
+    async def put(self, bucket: str, key: str, data: bytes | BinaryIO, length: int, content_type: str) -> dict:
+        check_key(key)
+        stream = _as_stream(data, length)
+        await self.ensure_bucket(bucket)
+        await self._call(f"put {bucket}/{key}", lambda: self.client.put_object(bucket, key, stream, length, content_type=content_type))
+        return _put_result(bucket, key, length, content_type)
+
+    async def remove(self, bucket: str, key: str) -> None:
+        check_bucket(bucket)
+        check_key(key)
+        try:
+            await self._call(f"remove {bucket}/{key}", self.client.remove_object, bucket, key)
+        except ObjectNotFound:
+            pass  # no bucket, so nothing to remove
+
+    async def exists(self, bucket: str, key: str) -> bool:
+        check_bucket(bucket)
+        check_key(key)
+        try:
+            await self._call(f"stat {bucket}/{key}", self.client.stat_object, bucket, key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    async def get(self, bucket: str, key: str) -> bytes:
+        check_bucket(bucket)
+        check_key(key)
+        return await self._call(f"get {bucket}/{key}", self._read, bucket, key)
+
+    def _read(self, bucket: str, key: str) -> bytes:
+        response = self.client.get_object(bucket, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+
+class LocalStore:
+    """A folder laid out as <root>/<bucket>/<key>, behind the same interface, for the dev stack."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _path(self, bucket: str, key: str | None = None) -> Path:
+        check_bucket(bucket)
+        if key is None:
+            return self.root / bucket
+        check_key(key)
+        path = self.root / bucket / key
+        # The checks above keep keys lexically inside; this also catches a symlink pointing out.
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise InvalidObjectName(f"key {key!r}: resolves outside the store")
+        return path
+
+    async def _call(self, what: str, fn, *args):
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"{what}: no such object") from exc
+        except OSError as exc:
+            raise StorageError(f"{what}: {exc}") from exc
+
+    async def ensure_bucket(self, bucket: str) -> None:
+        path = self._path(bucket)
+        await self._call(f"create bucket {bucket}", lambda: path.mkdir(parents=True, exist_ok=True))
+
+    async def put(self, bucket: str, key: str, data: bytes | BinaryIO, length: int, content_type: str) -> dict:
+        path = self._path(bucket, key)
+        stream = _as_stream(data, length)
+        await self._call(f"put {bucket}/{key}", _write_exactly, path, stream, length)
+        return _put_result(bucket, key, length, content_type)
+
+    async def remove(self, bucket: str, key: str) -> None:
+        path = self._path(bucket, key)
+        await self._call(f"remove {bucket}/{key}", lambda: path.unlink(missing_ok=True))
+
+    async def exists(self, bucket: str, key: str) -> bool:
+        path = self._path(bucket, key)
+        return await self._call(f"stat {bucket}/{key}", path.is_file)
+
+    async def get(self, bucket: str, key: str) -> bytes:
+        path = self._path(bucket, key)
+        return await self._call(f"get {bucket}/{key}", path.read_bytes)
+
+
+def _write_exactly(path: Path, stream: BinaryIO, length: int) -> None:
+    """Copy `length` bytes into `path` through a temporary file, so readers never see half an object."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+    try:
+        with partial.open("wb") as out:
+            remaining = length
+            while remaining > 0:
+                chunk = stream.read(min(COPY_CHUNK, remaining))
+                if not chunk:
+                    raise StorageError(f"stream ended {remaining} bytes short of the {length} promised", retryable=False)
+                out.write(chunk)
+                remaining -= len(chunk)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def object_store(settings: Settings) -> ObjectStore:
+    """MinIO when MINIO_ENDPOINT is set, else a folder under settings.artifacts_dir."""
+    if settings.minio_endpoint:
+        return MinioStore(settings.minio_endpoint, settings.minio_access_key, settings.minio_secret_key, settings.minio_secure)
+    return LocalStore(settings.artifacts_dir)

@@ -1,0 +1,71 @@
+"""GET /api/capabilities: the two-node capabilities graph through the real handoff, cached when good."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from fastapi import APIRouter
+from temporalio.client import WorkflowFailureError
+
+from api.backend import Backend, BackendDep
+from api.errors import ApiError
+from api.jobs import start_job
+from api.models import CombinedManifest, ErrorBody
+from api.planner import PlanningError, plan
+
+router = APIRouter(prefix="/api", tags=["capabilities"])
+
+CAPABILITIES_GRAPH = {
+    "schema": "langgraph.v1",
+    "workflowId": "",
+    "context": {"pipeline": "capabilities"},
+    "nodes": [
+        {"id": "worker.info", "service": "info.get_capabilities", "plane": "python", "status": "pending", "progressWeight": 0.5},
+        {"id": "control.info", "service": "info.get_capabilities", "plane": "node", "status": "pending", "progressWeight": 0.5},
+    ],
+    "edges": [{"from": "worker.info", "to": "control.info"}],
+}
+
+
+class CapabilitiesCache:
+    """One good answer kept for a while; concurrent misses share one run instead of stampeding."""
+
+    def __init__(self):
+        self.value: dict | None = None
+        self.expires = 0.0
+        self.inflight: asyncio.Task | None = None
+
+    async def get(self, backend: Backend) -> dict:
+        if self.value is not None and time.monotonic() < self.expires:
+            return self.value
+        if self.inflight is None or self.inflight.done():
+            self.inflight = asyncio.create_task(_run_capabilities_job(backend))
+        value = await asyncio.shield(self.inflight)
+        self.value, self.expires = value, time.monotonic() + backend.settings.capabilities_cache_seconds
+        return value
+
+
+async def _run_capabilities_job(backend: Backend) -> dict:
+    timeout = backend.settings.capabilities_timeout_seconds
+    try:
+        graph = plan({"mode": "process_graph", "graph": CAPABILITIES_GRAPH}, str(uuid.uuid4()),
+                     backend.contracts, backend.settings.llm_defaults)
+    except PlanningError as exc:  # a broken shipped graph: our bug, not the caller's
+        raise ApiError(500, f"capabilities graph rejected: {exc}") from None
+    job = await start_job(backend, graph, segment_timeout=timeout)
+    handle = backend.temporal.get_workflow_handle(job["jobId"])
+    try:
+        # The segment timeout ends the job itself; the extra second covers the node-plane merge.
+        state = await asyncio.wait_for(handle.result(), timeout + 1)
+    except (asyncio.TimeoutError, WorkflowFailureError) as exc:
+        cause = getattr(getattr(exc, "cause", None), "message", None) or "no answer in time"
+        raise ApiError(504, f"no data-plane worker answered info.get_capabilities within {timeout:g}s ({cause})") from None
+    outputs = {node["id"]: node.get("output") for node in state["graph"]["nodes"]}
+    return outputs["control.info"]
+
+
+@router.get("/capabilities", response_model=CombinedManifest, responses={504: {"model": ErrorBody}})
+async def capabilities(backend: BackendDep):
+    """Both planes' capabilities: this plane's manifest merged with the data-plane worker's answer."""
+    return await backend.extras.setdefault("capabilities", CapabilitiesCache()).get(backend)

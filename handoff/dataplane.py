@@ -1,0 +1,283 @@
+"""The reference data-plane worker: a Redis Streams peer speaking exactly the existing Python GPU worker's protocol.
+
+It reads graphs from `process:data` (group `workers`), runs every ready python-plane node, and hands the
+whole graph back on `process:control`; with a Simulator it serves the generation services with fake outputs.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from handoff.messages import parse_graph_entry
+from handoff.streams import TRANSIENT, blocking_read_ms, dead_letter, ensure_group
+from spinbot import jobkeys
+from spinbot.contracts import Bridge, ContractError, contracts
+from spinbot.settings import Settings
+from workflows.graph import OPTIONAL_NODE_FIELDS, clamp_progress, merged_input, ready_nodes
+
+if TYPE_CHECKING:
+    from handoff.simulator import Simulator
+
+log = logging.getLogger(__name__)
+
+FIRST_BACKOFF, MAX_BACKOFF = 0.1, 5.0
+
+
+class NodeFailure(Exception):
+    """A node that cannot complete; `code` and the message go into the node's `error`."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def now_ms() -> str:
+    return str(int(time.time() * 1000))
+
+
+async def publish_event(redis: aioredis.Redis, bridge: Bridge, kind: str, job_id: str, payload: dict) -> None:
+    """Publish on channel:<kind>:<jobId>; best effort, since pub/sub keeps nothing for absent listeners either."""
+    message = {"jobId": job_id, **payload, "created": now_ms()}
+    try:
+        await redis.publish(bridge.channel(kind, job_id), json.dumps(message))
+    except TRANSIENT as exc:
+        log.warning("could not publish %s for job %s (%s)", kind, job_id, exc)
+
+
+class JobProgress:
+    """One job's cumulative progress on channel:progress:<jobId>, never published moving backwards."""
+
+    def __init__(self, redis: aioredis.Redis, bridge: Bridge, job_id: str):
+        self.redis, self.bridge, self.job_id = redis, bridge, job_id
+        self.published = 0.0
+
+    async def base(self, fallback: float) -> float:
+        """Progress so far from job:<id>:progress, as the existing worker reads it; `fallback` if unset."""
+        try:
+            raw = await self.redis.get(self.bridge.progress_key(self.job_id))
+            return clamp_progress(float(raw))
+        except (*TRANSIENT, TypeError, ValueError):
+            return fallback
+
+    async def report(self, value: float) -> None:
+        value = clamp_progress(value)
+        if value <= self.published:
+            return
+        self.published = value
+        await publish_event(self.redis, self.bridge, "progress", self.job_id, {"progress": round(value, 6)})
+
+
+@dataclass
+class NodeCall:
+    """What a service handler gets: the job, the whole graph, its node, the merged input, the progress reporter."""
+
+    job_id: str
+    graph: dict
+    node: dict
+    input: dict
+    progress: JobProgress
+
+
+Handler = Callable[[NodeCall], Awaitable[dict]]
+
+
+def parse_entry(fields: dict) -> tuple[str, dict]:
+    """(jobId, graph) of a process:data entry, accepted as the existing worker does (nulls mean absent)."""
+    try:
+        return parse_graph_entry(fields)
+    except (AttributeError, TypeError):  # nodes or edges that are not objects trip the null-dropping
+        raise ContractError("graph: nodes and edges must be arrays of objects") from None
+
+
+def as_worker_serialises(graph: dict) -> dict:
+    """The graph as the existing worker re-serialises it: every optional field present, null when absent."""
+    return {
+        "schema": graph["schema"],
+        "workflowId": graph["workflowId"],
+        "context": graph.get("context"),
+        "metadata": graph.get("metadata"),
+        "nodes": [{**dict.fromkeys(OPTIONAL_NODE_FIELDS), **node} for node in graph["nodes"]],
+        "edges": [
+            {"from": edge["from"], "to": edge["to"], "kind": edge.get("kind") or "normal", "metadata": edge.get("metadata")}
+            for edge in graph["edges"]
+        ],
+    }
+
+
+class DataPlaneWorker:
+    """Serves python-plane nodes of graphs pushed on `bridge.data_stream`, as consumer `consumer` of the workers group."""
+
+    def __init__(self, redis: aioredis.Redis, bridge: Bridge, manifest: dict, simulator: Simulator | None,
+                 consumer: str, handback_failures: bool = False, concurrency: int = 8):
+        self.redis, self.bridge, self.manifest, self.consumer = redis, bridge, manifest, consumer
+        self.handback_failures = handback_failures
+        self.concurrency = concurrency
+        self.block_ms = blocking_read_ms(redis, bridge.block_ms)
+        self.slots = asyncio.Semaphore(concurrency)
+        self.tasks: set[asyncio.Task] = set()
+        self.handlers: dict[str, Handler] = {"info.get_capabilities": self.worker_capabilities}
+        if simulator:
+            self.handlers.update(simulator.handlers())
+
+    async def worker_capabilities(self, call: NodeCall) -> dict:
+        return {"workerCaps": json.dumps(self.manifest)}
+
+    async def run(self) -> None:
+        """Serve until cancelled; entries in flight are cancelled too and stay pending (unacked)."""
+        log.info("data-plane worker %s serving %s (group %s): %s", self.consumer, self.bridge.data_stream,
+                 self.bridge.workers_group, ", ".join(sorted(self.handlers)))
+        try:
+            await self._serve_forever()
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _serve_forever(self) -> None:
+        delay = FIRST_BACKOFF
+        while True:
+            try:
+                await ensure_group(self.redis, self.bridge.data_stream, self.bridge.workers_group)
+                delay = FIRST_BACKOFF
+                await self._read_forever()
+            except TRANSIENT as exc:
+                log.warning("redis unavailable (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("group %s on %s vanished; recreating it", self.bridge.workers_group, self.bridge.data_stream)
+
+    async def _read_forever(self) -> None:
+        while True:
+            # Take no more entries than there are free slots, so idle peers in the group get the rest.
+            async with self.slots:
+                free = max(1, self.concurrency - len(self.tasks))
+                reply = await self.redis.xreadgroup(
+                    self.bridge.workers_group, self.consumer, {self.bridge.data_stream: ">"},
+                    count=min(self.bridge.batch_size, free), block=self.block_ms,
+                )
+            if asyncio.current_task().cancelling():  # redis-py sends via asyncio.wait_for, which 3.11 lets swallow a cancel
+                raise asyncio.CancelledError
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    await self.slots.acquire()
+                    task = asyncio.create_task(self._serve_entry(entry_id, fields))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+
+    async def _serve_entry(self, entry_id: str, fields: dict) -> None:
+        try:
+            await self.serve_entry(entry_id, fields)
+        except Exception:  # a bug, not bad input: leave the entry pending rather than lose it
+            log.exception("serving %s %s failed; left pending", self.bridge.data_stream, entry_id)
+        finally:
+            self.slots.release()
+
+    async def serve_entry(self, entry_id: str, fields: dict) -> None:
+        """Run one pushed graph, then hand it back (or record its failure) and ack; invalid entries go aside."""
+        stream = self.bridge.data_stream
+        try:
+            job_id, graph = parse_entry(fields)
+        except ContractError as exc:
+            await self._persist(lambda: dead_letter(self.redis, stream, self.bridge.dead_letter(stream), fields, str(exc)))
+            await self._persist(lambda: self.redis.xack(stream, self.bridge.workers_group, entry_id))
+            return
+        await publish_event(self.redis, self.bridge, "status", job_id, {"status": "running"})
+        completed = await self.run_graph(job_id, graph)
+        if completed or self.handback_failures:
+            await self._persist(lambda: self.hand_back(job_id, graph))
+        else:
+            await self._persist(lambda: self.record_failure(job_id, graph))
+        await self._persist(lambda: self.redis.xack(stream, self.bridge.workers_group, entry_id))
+
+    async def run_graph(self, job_id: str, graph: dict) -> bool:
+        """Run ready python nodes, each wave concurrently, until none is ready; False once a node fails."""
+        progress = JobProgress(self.redis, self.bridge, job_id)
+        while ready := ready_nodes(graph, "python"):
+            outcomes = await asyncio.gather(*(self.run_node(job_id, graph, node, progress) for node in ready))
+            if not all(outcomes):
+                return False  # the job has failed: spend no more GPU time on it
+        return True
+
+    async def run_node(self, job_id: str, graph: dict, node: dict, progress: JobProgress) -> bool:
+        """Run one node by its service, recording output or error on it; True when it completed."""
+        node["status"] = "running"
+        node["input"] = merged_input(graph, node)
+        try:
+            handler = self.handlers.get(node["service"])
+            if handler is None:
+                raise NodeFailure("NO_HANDLER", f"no handler for service {node['service']} on this worker")
+            output = await handler(NodeCall(job_id, graph, node, node["input"], progress))
+        except NodeFailure as exc:
+            log.warning("job %s node %s failed: %s", job_id, node["id"], exc)
+            error = {"message": str(exc), "code": exc.code}
+        except Exception as exc:
+            log.exception("job %s node %s: handler for %s raised", job_id, node["id"], node["service"])
+            error = {"message": str(exc) or type(exc).__name__, "code": "HANDLER_ERROR"}
+        else:
+            node["output"] = output
+            node["status"] = "completed"
+            data = json.dumps({"nodeId": node["id"], "output": output})
+            await publish_event(self.redis, self.bridge, "data", job_id, {"data": data})
+            return True
+        node["status"] = "failed"
+        node["error"] = error
+        return False
+
+    async def hand_back(self, job_id: str, graph: dict) -> None:
+        entry = {"jobId": job_id, "created": now_ms(), "graph": json.dumps(as_worker_serialises(graph))}
+        await self.redis.xadd(self.bridge.control_stream, entry, maxlen=self.bridge.max_length, approximate=True)
+        log.info("job %s handed back", job_id)
+
+    async def record_failure(self, job_id: str, graph: dict) -> None:
+        """The existing worker's way: graph into job:<id>, status `failed`, and no handback."""
+        pipe = self.redis.pipeline(transaction=True)
+        jobkeys.set_graph(pipe, self.bridge, job_id, json.dumps(as_worker_serialises(graph)), now_ms())
+        await pipe.execute()
+        await publish_event(self.redis, self.bridge, "status", job_id, {"status": "failed"})
+        log.info("job %s failed; graph recorded in %s", job_id, self.bridge.job_key(job_id))
+
+    async def _persist(self, write: Callable[[], Awaitable[object]]) -> None:
+        """Retry a write the protocol depends on (handback, dead letter, ack) until Redis takes it."""
+        delay = FIRST_BACKOFF
+        while True:
+            try:
+                await write()
+                return
+            except TRANSIENT as exc:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+
+
+async def run_dataplane(settings: Settings, simulate: bool, sim_seconds: float, handback_failures: bool = False,
+                        consumer: str | None = None) -> None:
+    """`spinbot dataplane`: the reference worker on settings.redis_url until cancelled."""
+    from handoff.simulator import Simulator  # imported here: the simulator builds on this module
+
+    spec = contracts()
+    consumer = consumer or f"dataplane-{socket.gethostname()}-{os.getpid()}"
+    log.info("REFERENCE data-plane worker %s (not the GPU worker) on %s", consumer, spec.bridge.data_stream)
+    if simulate:
+        log.warning("SIMULATOR: python-plane outputs are SIMULATED (no real generation), %.1fs per node", sim_seconds)
+    else:
+        log.info("no simulator: only info.get_capabilities is served; other services fail their node")
+    redis = aioredis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30,
+                              socket_timeout=spec.bridge.block_ms / 1000 + 5)
+    worker = DataPlaneWorker(redis, spec.bridge, spec.python_capabilities, Simulator(sim_seconds) if simulate else None,
+                             consumer, handback_failures)
+    try:
+        await worker.run()
+    finally:
+        await redis.aclose()
