@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
 from activities.registry import service_runtimes
+from activities.storage import object_store
 from api.auth import require_key
 from api.backend import Backend
 from api.errors import install_error_handlers
@@ -20,6 +21,7 @@ from api.models import Health
 from api.routes_capabilities import router as capabilities_router
 from api.routes_control import router as control_router
 from api.routes_jobs import router as jobs_router
+from api.routes_uploads import router as uploads_router
 from api.routes_ws import router as ws_router
 from handoff.pubsub import subscribe_forever
 from spinbot.contracts import contracts
@@ -42,7 +44,8 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         hub = Hub(spec.bridge)
         listening = asyncio.Event()
         relay = asyncio.create_task(subscribe_forever(settings.redis_url, hub.patterns, hub.on_message, listening))
-        app.state.backend = Backend(settings, spec, redis, Store(pool), client, service_runtimes(spec), {"hub": hub})
+        extras = {"hub": hub, "storage": object_store(settings)}
+        app.state.backend = Backend(settings, spec, redis, Store(pool), client, service_runtimes(spec), extras)
         await asyncio.wait_for(listening.wait(), 30)
         try:
             yield
@@ -74,5 +77,6 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     app.include_router(jobs_router, dependencies=secured)
     app.include_router(control_router, dependencies=secured)
     app.include_router(capabilities_router, dependencies=secured)
+    app.include_router(uploads_router, dependencies=secured)
     app.include_router(ws_router)
     return app

@@ -30,18 +30,21 @@ def _search_attributes(status: str, pipeline: str) -> TypedSearchAttributes:
 
 async def submit_job(backend: Backend, request: dict, idempotency_key: str | None = None) -> dict:
     """Plan, record and start a job; returns the accepted job of PROTOCOL §5."""
-    if idempotency_key:
-        job_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key))
-        existing = await backend.store.job(job_id)
-        if existing:
-            return accepted(job_id, existing["created"])
-    else:
-        job_id = str(uuid.uuid4())
+    if idempotency_key and (existing := await job_for_key(backend, idempotency_key)):
+        return existing
+    job_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key)) if idempotency_key else str(uuid.uuid4())
     try:
         graph = plan(request, job_id, backend.contracts, backend.settings.llm_defaults)
     except PlanningError as exc:
         raise ApiError(400, str(exc)) from None
     return await start_job(backend, graph, idempotency_key)
+
+
+async def job_for_key(backend: Backend, idempotency_key: str) -> dict | None:
+    """The accepted job an earlier submission with this Idempotency-Key started, if any."""
+    job_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key))
+    existing = await backend.store.job(job_id)
+    return accepted(job_id, existing["created"]) if existing else None
 
 
 async def start_job(backend: Backend, graph: dict, idempotency_key: str | None = None, attempt: int = 1,

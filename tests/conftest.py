@@ -79,13 +79,14 @@ async def temporal_client(services):
 
 
 @pytest.fixture(scope="session")
-async def stack(services, database_url, temporal_client, ollama):
+async def stack(services, database_url, temporal_client, ollama, s3_endpoint):
     from spinbot.settings import Settings
     from tests.stack import running_stack
 
     settings = Settings(
         temporal_address=services.temporal_address, redis_url=services.redis_url, database_url=database_url,
         llm_endpoint=ollama.url, llm_timeout_ms=5000, segment_timeout_seconds=60,
+        minio_endpoint=s3_endpoint, capabilities_timeout_seconds=3, upload_max_bytes=1 << 20,
     )
     async with running_stack(settings, temporal_client) as running:
         yield running

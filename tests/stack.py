@@ -65,19 +65,30 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
+async def api_replica(settings: Settings, temporal: Client):
+    """One more API process-equivalent (its own app, hub and pub/sub subscription) on a free port; yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, temporal), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on", ws_ping_interval=20, ws_ping_timeout=20))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if serving.done():
+                serving.result()  # start-up failed: raise why
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+@contextlib.asynccontextmanager
 async def running_stack(settings: Settings, temporal: Client):
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
     relay_ready = asyncio.Event()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, temporal), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    async with running_workers(temporal, settings):
+    async with running_workers(temporal, settings), api_replica(settings, temporal) as url:
         relay = asyncio.create_task(run_relay(settings, temporal, consumer="test-relay", ready=relay_ready))
-        serving = asyncio.create_task(server.serve())
         await asyncio.wait_for(relay_ready.wait(), 10)
-        while not server.started:
-            await asyncio.sleep(0.01)
-        url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url, timeout=30) as api:
             stack = Stack(settings, temporal, redis, api, url)
             stack.start_dataplane()
@@ -85,8 +96,6 @@ async def running_stack(settings: Settings, temporal: Client):
                 yield stack
             finally:
                 await stack.stop_dataplane()
-                server.should_exit = True
-                await serving
                 relay.cancel()
                 await asyncio.gather(relay, return_exceptions=True)
                 await redis.aclose()
