@@ -132,7 +132,9 @@ async def _report_progress(res: Resources, job_id: str, value: float) -> None:
 
 async def _tick_progress(res: Resources, task: NodeTask, stop: asyncio.Event) -> None:
     """Creep toward progress_end every tick until `stop` is set, so clients see a long generation is alive."""
-    span = max(0.0, task.progress_end - task.progress_start)
+    span = task.progress_end - task.progress_start
+    if span <= 0:
+        return
     for step in itertools.count(1):
         try:
             await asyncio.wait_for(stop.wait(), PROGRESS_TICK_SECONDS)
