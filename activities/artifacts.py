@@ -75,7 +75,8 @@ async def upload_artifact(task: NodeTask, res: Resources) -> dict:
     bucket = params.get("bucket")
     bucket = DEFAULT_BUCKET if bucket is None else bucket
     files = _files(params)
-    artifact_id = str(uuid.uuid4())
+    # Derived from the job and node, so a retried attempt overwrites its own objects instead of orphaning them.
+    artifact_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"spinbot:{task.job_id}/{task.node_id}"))
     objects = {}
     try:
         if res.storage is None:

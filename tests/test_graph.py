@@ -207,8 +207,13 @@ def test_drop_nulls_removes_every_null_but_keeps_falsy_values():
     assert clean["edges"] == [{"from": "a", "to": "b", "kind": "normal"}]
 
 
-def test_drop_nulls_tolerates_null_lists():
-    assert drop_nulls({"schema": "langgraph.v1", "nodes": None, "edges": None}) == {"schema": "langgraph.v1", "nodes": [], "edges": []}
+def test_drop_nulls_treats_null_lists_as_absent():
+    # Absent, the schema then rejects the graph for lacking nodes rather than passing an empty one.
+    assert drop_nulls({"schema": "langgraph.v1", "nodes": None, "edges": None}) == {"schema": "langgraph.v1"}
+
+
+def test_drop_nulls_leaves_garbage_items_for_the_schema():
+    assert drop_nulls({"nodes": [1, {"id": "a", "name": None}], "edges": ["x"]}) == {"nodes": [1, {"id": "a"}], "edges": ["x"]}
 
 
 def test_drop_nulls_does_not_mutate():
