@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from spinbot.migrate import migrate_url
-from spinbot.services import Child, Postgres, ServiceError, refuse_taken, start_redis, start_temporal, wait_for_port
+from spinbot.services import Child, Postgres, popen, ServiceError, refuse_taken, start_redis, start_temporal, wait_for_port
 from spinbot.settings import settings
 
 
@@ -34,8 +33,7 @@ def _say(message: str) -> None:
 
 
 def _spawn(name: str, args: list[str], env: dict) -> Child:
-    proc = subprocess.Popen([sys.executable, "-m", "spinbot", *args], env=env, start_new_session=True)
-    return Child(name, proc)
+    return Child(name, popen([sys.executable, "-m", "spinbot", *args], env=env))
 
 
 def _llm_answers(endpoint: str) -> bool:

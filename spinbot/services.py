@@ -1,8 +1,10 @@
 """Start the embedded services (Temporal dev server, Redis, PostgreSQL) as child processes."""
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workflows.names import SEARCH_ATTRIBUTES
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 class ServiceError(RuntimeError):
@@ -45,6 +50,20 @@ def wait_for_port(port: int, proc: subprocess.Popen, name: str, timeout: float =
             return
         time.sleep(0.02)
     raise ServiceError(f"{name} did not listen on port {port} within {timeout:.0f}s")
+
+
+def _die_with_parent() -> None:
+    """Run in the child before exec: Linux sends it SIGTERM when the process that started it dies,
+    so a killed test run or dev stack leaves no servers behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except OSError:
+        pass  # not Linux: stopping relies on Child.stop()
+
+
+def popen(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """A child process in its own session (Ctrl-C goes to us, not to it) that dies with us."""
+    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
 
 
 def _bin(name: str) -> str:
@@ -90,7 +109,7 @@ def start_temporal(data_dir: Path, port: int, ui_port: int | None, log_path: Pat
     for name in SEARCH_ATTRIBUTES:
         cmd += ["--search-attribute", f"{name}=Keyword"]
     out = open(log_path or os.devnull, "ab")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     wait_for_port(port, proc, "Temporal dev server")
     ui = f"http://127.0.0.1:{ui_port}" if ui_port else ""
     return Child("temporal", proc, f"127.0.0.1:{port}", {"ui": ui})
@@ -110,7 +129,7 @@ def start_redis(data_dir: Path, port: int, persist: bool = True) -> Child:
     data_dir.mkdir(parents=True, exist_ok=True)
     cmd = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), "--save", ""]
     cmd += ["--appendonly", "yes" if persist else "no", "--protected-mode", "no", "--loglevel", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, proc, "Redis")
     return Child("redis", proc, f"redis://127.0.0.1:{port}/0")
 

@@ -107,12 +107,12 @@ def s3_endpoint(tmp_path_factory):
     import sys
     from pathlib import Path
 
-    from spinbot.services import Child, wait_for_port
+    from spinbot.services import Child, popen, wait_for_port
 
     port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
     command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-    moto = Child("moto_server", subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    moto = Child("moto_server", popen(command, stdout=log, stderr=subprocess.STDOUT))
     try:
         wait_for_port(port, moto.proc, "moto_server")
         yield f"127.0.0.1:{port}"
