@@ -104,6 +104,8 @@ def start_temporal(data_dir: Path, port: int, ui_port: int | None, log_path: Pat
         "--db-filename", str(data_dir / "temporal.sqlite"),
         "--ip", "127.0.0.1", "--port", str(port),
         "--log-level", "error",
+        # WAL with normal sync survives a killed process (not a power cut) and keeps writes off fsync's path.
+        "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
     ]
     cmd += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
     for name in SEARCH_ATTRIBUTES:

@@ -69,7 +69,6 @@ class JobWorkflow:
         self.graph = job.graph
         self.job = job
         try:
-            await self._sync(status="running")
             await self._drive()
         except asyncio.CancelledError:
             await self._cancel()
@@ -82,12 +81,17 @@ class JobWorkflow:
 
     async def _drive(self) -> None:
         """Start what is ready, wait for any change, record it; until nothing can move."""
+        status: str | None = "running"  # recorded together with the first nodes started
         while True:
             self._start_ready_nodes()
             push = self._open_segment_if_ready()
-            if push or self._dirty:
-                await self._sync(push=push)
-            if not self.in_flight and self.open_segment is None:
+            finished = not self.in_flight and self.open_segment is None
+            if finished and status is None:
+                return  # the ending's own sync records this last change: one round trip fewer
+            if push or self._dirty or status:
+                await self._sync(status=status, push=push)
+                status = None
+            if finished:
                 return
             self.changed = False
             try:

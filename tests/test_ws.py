@@ -1,0 +1,251 @@
+"""The WebSocket contract (PROTOCOL §6) with real WebSocket clients against the whole control plane."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.e2e import BRIDGE, outcome, submit, wait_for
+from tests.stack import api_replica
+from tests.ws_clients import metrics, percentile, publish, ws_client, ws_clients
+
+pytestmark = pytest.mark.timeout(60)
+
+SADTALKER = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "x"}}}
+STATUS_ORDER = ["advertised", "queued", "running", "completed"]
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+
+
+@contextlib.asynccontextmanager
+async def completions_on_redis(redis):
+    """A raw pub/sub listener on every status channel: {jobId: perf_counter() when its `completed` arrived}."""
+    pubsub = redis.pubsub()
+    await pubsub.psubscribe(BRIDGE.status_channel + "*")
+    confirmation = await asyncio.wait_for(pubsub.get_message(timeout=5), 6)
+    assert confirmation and confirmation["type"] == "psubscribe"
+    completed_at: dict[str, float] = {}
+
+    async def listen():
+        async for message in pubsub.listen():
+            if message["type"] == "pmessage" and json.loads(message["data"]).get("status") == "completed":
+                completed_at.setdefault(json.loads(message["data"])["jobId"], time.perf_counter())
+
+    listener = asyncio.create_task(listen())
+    try:
+        yield completed_at
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await pubsub.aclose()
+
+
+async def test_subscribe_to_a_finished_job_gets_its_final_state_right_after_subscribed(stack, llm):
+    job_id = await submit(stack, SADTALKER)
+    assert await outcome(stack, job_id) == ("completed", None)
+    async with ws_client(stack.api_url) as client:
+        await client.send({"action": "subscribe", "jobId": job_id})
+        assert await client.recv() == {"action": "response", "message": "subscribed", "jobId": job_id}
+        assert await client.recv(timeout=1) == {"type": "update", "jobId": job_id, "status": "completed", "progress": 1.0}
+
+
+async def test_subscribe_sends_the_current_state_of_a_job_in_progress(stack):
+    job_id = str(uuid.uuid4())
+    await stack.redis.set(BRIDGE.status_key(job_id), "running", ex=60)
+    await stack.redis.set(BRIDGE.progress_key(job_id), "0.4", ex=60)
+    async with ws_client(stack.api_url) as client:
+        assert await client.subscribe(job_id, timeout=1) == {
+            "type": "update", "jobId": job_id, "status": "running", "progress": 0.4}
+
+
+@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "no-such-job"])
+async def test_unknown_job_is_subscribed_with_status_not_found(stack, job_id):
+    async with ws_client(stack.api_url) as client:
+        assert await client.subscribe(job_id) == {"type": "update", "jobId": job_id, "status": "not_found", "progress": 0.0}
+
+
+async def test_unsubscribe_stops_updates_for_that_job(stack):
+    job_id, other = str(uuid.uuid4()), str(uuid.uuid4())
+    async with ws_client(stack.api_url) as leaving, ws_client(stack.api_url) as staying:
+        for client in (leaving, staying):
+            await client.subscribe(job_id)
+        await publish(stack.redis, "status", job_id, status="running")
+        for client in (leaving, staying):
+            assert (await client.recv())["status"] == "running"
+
+        await leaving.send({"action": "unsubscribe", "jobId": job_id})
+        assert await leaving.recv() == {"action": "response", "message": "unsubscribed", "jobId": job_id}
+        await publish(stack.redis, "progress", job_id, progress=0.5)
+        await publish(stack.redis, "status", job_id, status="completed")
+        assert [m["status"] for m in await staying.updates_until(job_id)] == ["running", "completed"]
+        # The hub fanned both events out before `staying` got them: an update for `leaving` would come first.
+        await leaving.send({"action": "subscribe", "jobId": other})
+        assert await leaving.recv() == {"action": "response", "message": "subscribed", "jobId": other}
+
+
+MALFORMED = [
+    "not json",
+    json.dumps(["subscribe", "x"]),
+    json.dumps({"jobId": "x"}),
+    json.dumps({"action": "subscribe"}),
+    json.dumps({"action": "subscribe", "jobId": 42}),
+    json.dumps({"action": "explode", "jobId": "x"}),
+    b"\x00\xff binary",
+    json.dumps({"action": "subscribe", "jobId": "x" * 10_000}),
+]
+
+
+async def test_malformed_messages_fail_and_keep_the_socket_open(stack):
+    job_id = str(uuid.uuid4())
+    async with ws_client(stack.api_url) as client:
+        for message in MALFORMED:
+            await client.send(message)
+            assert await client.recv() == {"action": "response", "message": "failed"}, message
+        assert (await client.subscribe(job_id))["status"] == "not_found"
+
+
+async def test_every_status_change_of_a_job_is_pushed_in_order(stack, llm):
+    llm.delay = 0.3
+    async with ws_client(stack.api_url) as client:
+        job_id = await submit(stack, SADTALKER)
+        updates = [await client.subscribe(job_id)] + await client.updates_until(job_id)
+    statuses = [u["status"] for u in updates]
+    changes = [s for i, s in enumerate(statuses) if i == 0 or s != statuses[i - 1]]
+    ranks = [STATUS_ORDER.index(s) for s in changes]
+    assert ranks == sorted(set(ranks)), statuses
+    assert "running" in changes and changes[-1] == "completed" and statuses.count("completed") == 1
+    progress = [u["progress"] for u in updates]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert len(set(progress)) > 2, "intermediate progress must be pushed too"
+
+
+async def test_a_hundred_clients_get_completed_pushed_fast(stack, llm, record_property):
+    llm.delay = 0.5
+    jobs_count, per_job = 10, 10
+    async with completions_on_redis(stack.redis) as completed_at, ws_clients(stack.api_url, jobs_count * per_job) as clients:
+        jobs = await asyncio.gather(*(submit(stack, SADTALKER) for _ in range(jobs_count)))
+
+        async def follow(client, job_id):
+            initial = await client.subscribe(job_id)
+            assert initial["status"] != "completed", "the job ended before the client subscribed"
+            final = (await client.updates_until(job_id, timeout=30))[-1]
+            assert final == {"type": "update", "jobId": job_id, "status": "completed", "progress": 1.0}
+            return job_id, client.received[-1][0]
+
+        arrivals = await asyncio.wait_for(
+            asyncio.gather(*(follow(client, jobs[i % jobs_count]) for i, client in enumerate(clients))), 40)
+    latencies_ms = [(arrived - completed_at[job_id]) * 1000 for job_id, arrived in arrivals]
+    p50, p99 = percentile(latencies_ms, 0.5), percentile(latencies_ms, 0.99)
+    print(f"\nWS completed push latency over {len(latencies_ms)} clients: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    record_property("ws_latency_p50_ms", round(p50, 2))
+    record_property("ws_latency_p99_ms", round(p99, 2))
+    assert p50 < 250
+
+
+async def _small_buffer_socket(http_url: str) -> socket.socket:
+    """A TCP socket whose kernel receive buffer is tiny, so a client that stops reading backs up quickly."""
+    address = urlsplit(http_url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (address.hostname, address.port)), 5)
+    return sock
+
+
+async def test_a_client_that_stops_reading_is_dropped_without_delaying_the_others(stack, llm):
+    llm.delay = 2.0
+    flood = 20_000
+    before = await metrics(stack.api)
+    sock = await _small_buffer_socket(stack.api_url)
+    async with completions_on_redis(stack.redis) as completed_at, \
+            ws_client(stack.api_url, sock=sock, max_queue=1, compression=None) as slow, \
+            ws_clients(stack.api_url, 3) as fast:
+        job_id = await submit(stack, SADTALKER)
+        for client in (slow, *fast):
+            await client.subscribe(job_id)
+        pipe = stack.redis.pipeline(transaction=False)
+        for step in range(1, flood + 1):
+            pipe.publish(BRIDGE.channel("progress", job_id), json.dumps({"jobId": job_id, "progress": step * 1e-6}))
+        await pipe.execute()
+
+        finals = await asyncio.wait_for(asyncio.gather(*(client.updates_until(job_id, timeout=30) for client in fast)), 40)
+        for client, updates in zip(fast, finals):
+            assert updates[-1]["progress"] == 1.0
+            assert client.received[-1][0] - completed_at[job_id] < 1.0
+        assert await slow.close_code(timeout=20) in (TRY_AGAIN_LATER, None)
+    after = await metrics(stack.api)
+    slow_key = ("websocket_errors_total", (("kind", "slow_client"),))
+    assert after[slow_key] > before.get(slow_key, 0)
+
+
+async def test_api_keys_guard_the_socket(stack):
+    job_id = str(uuid.uuid4())
+    guarded = stack.settings.model_copy(update={"api_keys": ["k1"]})
+    async with api_replica(guarded, stack.temporal) as url:
+        for query in ({}, {"key": "wrong"}):
+            async with ws_client(url, query) as client:
+                await client.send({"action": "subscribe", "jobId": job_id})
+                assert await client.close_code() == POLICY_VIOLATION, query
+        async with ws_client(url) as client:
+            await client.send({"action": "auth", "key": "wrong"})
+            assert await client.close_code() == POLICY_VIOLATION
+
+        for query in ({"key": "k1"}, {"token": "k1"}):
+            async with ws_client(url, query) as client:
+                assert (await client.subscribe(job_id))["status"] == "not_found"
+        async with ws_client(url) as client:
+            await client.send({"action": "auth", "key": "k1"})
+            assert await client.recv() == {"action": "response", "message": "authenticated"}
+            assert (await client.subscribe(job_id))["status"] == "not_found"
+    async with ws_client(stack.api_url) as client:  # keys off: nothing asked
+        assert (await client.subscribe(job_id))["status"] == "not_found"
+
+
+async def test_clients_on_two_replicas_see_the_same_updates(stack, llm):
+    llm.delay = 0.5
+    async with api_replica(stack.settings, stack.temporal) as other_url, \
+            ws_client(stack.api_url) as here, ws_client(other_url) as there:
+        job_id = await submit(stack, SADTALKER)
+        initial = await asyncio.gather(here.subscribe(job_id), there.subscribe(job_id))
+        assert all(state["status"] != "completed" for state in initial)
+        seen_here, seen_there = await asyncio.wait_for(
+            asyncio.gather(here.updates_until(job_id), there.updates_until(job_id)), 30)
+    assert seen_here[-1] == seen_there[-1] == {"type": "update", "jobId": job_id, "status": "completed", "progress": 1.0}
+    # Both subscribed during the slow LLM call: from its end on, every update reached both replicas' clients.
+    def after_script(updates):
+        return [u for u in updates if u["progress"] > 0 or u["status"] == "completed"]
+
+    assert after_script(seen_here) == after_script(seen_there)
+    assert len(after_script(seen_here)) > 1
+
+
+async def test_websocket_metrics_are_exported(stack):
+    before = await metrics(stack.api)
+    async with ws_client(stack.api_url) as client:
+        await client.subscribe(str(uuid.uuid4()))
+        await client.send("not json")
+        assert await client.recv() == {"action": "response", "message": "failed"}
+        during = await metrics(stack.api)
+    assert during[("websocket_clients_connected", ())] >= 1
+
+    async def lifetime_counted():
+        after = await metrics(stack.api)
+        count = ("websocket_client_lifetime_seconds_count", ())
+        return after if after[count] > before.get(count, 0) else None
+
+    after = await wait_for(lifetime_counted, what="the closed client's lifetime to be observed")
+
+    def grew(name, labels=(), by=1):
+        return after.get((name, labels), 0) - before.get((name, labels), 0) >= by
+
+    assert grew("websocket_connections_total")
+    assert grew("websocket_messages_received_total", by=2)
+    assert grew("websocket_messages_sent_total", by=3)
+    assert grew("websocket_errors_total", (("kind", "bad_message"),))
+    assert ("websocket_client_lifetime_seconds_bucket", (("le", "+Inf"),)) in after
