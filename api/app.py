@@ -6,7 +6,6 @@ import contextlib
 
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Response
-from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
@@ -14,10 +13,12 @@ from activities.registry import service_runtimes
 from activities.storage import object_store
 from api.auth import require_key
 from api.backend import Backend
+from api.cors import JsonErrorCORSMiddleware
 from api.errors import install_error_handlers
 from api.hub import Hub
 from api.middleware import BodyLimit, RequestMetrics
 from api.models import Health
+from api.openapi import error_response, install_openapi
 from api.routes_capabilities import router as capabilities_router
 from api.routes_control import router as control_router
 from api.routes_jobs import router as jobs_router
@@ -60,7 +61,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit, default_limit=settings.max_body_bytes,
                        limits={"/api/infinitetalk": 2 * settings.upload_max_bytes + UPLOAD_OVERHEAD})
-    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+    app.add_middleware(JsonErrorCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                        allow_headers=["*"], allow_credentials=False)
     app.add_middleware(RequestMetrics)
 
@@ -69,14 +70,14 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/metrics", tags=["ops"], response_class=Response, dependencies=[Depends(require_key)],
-             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+                        401: error_response("Missing or invalid API key")})
     async def metrics():
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    secured = [Depends(require_key)]
-    app.include_router(jobs_router, dependencies=secured)
-    app.include_router(control_router, dependencies=secured)
-    app.include_router(capabilities_router, dependencies=secured)
-    app.include_router(uploads_router, dependencies=secured)
+    secured = {"dependencies": [Depends(require_key)], "responses": {401: error_response("Missing or invalid API key")}}
+    for router in (jobs_router, control_router, capabilities_router, uploads_router):
+        app.include_router(router, **secured)
     app.include_router(ws_router)
+    install_openapi(app)
     return app

@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, UploadFile
+from redis.exceptions import LockError
 
 from activities.storage import ObjectStore, StorageError
 from api.backend import Backend, BackendDep
@@ -92,9 +94,22 @@ async def infinitetalk(
     limit = backend.settings.upload_max_bytes
     image_ext = await _checked(image_file, "image_file", "image", limit)
     audio_ext = await _checked(audio_file, "audio_file", "audio", limit)
-    if idempotency_key and (existing := await job_for_key(backend, idempotency_key)):
-        return existing  # a retried request uploads nothing twice
+    upload = partial(_upload_and_submit, backend, (image_file, image_ext), (audio_file, audio_ext), prompt, ref_text)
+    if not idempotency_key:
+        return await upload(None)
+    # Retries of one submission may race (and land on different replicas): one uploads, the others wait for its job.
+    try:
+        async with backend.redis.lock(f"idempotency:{idempotency_key}", timeout=120, blocking_timeout=60):
+            return await job_for_key(backend, idempotency_key) or await upload(idempotency_key)
+    except LockError:
+        raise ApiError(409, "a request with this Idempotency-Key is still being processed; retry later") from None
+
+
+async def _upload_and_submit(backend: Backend, image: tuple[UploadFile, str], audio: tuple[UploadFile, str],
+                             prompt: str, ref_text: str, idempotency_key: str | None) -> dict:
+    """Store both files under fresh keys and start the job; on any failure remove what was stored."""
     storage = _storage(backend)
+    (image_file, image_ext), (audio_file, audio_ext) = image, audio
     image_key, audio_key = f"images/{uuid.uuid4()}{image_ext}", f"audio/{uuid.uuid4()}{audio_ext}"
     stored: list[str] = []
     try:
