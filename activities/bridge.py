@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import redis.asyncio as aioredis
 from temporalio import activity
@@ -10,6 +11,7 @@ from temporalio import activity
 from activities.resources import now_ms
 from spinbot import jobkeys
 from spinbot.contracts import Bridge
+from spinbot.metrics import JOB_SECONDS, JOBS_FINISHED
 from spinbot.store import Store
 from workflows.inputs import JobSnapshot
 from workflows.names import SYNC_JOB
@@ -24,7 +26,11 @@ class BridgeActivities:
     @activity.defn(name=SYNC_JOB)
     async def sync_job(self, snap: JobSnapshot) -> None:
         """One PostgreSQL write and one Redis round trip per state change."""
-        await asyncio.gather(self.store.save_snapshot(snap.job_id, snap.status, snap.progress, snap.graph), self._redis(snap))
+        created, _ = await asyncio.gather(self.store.save_snapshot(snap.job_id, snap.status, snap.progress, snap.graph),
+                                          self._redis(snap))
+        if snap.announce_status and snap.status in jobkeys.TERMINAL:
+            JOBS_FINISHED.labels(status=snap.status).inc()
+            JOB_SECONDS.observe(max(0.0, time.time() - created.timestamp()))
 
     async def _redis(self, snap: JobSnapshot) -> None:
         bridge, job_id, created = self.bridge, snap.job_id, now_ms()

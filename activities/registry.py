@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import time
 from collections import defaultdict
 from typing import Awaitable, Callable
 
@@ -9,6 +10,7 @@ from temporalio import activity
 
 from activities.resources import Resources
 from spinbot.contracts import Contracts
+from spinbot.metrics import NODE_SECONDS
 from workflows.inputs import NodeTask, ServiceRuntime
 from workflows.names import ACTIVITY_QUEUE
 
@@ -39,7 +41,11 @@ def _handler(cap: dict) -> Handler:
 def _as_activity(service: str, handler: Handler, resources: Resources):
     @activity.defn(name=service)
     async def run_service(task: NodeTask) -> dict:
-        return await handler(task, resources)
+        started = time.perf_counter()
+        try:
+            return await handler(task, resources)
+        finally:
+            NODE_SECONDS.labels(service=service, plane="node").observe(time.perf_counter() - started)
 
     return run_service
 

@@ -26,11 +26,25 @@ from api.routes_uploads import router as uploads_router
 from api.routes_ws import router as ws_router
 from handoff.pubsub import subscribe_forever
 from spinbot.contracts import contracts
+from spinbot.metrics import DEAD_LETTER_BACKLOG, JOBS_BY_STATUS
 from spinbot.settings import Settings
 from spinbot.store import Store, connect_pool
 from spinbot.temporal import connect
 
 UPLOAD_OVERHEAD = 1 << 20  # multipart framing and the `data` part, on top of two files
+
+
+async def refresh_shared_gauges(backend: Backend) -> None:
+    """Cluster-wide figures read at scrape time: jobs by status, dead letters waiting."""
+    bridge = backend.contracts.bridge
+    for status, count in (await backend.store.count_by_status()).items():
+        JOBS_BY_STATUS.labels(status=status).set(count)
+    streams = [bridge.dead_letter(name) for name in (bridge.data_stream, bridge.control_stream, "channel")]
+    pipe = backend.redis.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xlen(stream)
+    for stream, length in zip(streams, await pipe.execute()):
+        DEAD_LETTER_BACKLOG.labels(stream=stream).set(length)
 
 
 def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
@@ -73,6 +87,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
                         401: error_response("Missing or invalid API key")})
     async def metrics():
+        await refresh_shared_gauges(app.state.backend)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     secured = {"dependencies": [Depends(require_key)], "responses": {401: error_response("Missing or invalid API key")}}

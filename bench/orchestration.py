@@ -104,11 +104,12 @@ async def measure(api_url: str, redis_url: str) -> dict:
 
 
 def start_stack(data_dir: Path, llm_url: str) -> tuple[subprocess.Popen, str, str]:
-    ports = {name: free_port() for name in ("api", "redis", "temporal", "ui")}
+    ports = {name: free_port() for name in ("api", "redis", "temporal", "ui", "metrics")}
     env = dict(os.environ, SPINBOT_LLM_ENDPOINT=llm_url, SPINBOT_LOG_FORMAT="json")
     cmd = [sys.executable, "-m", "spinbot", "dev", "--data-dir", str(data_dir), "--sim-seconds", "0",
            "--api-port", str(ports["api"]), "--redis-port", str(ports["redis"]),
-           "--temporal-port", str(ports["temporal"]), "--ui-port", str(ports["ui"])]
+           "--temporal-port", str(ports["temporal"]), "--ui-port", str(ports["ui"]),
+           "--metrics-port", str(ports["metrics"])]
     proc = popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 120
     for line in proc.stdout:

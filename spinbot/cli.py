@@ -9,6 +9,7 @@ import typer
 
 from spinbot.contracts import ConfigError, contracts
 from spinbot.logs import setup_logging
+from spinbot.metrics import serve_metrics
 from spinbot.settings import settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="MySpinBot control plane on Temporal.")
@@ -67,7 +68,8 @@ def worker(
     workflows: Annotated[bool, typer.Option("--workflows", help="Poll the workflow task queue")] = False,
     activities: Annotated[bool, typer.Option("--activities", help="Poll node-plane activity queues")] = False,
     queue: Annotated[Optional[list[str]], typer.Option(help="Only these activity queues")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option(help="Temporal SDK Prometheus metrics port")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Port for this worker's own metrics (jobs, nodes)")] = None,
+    sdk_metrics_port: Annotated[Optional[int], typer.Option(help="Port for the Temporal SDK's Prometheus metrics")] = None,
 ):
     """Run Temporal workers (both kinds when neither flag is given)."""
     from spinbot.temporal import connect, make_runtime
@@ -77,8 +79,10 @@ def worker(
     both = not workflows and not activities
     roles = WorkerRoles(workflows=workflows or both, activities=activities or both, queues=tuple(queue or ()))
 
+    serve_metrics(metrics_port)
+
     async def main():
-        runtime = make_runtime(metrics_port or config.worker_metrics_port)
+        runtime = make_runtime(sdk_metrics_port or config.worker_metrics_port)
         client = await connect(config.temporal_address, config.temporal_namespace, runtime)
         async with running_workers(client, config, roles):
             await asyncio.Event().wait()
@@ -87,12 +91,13 @@ def worker(
 
 
 @app.command()
-def relay():
+def relay(metrics_port: Annotated[Optional[int], typer.Option(help="Port for the relay's metrics (handoffs, dead letters)")] = None):
     """Relay handbacks to workflows and pub/sub events to Redis keys and PostgreSQL."""
     from handoff.service import run_relay
     from spinbot.temporal import connect
 
     config = _start("relay")
+    serve_metrics(metrics_port)
 
     async def main():
         client = await connect(config.temporal_address, config.temporal_namespace)
@@ -124,10 +129,11 @@ def dev(
     no_dataplane: Annotated[bool, typer.Option("--no-dataplane", help="Attach another data-plane worker instead")] = False,
     simulate: Annotated[bool, typer.Option("--simulate/--no-simulate", help="Reference worker simulates generation")] = True,
     sim_seconds: Annotated[float, typer.Option(help="Simulated duration of each python node")] = 2.0,
+    metrics_port: Annotated[int, typer.Option(help="First of three metrics ports: worker, Temporal SDK, relay")] = 9464,
 ):
     """Everything on one machine: Temporal, Redis, PostgreSQL, API, workers, relay, data plane."""
     from spinbot.dev import DevOptions, run_dev
 
     _start("dev")
-    options = DevOptions(data_dir.resolve(), api_port, redis_port, temporal_port, ui_port, not no_dataplane, simulate, sim_seconds)
+    options = DevOptions(data_dir.resolve(), api_port, redis_port, temporal_port, ui_port, not no_dataplane, simulate, sim_seconds, metrics_port)
     raise typer.Exit(run_dev(options))

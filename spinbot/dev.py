@@ -26,6 +26,12 @@ class DevOptions:
     dataplane: bool
     simulate: bool
     sim_seconds: float
+    metrics_port: int = 9464  # worker; +1 Temporal SDK; +2 relay
+
+    @property
+    def metrics_ports(self) -> dict[str, int]:
+        base = self.metrics_port
+        return {"worker metrics": base, "Temporal SDK metrics": base + 1, "relay metrics": base + 2}
 
 
 def _say(message: str) -> None:
@@ -47,7 +53,7 @@ def run_dev(options: DevOptions) -> int:
     config = settings()
     try:
         refuse_taken({"API": options.api_port, "Redis": options.redis_port,
-                      "Temporal": options.temporal_port, "Temporal UI": options.ui_port})
+                      "Temporal": options.temporal_port, "Temporal UI": options.ui_port, **options.metrics_ports})
     except ServiceError as exc:
         _say(f"cannot start: {exc}")
         return 1
@@ -74,8 +80,10 @@ def run_dev(options: DevOptions) -> int:
                    SPINBOT_TEMPORAL_ADDRESS=temporal.url, SPINBOT_REDIS_URL=redis.url,
                    SPINBOT_DATABASE_URL=postgres.url, SPINBOT_API_PORT=str(options.api_port),
                    SPINBOT_ARTIFACTS_DIR=str(data / "objects"))
-        roles.append(_spawn("worker", ["worker"], env))
-        roles.append(_spawn("relay", ["relay"], env))
+        metrics = options.metrics_ports
+        roles.append(_spawn("worker", ["worker", "--metrics-port", str(metrics["worker metrics"]),
+                                       "--sdk-metrics-port", str(metrics["Temporal SDK metrics"])], env))
+        roles.append(_spawn("relay", ["relay", "--metrics-port", str(metrics["relay metrics"])], env))
         if options.dataplane:
             roles.append(_spawn("dataplane", ["dataplane", "--simulate" if options.simulate else "--no-simulate",
                                               "--sim-seconds", str(options.sim_seconds)], env))
@@ -93,6 +101,7 @@ def run_dev(options: DevOptions) -> int:
         _say(f"Temporal gRPC {temporal.url}")
         _say(f"Redis         {redis.url}  (attach a data-plane worker here)")
         _say(f"PostgreSQL    {postgres.url}")
+        _say(f"Metrics       {base}/metrics, " + ", ".join(f"{name} :{port}" for name, port in options.metrics_ports.items()))
         if options.dataplane and options.simulate:
             _say("data plane: reference worker in SIMULATOR mode (no real generation)")
         elif not options.dataplane:

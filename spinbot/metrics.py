@@ -1,5 +1,5 @@
 """Prometheus metrics of every role, defined once so names never drift between processes."""
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 DEAD_LETTERS = Counter("spinbot_dead_letters_total", "Entries and messages set aside as invalid", ["source"])
 HANDOFF_SECONDS = Histogram(
@@ -29,3 +29,13 @@ JOB_SECONDS = Histogram("spinbot_job_duration_seconds", "From acceptance to comp
                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 5, 30, 120, 600, 3600, 14400))
 NODE_SECONDS = Histogram("spinbot_node_duration_seconds", "Node run time", ["service", "plane"],
                          buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600, 3600))
+
+# Read at scrape time by the API from shared state, so every replica reports the cluster's figures.
+JOBS_BY_STATUS = Gauge("spinbot_jobs", "Jobs in PostgreSQL by status", ["status"])
+DEAD_LETTER_BACKLOG = Gauge("spinbot_dead_letter_entries", "Entries waiting in a dead-letter stream", ["stream"])
+
+
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
+    """Expose this process's metrics on their own port (roles other than the API)."""
+    if port:
+        start_http_server(port, addr=host)

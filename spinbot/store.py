@@ -74,15 +74,16 @@ class Store:
         )
         return millis(row["created"])
 
-    async def save_snapshot(self, job_id: str, status: str, progress: float, graph: dict) -> None:
-        """The workflow's authoritative state after each change."""
-        await self.pool.execute(
+    async def save_snapshot(self, job_id: str, status: str, progress: float, graph: dict) -> datetime:
+        """The workflow's authoritative state after each change; returns when the job was created."""
+        return await self.pool.fetchval(
             """
             INSERT INTO jobs (job_id, status, progress, pipeline, last_graph)
             VALUES ($1, $2, $3, $4::jsonb->'context'->>'pipeline', $4::jsonb)
             ON CONFLICT (job_id) DO UPDATE
                SET status = EXCLUDED.status, progress = EXCLUDED.progress,
                    last_graph = EXCLUDED.last_graph, updated = now()
+            RETURNING created
             """,
             uuid.UUID(job_id), status, progress, graph,
         )
@@ -136,6 +137,10 @@ class Store:
             uuid.UUID(job_id), limit,
         )
         return [dict(r) for r in rows]
+
+    async def count_by_status(self) -> dict[str, int]:
+        rows = await self.pool.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status")
+        return {row["status"]: row["n"] for row in rows}
 
     async def list_jobs(self, limit: int, offset: int) -> list[dict]:
         rows = await self.pool.fetch(
