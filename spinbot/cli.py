@@ -5,6 +5,7 @@ import asyncio
 from pathlib import Path
 from typing import Annotated, Optional
 
+import asyncpg
 import typer
 
 from spinbot.contracts import ConfigError, contracts
@@ -32,11 +33,15 @@ def _start(role: str):
     return config
 
 
-def _run(coro) -> None:
+def _run(coro):
+    """Run a role until it ends or Ctrl-C; an unreachable dependency is a clear message, not a traceback."""
     try:
-        asyncio.run(coro)
+        return asyncio.run(coro)
     except KeyboardInterrupt:
-        pass
+        return None
+    except (OSError, asyncpg.PostgresError, RuntimeError) as exc:
+        typer.echo(f"cannot start: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -45,7 +50,7 @@ def migrate():
     from spinbot.migrate import migrate_url
 
     config = _start("migrate")
-    applied = asyncio.run(migrate_url(config.database_url))
+    applied = _run(migrate_url(config.database_url, timeout=10))
     typer.echo(f"applied: {', '.join(applied) or 'nothing (up to date)'}")
 
 
@@ -58,7 +63,7 @@ def api(host: Annotated[Optional[str], typer.Option()] = None, port: Annotated[O
     from spinbot.migrate import migrate_url
 
     config = _start("api")
-    asyncio.run(migrate_url(config.database_url))
+    _run(migrate_url(config.database_url))
     uvicorn.run(create_app(config), host=host or config.api_host, port=port or config.api_port,
                 log_level="warning", ws_ping_interval=20, ws_ping_timeout=20)
 

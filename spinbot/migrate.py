@@ -35,9 +35,13 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied_now
 
 
-async def migrate_url(database_url: str) -> list[str]:
-    conn = await asyncpg.connect(database_url)
+async def migrate_url(database_url: str, timeout: float = 30.0) -> list[str]:
+    """Migrate the database at `database_url`, waiting (with backoff) for it to answer."""
+    from spinbot.store import connect_pool
+
+    pool = await connect_pool(database_url, timeout=timeout, min_size=1, max_size=1)
     try:
-        return await migrate(conn)
+        async with pool.acquire() as conn:
+            return await migrate(conn)
     finally:
-        await conn.close()
+        await pool.close()

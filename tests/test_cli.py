@@ -1,0 +1,24 @@
+"""The CLI's boundary: a broken setting or an unreachable dependency is one clear line, not a traceback."""
+import os
+import subprocess
+import sys
+
+from spinbot.services import free_port
+
+
+def _spinbot(*args, **env):
+    return subprocess.run([sys.executable, "-m", "spinbot", *args], capture_output=True, text=True, timeout=90,
+                          env={**os.environ, **env})
+
+
+def test_unreachable_database_is_a_clear_error():
+    result = _spinbot("migrate", SPINBOT_DATABASE_URL=f"postgresql://x@127.0.0.1:{free_port()}/x")
+    assert result.returncode == 1
+    assert "cannot start: ConnectionRefusedError" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unsafe_production_settings_are_refused():
+    result = _spinbot("relay", SPINBOT_ENVIRONMENT="production", SPINBOT_API_KEYS="")
+    assert result.returncode == 2
+    assert "SPINBOT_API_KEYS must be set in production" in result.stderr
