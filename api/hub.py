@@ -56,7 +56,9 @@ class Subscriber:
     async def send_forever(self) -> None:
         while True:
             message = await self.queue.get()
-            await asyncio.wait_for(self.socket.send_text(message), SEND_TIMEOUT)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that lands as the send ends.
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await self.socket.send_text(message)
             WS_SENT.inc()
 
 
@@ -109,6 +111,8 @@ class Hub:
             view.status = event.status
         elif event.progress is not None and event.progress > view.progress:
             view.progress = event.progress
+            if view.status is None:
+                return  # the initial state is still being read; it will carry this progress
         else:
             return  # progress that would move backwards (or repeat) is not news
         message = json.dumps(view.update(event.job_id))
@@ -116,3 +120,5 @@ class Hub:
             if not client.offer(message):
                 WS_ERRORS.labels(kind="slow_client").inc()
                 self.leave(client)
+        # Let senders drain between messages: a burst read in one go must not fill a reading client's queue.
+        await asyncio.sleep(0)

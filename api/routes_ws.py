@@ -12,7 +12,7 @@ from starlette.websockets import WebSocketState
 from api.auth import key_is_valid
 from api.backend import Backend
 from api.errors import ApiError
-from api.hub import SLOW_CLIENT_CLOSE, Subscriber
+from api.hub import SEND_TIMEOUT, SLOW_CLIENT_CLOSE, Subscriber
 from api.jobs import job_status
 from spinbot.metrics import WS_CONNECTED, WS_CONNECTIONS, WS_ERRORS, WS_LIFETIME, WS_RECEIVED
 
@@ -86,7 +86,7 @@ async def websocket(socket: WebSocket):
             WS_ERRORS.labels(kind="send").inc()
         for task in pending:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.wait(pending, timeout=SEND_TIMEOUT)
     finally:
         hub.leave(client)
         sender.cancel()
@@ -111,15 +111,20 @@ async def _receive_forever(backend: Backend, client: Subscriber) -> None:
         job_id = message.get("jobId") if message else None
         if not message or not isinstance(job_id, str) or not job_id or len(job_id) > 200:
             WS_ERRORS.labels(kind="bad_message").inc()
-            client.offer(FAILED)
+            _reply(client, FAILED)
         elif message["action"] == "subscribe" and (job_id in client.jobs or len(client.jobs) < MAX_SUBSCRIPTIONS):
             hub.subscribe(client, job_id)
-            client.offer(_response("subscribed", job_id))
+            _reply(client, _response("subscribed", job_id))
             status, progress = await _initial_state(backend, job_id)
-            client.offer(hub.current(job_id, status, progress))
+            _reply(client, hub.current(job_id, status, progress))
         elif message["action"] == "unsubscribe":
             hub.unsubscribe(client, job_id)
-            client.offer(_response("unsubscribed", job_id))
+            _reply(client, _response("unsubscribed", job_id))
         else:
             WS_ERRORS.labels(kind="bad_message").inc()
-            client.offer(FAILED)
+            _reply(client, FAILED)
+
+
+def _reply(client: Subscriber, message: str) -> None:
+    if not client.offer(message):
+        WS_ERRORS.labels(kind="slow_client").inc()

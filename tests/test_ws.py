@@ -10,6 +10,7 @@ import uuid
 from urllib.parse import urlsplit
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.e2e import BRIDGE, outcome, submit, wait_for
 from tests.stack import api_replica
@@ -21,6 +22,7 @@ SADTALKER = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script":
 STATUS_ORDER = ["advertised", "queued", "running", "completed"]
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
+ABNORMAL_CLOSURE = 1006  # the connection ended without a close frame
 
 
 @contextlib.asynccontextmanager
@@ -64,7 +66,7 @@ async def test_subscribe_sends_the_current_state_of_a_job_in_progress(stack):
             "type": "update", "jobId": job_id, "status": "running", "progress": 0.4}
 
 
-@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "no-such-job"])
+@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "no-such-job"], ids=["unknown-uuid", "not-a-uuid"])
 async def test_unknown_job_is_subscribed_with_status_not_found(stack, job_id):
     async with ws_client(stack.api_url) as client:
         assert await client.subscribe(job_id) == {"type": "update", "jobId": job_id, "status": "not_found", "progress": 0.0}
@@ -124,6 +126,15 @@ async def test_every_status_change_of_a_job_is_pushed_in_order(stack, llm):
     assert progress == sorted(progress) and progress[-1] == 1.0
     assert len(set(progress)) > 2, "intermediate progress must be pushed too"
 
+    async def recorded_statuses():
+        events = (await stack.api.get(f"/api/jobs/{job_id}")).json()["events"]
+        statuses = [e["status"] for e in reversed(events) if e["status"]]
+        return statuses if "completed" in statuses else None
+
+    recorded = await wait_for(recorded_statuses, what="the job's events to record completed")
+    recorded = [s for i, s in enumerate(recorded) if i == 0 or s != recorded[i - 1]]
+    assert changes == recorded[recorded.index(changes[0]):], "a recorded status change was not pushed"
+
 
 async def test_a_hundred_clients_get_completed_pushed_fast(stack, llm, record_property):
     llm.delay = 0.5
@@ -153,48 +164,87 @@ async def _small_buffer_socket(http_url: str) -> socket.socket:
     address = urlsplit(http_url)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
     sock.setblocking(False)
     await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (address.hostname, address.port)), 5)
     return sock
 
 
+async def _flood(stack, job_id: str, first: int, count: int, batch: int = 100) -> int:
+    """Publish `count` rising progress updates (step * 1e-6) in paced batches, as a chatty data plane would."""
+    for start in range(first, first + count, batch):
+        pipe = stack.redis.pipeline(transaction=False)
+        for step in range(start, min(start + batch, first + count)):
+            pipe.publish(BRIDGE.channel("progress", job_id), json.dumps({"jobId": job_id, "progress": step * 1e-6}))
+        await pipe.execute()
+        await asyncio.sleep(0.005)
+    return first + count
+
+
+async def _counter(stack, name: str, labels: tuple = ()) -> float:
+    return (await metrics(stack.api)).get((name, labels), 0.0)
+
+
+async def _slow_drops(stack) -> float:
+    return await _counter(stack, "websocket_errors_total", (("kind", "slow_client"),))
+
+
+async def _flood_until_the_sender_stalls(stack, job_id: str, chunk: int = 50) -> int:
+    """Flood a job only the slow client follows, a chunk at a time, until the server cannot write a chunk out."""
+    step = 1
+    while step < 20_000:
+        sent = await _counter(stack, "websocket_messages_sent_total")
+        step = await _flood(stack, job_id, step, chunk)
+        deadline = time.monotonic() + 0.5
+        while await _counter(stack, "websocket_messages_sent_total") - sent < chunk:
+            if time.monotonic() > deadline:
+                return step  # at most one chunk waits in its queue: stalled, not yet dropped
+            await asyncio.sleep(0.01)
+    raise AssertionError("the server never stopped writing to a client that does not read")
+
+
 async def test_a_client_that_stops_reading_is_dropped_without_delaying_the_others(stack, llm):
-    llm.delay = 2.0
-    flood = 20_000
-    before = await metrics(stack.api)
+    flood_id = "flood-" + uuid.uuid4().hex + "x" * 162  # the longest job id makes each update as big as it gets
+    slow_drops = await _slow_drops(stack)
     sock = await _small_buffer_socket(stack.api_url)
     async with completions_on_redis(stack.redis) as completed_at, \
             ws_client(stack.api_url, sock=sock, max_queue=1, compression=None) as slow, \
             ws_clients(stack.api_url, 3) as fast:
-        job_id = await submit(stack, SADTALKER)
-        for client in (slow, *fast):
-            await client.subscribe(job_id)
-        pipe = stack.redis.pipeline(transaction=False)
-        for step in range(1, flood + 1):
-            pipe.publish(BRIDGE.channel("progress", job_id), json.dumps({"jobId": job_id, "progress": step * 1e-6}))
-        await pipe.execute()
+        async with stack.no_dataplane():  # the job stays busy (running) until the data plane comes back
+            await slow.subscribe(flood_id)
+            job_id = await submit(stack, SADTALKER)
+            for client in (slow, *fast):
+                await client.subscribe(job_id)
+            step = await _flood_until_the_sender_stalls(stack, flood_id)
+            assert await _slow_drops(stack) == slow_drops, "dropped before it stalled"
 
-        finals = await asyncio.wait_for(asyncio.gather(*(client.updates_until(job_id, timeout=30) for client in fast)), 40)
+        finals = await asyncio.wait_for(asyncio.gather(*(client.updates_until(job_id, timeout=20) for client in fast)), 30)
         for client, updates in zip(fast, finals):
             assert updates[-1]["progress"] == 1.0
-            assert client.received[-1][0] - completed_at[job_id] < 1.0
-        assert await slow.close_code(timeout=20) in (TRY_AGAIN_LATER, None)
-    after = await metrics(stack.api)
-    slow_key = ("websocket_errors_total", (("kind", "slow_client"),))
-    assert after[slow_key] > before.get(slow_key, 0)
+            assert client.received[-1][0] - completed_at[job_id] < 0.5, "a stalled client delayed the others"
+        assert await _slow_drops(stack) == slow_drops, "completed was pushed past a stalled client"
+
+        async def dropped():
+            nonlocal step
+            step = await _flood(stack, flood_id, step, 100)
+            return await _slow_drops(stack) > slow_drops
+
+        await wait_for(dropped, timeout=10, what="the stalled client to overflow its queue and be dropped")
+        # Its close frame queues behind the data it never read; once it reads them, the connection ends.
+        assert await slow.close_code(timeout=20) in (TRY_AGAIN_LATER, ABNORMAL_CLOSURE)
 
 
 async def test_api_keys_guard_the_socket(stack):
     job_id = str(uuid.uuid4())
     guarded = stack.settings.model_copy(update={"api_keys": ["k1"]})
     async with api_replica(guarded, stack.temporal) as url:
-        for query in ({}, {"key": "wrong"}):
+        for query, first in [({}, {"action": "subscribe", "jobId": job_id}),
+                             ({"key": "wrong"}, {"action": "subscribe", "jobId": job_id}),
+                             ({}, {"action": "auth", "key": "wrong"})]:
             async with ws_client(url, query) as client:
-                await client.send({"action": "subscribe", "jobId": job_id})
-                assert await client.close_code() == POLICY_VIOLATION, query
-        async with ws_client(url) as client:
-            await client.send({"action": "auth", "key": "wrong"})
-            assert await client.close_code() == POLICY_VIOLATION
+                await client.send(first)
+                assert await client.close_code() == POLICY_VIOLATION, (query, first)
+                assert client.received == [], "nothing is answered before the key is checked"
 
         for query in ({"key": "k1"}, {"token": "k1"}):
             async with ws_client(url, query) as client:
@@ -249,3 +299,48 @@ async def test_websocket_metrics_are_exported(stack):
     assert grew("websocket_messages_sent_total", by=3)
     assert grew("websocket_errors_total", (("kind", "bad_message"),))
     assert ("websocket_client_lifetime_seconds_bucket", (("le", "+Inf"),)) in after
+
+
+async def _burst(stack, job_id: str, count: int) -> None:
+    """`count` rising progress updates in one pipeline: they reach the hub in one read."""
+    pipe = stack.redis.pipeline(transaction=False)
+    for step in range(1, count + 1):
+        pipe.publish(BRIDGE.channel("progress", job_id), json.dumps({"jobId": job_id, "progress": step * 1e-6}))
+    await pipe.execute()
+
+
+async def _read_burst(client, last_step: int) -> str | int:
+    """'served' once the burst's last update arrives, else the close code if the server closes first."""
+    async def read():
+        try:
+            while (await client.recv(timeout=3))["progress"] < (last_step - 0.5) * 1e-6:
+                pass
+            return "served"
+        except ConnectionClosed:
+            return client.connection.close_code
+
+    return await asyncio.wait_for(read(), 5)
+
+
+async def test_a_burst_of_updates_does_not_drop_a_client_that_reads(stack):
+    job_id = "burst-" + uuid.uuid4().hex
+    slow_drops = await _slow_drops(stack)
+    async with ws_client(stack.api_url) as client:
+        await client.subscribe(job_id)
+        await _burst(stack, job_id, 1000)
+        assert await _read_burst(client, 1000) == "served"
+    assert await _slow_drops(stack) == slow_drops
+
+
+async def test_a_client_hit_by_a_burst_is_served_or_closed_never_left_hanging(stack):
+    job_id = "burst-" + uuid.uuid4().hex
+    connected = await _counter(stack, "websocket_clients_connected")
+    async with ws_client(stack.api_url) as client:
+        await client.subscribe(job_id)
+        await _burst(stack, job_id, 1000)
+        assert await _read_burst(client, 1000) in ("served", TRY_AGAIN_LATER)
+
+    async def counted_out():
+        return await _counter(stack, "websocket_clients_connected") == connected
+
+    await wait_for(counted_out, timeout=3, what="the client's handler to end")

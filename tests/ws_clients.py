@@ -34,11 +34,20 @@ class WsClient:
         self.received.append((time.perf_counter(), message))
         return message
 
+    async def recv_about(self, job_id: str, timeout: float = 5) -> dict:
+        """The next message about `job_id` (or about no job); updates of other jobs it follows are skipped."""
+        async def read():
+            while (message := await self.recv(timeout)).get("jobId", job_id) != job_id:
+                pass
+            return message
+
+        return await asyncio.wait_for(read(), timeout)
+
     async def subscribe(self, job_id: str, timeout: float = 5) -> dict:
         """Subscribe and return the current state that must follow the acknowledgement."""
         await self.send({"action": "subscribe", "jobId": job_id})
-        assert await self.recv(timeout) == {"action": "response", "message": "subscribed", "jobId": job_id}
-        state = await self.recv(timeout)
+        assert await self.recv_about(job_id, timeout) == {"action": "response", "message": "subscribed", "jobId": job_id}
+        state = await self.recv_about(job_id, timeout)
         assert state["type"] == "update" and state["jobId"] == job_id, state
         return state
 
@@ -47,8 +56,8 @@ class WsClient:
         async def read():
             updates = []
             while True:
-                message = await self.recv(timeout)
-                assert message.get("type") == "update" and message["jobId"] == job_id, message
+                message = await self.recv_about(job_id, timeout)
+                assert message.get("type") == "update", message
                 updates.append(message)
                 if message["status"] == status:
                     return updates
@@ -56,12 +65,12 @@ class WsClient:
         return await asyncio.wait_for(read(), timeout)
 
     async def close_code(self, timeout: float = 10) -> int | None:
-        """Read until the server ends the connection; the close code it sent, or None if it sent none."""
+        """Read (and keep) everything until the server ends the connection; the close code (1006: no close frame)."""
         async def drain():
             with contextlib.suppress(ConnectionClosed):
                 while True:
-                    await self.connection.recv()
-            return self.connection.close_rcvd.code if self.connection.close_rcvd else None
+                    await self.recv(timeout)
+            return self.connection.close_code
 
         return await asyncio.wait_for(drain(), timeout)
 
