@@ -1,6 +1,7 @@
 """Node-plane services registered as activities by capability id, with runtimes from the manifest."""
 from __future__ import annotations
 
+import asyncio
 import importlib
 import time
 from collections import defaultdict
@@ -15,6 +16,7 @@ from workflows.inputs import NodeTask, ServiceRuntime
 from workflows.names import ACTIVITY_QUEUE
 
 Handler = Callable[[NodeTask, Resources], Awaitable[dict]]
+HEARTBEAT_SECONDS = 1.0
 
 
 def service_runtimes(contracts: Contracts) -> dict[str, ServiceRuntime]:
@@ -42,9 +44,14 @@ def _as_activity(service: str, handler: Handler, resources: Resources):
     @activity.defn(name=service)
     async def run_service(task: NodeTask) -> dict:
         started = time.perf_counter()
+        work = asyncio.create_task(handler(task, resources))
         try:
-            return await handler(task, resources)
+            # Heartbeats carry cancellation to us and let Temporal notice a dead worker long before the timeout.
+            while not (await asyncio.wait({work}, timeout=HEARTBEAT_SECONDS))[0]:
+                activity.heartbeat()
+            return work.result()
         finally:
+            work.cancel()
             NODE_SECONDS.labels(service=service, plane="node").observe(time.perf_counter() - started)
 
     return run_service

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections import deque
 from typing import Any
 
@@ -31,6 +32,7 @@ def plan(request: Any, job_id: str, contracts: Contracts, llm_defaults: dict) ->
         _check_services(graph["nodes"], contracts)
         planned = _filled(graph, job_id, variant, llm_defaults)
         _check_schema(planned)
+        _check_portable(planned, "graph")
     except RecursionError:
         # Absurdly deep JSON must be a rejection, not a crash of the caller.
         raise PlanningError("graph is nested too deeply") from None
@@ -285,6 +287,21 @@ def _check_schema(graph: dict) -> None:
     problem = first_error(graph, GRAPH_SCHEMA)
     if problem:
         raise PlanningError(f"{_culprit(problem, graph)}: {problem}")
+
+
+def _check_portable(value: Any, where: str) -> None:
+    """Only what JSON itself (and so PostgreSQL and the data plane) can carry: no NaN/Infinity, no NUL."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PlanningError(f"{where}: {value} is not a JSON number")
+    if isinstance(value, str) and "\x00" in value:
+        raise PlanningError(f"{where}: contains a NUL character")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_portable(key, f"{where} key")
+            _check_portable(item, f"{where}/{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_portable(item, f"{where}/{index}")
 
 
 def _culprit(problem: str, graph: dict) -> str:

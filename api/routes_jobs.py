@@ -20,7 +20,7 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 async def post_job(backend: BackendDep, request: Annotated[PlanningRequest, Body(discriminator="mode")],
                    idempotency_key: IdempotencyKey = None):
     """Plan a job (fixed pipeline or caller-supplied graph) and start it."""
-    return await submit_job(backend, request.model_dump(), idempotency_key)
+    return await submit_job(backend, request.model_dump(), idempotency_key or None)
 
 
 @router.get("/status/{job_id}", response_model=JobStatus)

@@ -95,7 +95,7 @@ async def infinitetalk(
     image_ext = await _checked(image_file, "image_file", "image", limit)
     audio_ext = await _checked(audio_file, "audio_file", "audio", limit)
     upload = partial(_upload_and_submit, backend, (image_file, image_ext), (audio_file, audio_ext), prompt, ref_text)
-    if not idempotency_key:
+    if not idempotency_key:  # absent or empty: no idempotency
         return await upload(None)
     # Retries of one submission may race (and land on different replicas): one uploads, the others wait for its job.
     try:

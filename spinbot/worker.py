@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 import redis.asyncio as aioredis
@@ -48,7 +49,9 @@ async def running_workers(client: Client, settings: Settings, roles: WorkerRoles
         resources = Resources(settings, spec, redis, http)
         for queue, acts in activities_by_queue(spec, resources).items():
             if not roles.queues or queue in roles.queues:
-                workers.append(Worker(client, task_queue=queue, activities=acts, max_concurrent_activities=64))
+                # Heartbeats go out at least every second, so a cancel reaches the activity within about a second.
+                workers.append(Worker(client, task_queue=queue, activities=acts, max_concurrent_activities=64,
+                                      max_heartbeat_throttle_interval=timedelta(seconds=1)))
     tasks = [asyncio.create_task(worker.run()) for worker in workers]
     log.info("workers polling: %s", ", ".join(w.task_queue for w in workers))
     try:

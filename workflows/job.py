@@ -5,6 +5,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.workflow import ActivityCancellationType
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
@@ -15,6 +16,7 @@ with workflow.unsafe.imports_passed_through():
 
 STATUS_KEY = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
 SYNC_TIMEOUT = timedelta(seconds=30)
+HEARTBEAT_TIMEOUT = timedelta(seconds=20)  # node-plane activities heartbeat every second
 NON_RETRYABLE = ["ContractError", "InvalidParams", "InvalidManifest"]
 
 
@@ -128,6 +130,9 @@ class JobWorkflow:
                 result_type=dict,
                 task_queue=runtime.task_queue,
                 start_to_close_timeout=timedelta(seconds=runtime.timeout_seconds),
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                # On cancel, wait until the activity has really stopped, so nothing it does lands after our record.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 retry_policy=_retry_policy(runtime),
                 summary=node.get("name") or node["id"],
             )
@@ -210,10 +215,13 @@ class JobWorkflow:
 
     async def _cancel(self) -> None:
         """Stop node-plane work, mark the job failed as cancelled, and leave nothing waiting."""
-        for task in list(self.in_flight.values()):
+        stopping = list(self.in_flight.values())
+        for task in stopping:
             task.cancel()
+        await asyncio.gather(*stopping, return_exceptions=True)
         for node in self.graph["nodes"]:
-            if node["status"] == "running" or (node["plane"] == "python" and self.open_segment and node["id"] in self.segment_ready):
+            was_running = node["status"] == "running" or node.get("error", {}).get("code") == "CancelledError"
+            if was_running or (node["plane"] == "python" and self.open_segment and node["id"] in self.segment_ready):
                 node["status"] = "failed"
                 node["error"] = {"message": "cancelled", "code": "Cancelled"}
         g.skip_unreachable(self.graph)
