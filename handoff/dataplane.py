@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from handoff.messages import parse_graph_entry
-from handoff.streams import TRANSIENT, blocking_read_ms, dead_letter, ensure_group
+from handoff.streams import TRANSIENT, blocking_read_ms, dead_letter, ensure_group, raise_if_cancelled
 from spinbot import jobkeys
 from spinbot.contracts import Bridge, ContractError, contracts
 from spinbot.settings import Settings
@@ -167,8 +167,7 @@ class DataPlaneWorker:
                     self.bridge.workers_group, self.consumer, {self.bridge.data_stream: ">"},
                     count=min(self.bridge.batch_size, free), block=self.block_ms,
                 )
-            if asyncio.current_task().cancelling():  # redis-py sends via asyncio.wait_for, which 3.11 lets swallow a cancel
-                raise asyncio.CancelledError
+            raise_if_cancelled()
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     await self.slots.acquire()

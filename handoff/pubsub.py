@@ -7,11 +7,12 @@ from typing import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from handoff.streams import TRANSIENT
+from handoff.streams import TRANSIENT, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, str], Awaitable[None]]
+IDLE_WAKE_SECONDS = 1.0
 
 
 async def subscribe_forever(redis_url: str, patterns: list[str], on_message: MessageHandler,
@@ -26,8 +27,11 @@ async def subscribe_forever(redis_url: str, patterns: list[str], on_message: Mes
             if ready:
                 ready.set()
             delay = 0.1
-            async for message in pubsub.listen():
-                if message["type"] != "pmessage":
+            while True:
+                # A bounded wait (not listen()): a message is handled the moment it arrives, and a stop is seen within a second.
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=IDLE_WAKE_SECONDS)
+                raise_if_cancelled()
+                if message is None or message["type"] != "pmessage":
                     continue
                 try:
                     await on_message(message["channel"], message["data"])
@@ -38,5 +42,12 @@ async def subscribe_forever(redis_url: str, patterns: list[str], on_message: Mes
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
         finally:
-            await pubsub.aclose()
-            await client.aclose()
+            await asyncio.shield(_close(pubsub, client))
+
+
+async def _close(pubsub, client) -> None:
+    try:
+        await pubsub.aclose()
+        await client.aclose()
+    except (RuntimeError, *TRANSIENT):
+        pass  # the loop is shutting down or the server is gone: nothing left to close cleanly

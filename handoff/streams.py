@@ -18,6 +18,17 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 REDIS_PY_SOCKET_TIMEOUT = 5.0  # what redis-py (8.x) uses when the client is built without one
 
 
+def raise_if_cancelled() -> None:
+    """Re-raise a cancel that redis-py lost: it sends through asyncio.wait_for, which Python 3.11 lets swallow one.
+
+    Every blocking Redis loop calls this after each read, and reads block for a bounded time, so a
+    stop request is honoured within one read instead of leaving the task running forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def blocking_read_ms(redis: aioredis.Redis, block_ms: int) -> int:
     """BLOCK for XREADGROUP, kept under the client's socket timeout: a read cut off by that timeout loses
     its reply, and the entries it delivered would stay pending for good."""
@@ -80,6 +91,7 @@ class StreamConsumer:
         while True:
             reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=self.batch,
                                                 block=blocking_read_ms(self.redis, self.block_ms))
+            raise_if_cancelled()
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     await self._dispatch(entry_id, fields)
