@@ -1,7 +1,9 @@
 """The handoff under stress: stale and repeated handbacks, garbage, silence from the data plane."""
 from __future__ import annotations
 
+import asyncio
 import copy
+import dataclasses
 import json
 import time
 import uuid
@@ -9,6 +11,8 @@ import uuid
 import pytest
 
 from activities.registry import service_runtimes
+from handoff.relay import HandbackRelay
+from handoff.streams import ensure_group
 from spinbot.contracts import contracts
 from tests.e2e import BRIDGE, graph_request, outcome, pushed_segment, query_state, submit, wait_for
 from workflows.inputs import JobInput
@@ -35,9 +39,9 @@ def _hand_back(graph: dict, node_id: str, marker: str, **tag) -> dict:
     return done
 
 
-async def _xadd_control(redis, job_id: str, graph: dict | str) -> None:
+async def _xadd_control(redis, job_id: str, graph: dict | str, stream: str = BRIDGE.control_stream) -> None:
     body = graph if isinstance(graph, str) else json.dumps(graph)
-    await redis.xadd(BRIDGE.control_stream, {"jobId": job_id, "created": str(int(time.time() * 1000)), "graph": body})
+    await redis.xadd(stream, {"jobId": job_id, "created": str(int(time.time() * 1000)), "graph": body})
 
 
 async def test_stale_and_repeated_handbacks_are_ignored(stack, llm):
@@ -129,3 +133,27 @@ async def test_no_dataplane_worker_times_the_segment_out(stack, llm):
         state, message = await outcome(stack, job_id)
     assert state == "failed"
     assert 'node "py1"' in message and "did not hand back segment 1 within 1s" in message
+
+
+async def test_entries_left_pending_by_a_dead_relay_are_reclaimed(stack, llm):
+    """A relay that read a handback and died before signalling: another relay takes it over and the job finishes."""
+    bridge = dataclasses.replace(BRIDGE, control_stream=f"t:{uuid.uuid4().hex}:control", claim_idle_ms=200, block_ms=200)
+    async with stack.no_dataplane():
+        job_id = await submit(stack, {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "p"}}})
+        segment = await pushed_segment(stack.redis, job_id)
+        for node in segment["nodes"]:
+            if node["plane"] == "python":
+                node.update(status="completed", output={"currentProgress": 1.0})
+        await ensure_group(stack.redis, bridge.control_stream, bridge.control_group)
+        await _xadd_control(stack.redis, job_id, segment, stream=bridge.control_stream)
+        taken = await stack.redis.xreadgroup(bridge.control_group, "dead-relay", {bridge.control_stream: ">"}, count=1)
+        assert taken, "the dead relay took the entry and will never ack it"
+        survivor = asyncio.create_task(HandbackRelay(stack.redis, stack.temporal, bridge, "live-relay").run())
+        try:
+            assert await outcome(stack, job_id, timeout=15) == ("completed", None)
+            pending = await stack.redis.xpending(bridge.control_stream, bridge.control_group)
+            assert pending["pending"] == 0, "acked once the signal was delivered"
+        finally:
+            survivor.cancel()
+            await asyncio.gather(survivor, return_exceptions=True)
+
