@@ -72,7 +72,7 @@ async def _segment_still_open(stack, job_id):
 
 async def test_garbage_on_control_goes_to_dead_letters_and_good_entries_flow(stack, llm):
     dead = BRIDGE.dead_letter(BRIDGE.control_stream)
-    before = await stack.redis.xlen(dead)
+    probe = uuid.uuid4().hex  # the dead-letter copy keeps every field, so ours can be told from others'
     unknown = str(uuid.uuid4())
     garbage = [
         {"nonsense": "1"},
@@ -82,8 +82,8 @@ async def test_garbage_on_control_goes_to_dead_letters_and_good_entries_flow(sta
         {"jobId": unknown, "created": "1", "graph": json.dumps({**TWO_SEGMENTS["graph"], "workflowId": unknown, "metadata": {"handoff": {}}})},
     ]
     for fields in garbage:
-        await stack.redis.xadd(BRIDGE.control_stream, fields)
-    entries = await wait_for(lambda: _dead_since(stack.redis, dead, before, len(garbage)), what="dead letters")
+        await stack.redis.xadd(BRIDGE.control_stream, {**fields, "probe": probe})
+    entries = await wait_for(lambda: _dead_letters(stack.redis, dead, "probe", probe, len(garbage)), what="dead letters")
     errors = [fields["error"] for _, fields in entries]
     assert any("jobId" in e for e in errors) and any("not valid JSON" in e for e in errors)
     assert any("extra" in e for e in errors) and any("no running job" in e for e in errors)
@@ -91,18 +91,19 @@ async def test_garbage_on_control_goes_to_dead_letters_and_good_entries_flow(sta
     assert await outcome(stack, job_id) == ("completed", None)
 
 
-async def _dead_since(redis, stream, before, count):
-    entries = await redis.xrange(stream)
-    return entries[before:] if len(entries) - before >= count else None
+async def _dead_letters(redis, stream: str, field: str, marker: str, count: int):
+    """This test's entries in a dead-letter stream, once all `count` of them are there."""
+    ours = [(entry_id, fields) for entry_id, fields in await redis.xrange(stream) if marker in fields.get(field, "")]
+    return ours if len(ours) >= count else None
 
 
 async def test_garbage_on_pubsub_is_set_aside_and_listener_keeps_going(stack, llm):
     dead = BRIDGE.dead_letter("channel")
-    before = await stack.redis.xlen(dead)
-    await stack.redis.publish(BRIDGE.channel("status", "abc"), "{not json")
-    await stack.redis.publish(BRIDGE.channel("status", "abc"), json.dumps({"jobId": "abc", "status": "exploded"}))
-    await stack.redis.publish(BRIDGE.channel("progress", "abc"), json.dumps({"jobId": "xyz", "progress": 0.5}))
-    entries = await wait_for(lambda: _dead_since(stack.redis, dead, before, 3), what="pub/sub dead letters")
+    probe = "probe-" + uuid.uuid4().hex
+    await stack.redis.publish(BRIDGE.channel("status", probe), "{not json")
+    await stack.redis.publish(BRIDGE.channel("status", probe), json.dumps({"jobId": probe, "status": "exploded"}))
+    await stack.redis.publish(BRIDGE.channel("progress", probe), json.dumps({"jobId": "xyz", "progress": 0.5}))
+    entries = await wait_for(lambda: _dead_letters(stack.redis, dead, "channel", probe, 3), what="pub/sub dead letters")
     assert all(fields["error"] for _, fields in entries)
     job_id = await submit(stack, {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "p"}}})
     assert await outcome(stack, job_id) == ("completed", None)
