@@ -20,6 +20,7 @@ test: install
 	$(BIN)/pytest
 
 bench: install
+	$(BIN)/python -m bench.temporal_floor
 	$(BIN)/python -m bench.orchestration
 
 clean:
