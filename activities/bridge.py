@@ -8,13 +8,13 @@ import time
 import redis.asyncio as aioredis
 from temporalio import activity
 
-from activities.resources import now_ms
 from spinbot import jobkeys
 from spinbot.contracts import Bridge
 from spinbot.metrics import JOB_SECONDS, JOBS_FINISHED
 from spinbot.store import Store
 from workflows.inputs import JobSnapshot
 from workflows.names import SYNC_JOB
+from spinbot.timestamps import now_ms
 
 
 class BridgeActivities:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import Resources
 from spinbot.contracts import first_error
 from workflows.inputs import NodeTask
+from spinbot.timestamps import iso_now
 
 PLANE_SCHEMA = "plane-manifest.schema.json"
 COMBINED_SCHEMA = "combined-manifest.schema.json"
@@ -49,7 +49,7 @@ async def get_capabilities(task: NodeTask, res: Resources) -> dict:
     worker = worker_manifest(task.input or {})
     control = _checked(res.contracts.capabilities, "config/capabilities.json", PLANE_SCHEMA, plane="node")
     combined = {
-        "generatedAt": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "generatedAt": iso_now(),
         "capabilities": [*control["capabilities"], *worker["capabilities"]],
         "sources": {
             "control": {"plane": "node", "number": len(control["capabilities"])},

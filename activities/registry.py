@@ -52,6 +52,7 @@ def _as_activity(service: str, handler: Handler, resources: Resources):
             return work.result()
         finally:
             work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
             NODE_SECONDS.labels(service=service, plane="node").observe(time.perf_counter() - started)
 
     return run_service

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 
 import httpx
@@ -10,10 +9,7 @@ import redis.asyncio as aioredis
 
 from spinbot.contracts import Contracts
 from spinbot.settings import Settings
-
-
-def now_ms() -> str:
-    return str(int(time.time() * 1000))
+from spinbot.timestamps import now_ms
 
 
 @dataclass

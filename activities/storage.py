@@ -6,7 +6,6 @@ import io
 import os
 import re
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
@@ -16,6 +15,7 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from spinbot.settings import Settings
+from spinbot.timestamps import iso_now
 
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MAX_KEY_BYTES = 1024
@@ -86,7 +86,7 @@ def _as_stream(data: bytes | BinaryIO, length: int) -> BinaryIO:
 
 
 def _put_result(bucket: str, key: str, length: int, content_type: str) -> dict:
-    created_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    created_at = iso_now()
     return {"bucket": bucket, "key": key, "size_bytes": length, "content_type": content_type, "created_at": created_at}
 
 

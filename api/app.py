@@ -24,6 +24,7 @@ from api.routes_control import router as control_router
 from api.routes_jobs import router as jobs_router
 from api.routes_uploads import router as uploads_router
 from api.routes_ws import router as ws_router
+from handoff.listener import GARBAGE_SOURCE
 from handoff.pubsub import subscribe_forever
 from spinbot.contracts import contracts
 from spinbot.metrics import DEAD_LETTER_BACKLOG, JOBS_BY_STATUS
@@ -31,15 +32,17 @@ from spinbot.settings import Settings
 from spinbot.store import Store, connect_pool
 from spinbot.temporal import connect
 
+JOB_STATUSES = ("advertised", "queued", "running", "completed", "failed")
 UPLOAD_OVERHEAD = 1 << 20  # multipart framing and the `data` part, on top of two files
 
 
 async def refresh_shared_gauges(backend: Backend) -> None:
     """Cluster-wide figures read at scrape time: jobs by status, dead letters waiting."""
     bridge = backend.contracts.bridge
-    for status, count in (await backend.store.count_by_status()).items():
-        JOBS_BY_STATUS.labels(status=status).set(count)
-    streams = [bridge.dead_letter(name) for name in (bridge.data_stream, bridge.control_stream, "channel")]
+    counts = await backend.store.count_by_status()
+    for status in {*JOB_STATUSES, *counts}:  # a status that emptied must read 0, not its last count
+        JOBS_BY_STATUS.labels(status=status).set(counts.get(status, 0))
+    streams = [bridge.dead_letter(name) for name in (bridge.data_stream, bridge.control_stream, GARBAGE_SOURCE)]
     pipe = backend.redis.pipeline(transaction=False)
     for stream in streams:
         pipe.xlen(stream)

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Request
 
 from api.errors import ApiError
 
@@ -25,5 +24,3 @@ def require_key(request: Request) -> str | None:
         raise ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)")
     return token
 
-
-CurrentKey = Annotated[str | None, Depends(require_key)]

@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
-from activities.resources import now_ms
 from api.backend import Backend
 from api.errors import ApiError
 from api.planner import PlanningError, plan
 from spinbot import jobkeys
 from spinbot.metrics import JOBS_SUBMITTED
-from spinbot.store import is_job_id
+from spinbot.store import is_job_id, millis
 from workflows.inputs import JobInput
 from workflows.names import JOB_WORKFLOW, PIPELINE_ATTRIBUTE, STATUS_ATTRIBUTE, WORKFLOW_QUEUE
+from spinbot.timestamps import now_ms
 
 # Idempotency keys map to job ids deterministically, so a repeated submission finds the same job.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b1b07a0-0000-4000-8000-000000000001")
@@ -61,9 +62,17 @@ async def start_job(backend: Backend, graph: dict, idempotency_key: str | None =
             static_summary=f"{pipeline} job",
         )
     except RPCError as exc:
+        if attempt == 1:  # nothing half-made: a retry with the same key starts afresh (a failed retry stays failed)
+            await forget_job(backend, job_id)
         raise ApiError(503, f"workflow service unavailable: {exc.message}") from None
     JOBS_SUBMITTED.labels(pipeline=pipeline).inc()
-    return {"jobId": job_id, "status": "advertised", "progress": 0, "created": str(created_ms)}
+    return accepted(job_id, created_ms)
+
+
+async def forget_job(backend: Backend, job_id: str) -> None:
+    bridge = backend.contracts.bridge
+    await backend.store.forget_job(job_id)
+    await backend.redis.delete(bridge.job_key(job_id), bridge.status_key(job_id), bridge.progress_key(job_id))
 
 
 async def announce_accepted(backend: Backend, graph: dict) -> None:
@@ -76,8 +85,8 @@ async def announce_accepted(backend: Backend, graph: dict) -> None:
     await pipe.execute()
 
 
-def accepted(job_id: str, created) -> dict:
-    created_ms = int(created.timestamp() * 1000) if hasattr(created, "timestamp") else int(created)
+def accepted(job_id: str, created: datetime | int) -> dict:
+    created_ms = millis(created) if isinstance(created, datetime) else int(created)
     return {"jobId": job_id, "status": "advertised", "progress": 0, "created": str(created_ms)}
 
 

@@ -58,9 +58,13 @@ async def _run_capabilities_job(backend: Backend) -> dict:
     try:
         # The segment timeout ends the job itself; the extra second covers the node-plane merge.
         state = await asyncio.wait_for(handle.result(), timeout + 1)
-    except (asyncio.TimeoutError, WorkflowFailureError) as exc:
-        cause = getattr(getattr(exc, "cause", None), "message", None) or "no answer in time"
-        raise ApiError(504, f"no data-plane worker answered info.get_capabilities within {timeout:g}s ({cause})") from None
+    except asyncio.TimeoutError:
+        raise ApiError(504, f"no data-plane worker answered info.get_capabilities within {timeout:g}s") from None
+    except WorkflowFailureError as exc:
+        cause = getattr(exc.cause, "message", None) or str(exc.cause)
+        if "SegmentTimeout" in cause or "did not hand back" in cause:
+            raise ApiError(504, f"no data-plane worker answered info.get_capabilities within {timeout:g}s ({cause})") from None
+        raise ApiError(502, f"capabilities could not be combined: {cause}") from None
     outputs = {node["id"]: node.get("output") for node in state["graph"]["nodes"]}
     return outputs["control.info"]
 

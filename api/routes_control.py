@@ -1,6 +1,8 @@
 """Job control beyond the old API: cancel, retry (re-running only what failed), the live graph."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi import APIRouter
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
@@ -12,6 +14,8 @@ from api.models import AcceptedJob, ErrorBody, JobControl, LiveGraph
 from spinbot.store import is_job_id
 from workflows.graph import reset_for_retry
 from workflows.names import STATE
+
+RPC_TIMEOUT = timedelta(seconds=10)
 
 router = APIRouter(prefix="/api/jobs", tags=["job control"],
                    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}})
@@ -26,7 +30,7 @@ async def _known_job(backend: Backend, job_id: str) -> dict:
 
 async def _workflow_status(backend: Backend, job_id: str) -> WorkflowExecutionStatus | None:
     try:
-        return (await backend.temporal.get_workflow_handle(job_id).describe()).status
+        return (await backend.temporal.get_workflow_handle(job_id).describe(rpc_timeout=RPC_TIMEOUT)).status
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return None
@@ -39,7 +43,10 @@ async def cancel_job(backend: BackendDep, job_id: str):
     await _known_job(backend, job_id)
     if await _workflow_status(backend, job_id) != WorkflowExecutionStatus.RUNNING:
         raise ApiError(409, f"job {job_id} is not running")
-    await backend.temporal.get_workflow_handle(job_id).cancel()
+    try:
+        await backend.temporal.get_workflow_handle(job_id).cancel(rpc_timeout=RPC_TIMEOUT)
+    except RPCError as exc:
+        raise ApiError(503, f"workflow service unavailable: {exc.message}") from None
     return {"jobId": job_id, "message": "cancellation requested"}
 
 
@@ -62,7 +69,7 @@ async def live_graph(backend: BackendDep, job_id: str):
     """The graph as the workflow holds it right now (Temporal query)."""
     await _known_job(backend, job_id)
     try:
-        state = await backend.temporal.get_workflow_handle(job_id).query(STATE)
+        state = await backend.temporal.get_workflow_handle(job_id).query(STATE, rpc_timeout=RPC_TIMEOUT)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise ApiError(404, f"job {job_id} has no workflow") from None

@@ -1,8 +1,8 @@
 """POST /api/infinitetalk: a face image and a voice sample to object storage, then an f5tts_infinitetalk job."""
 from __future__ import annotations
 
+import contextlib
 import json
-import re
 import uuid
 from functools import partial
 from typing import Annotated
@@ -15,12 +15,11 @@ from api.backend import Backend, BackendDep
 from api.errors import ApiError
 from api.jobs import job_for_key, submit_job
 from api.models import AcceptedJob, ErrorBody
-from api.planner import infinitetalk_request
+from api.planner import INPUT_BUCKET, infinitetalk_request
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
-INPUT_BUCKET = "input"
-SAFE_NAME = re.compile(r"^[\w][\w .()+-]{0,200}$")
+MAX_NAME = 255
 SNIFF_BYTES = 16
 
 # Magic numbers: a declared content type alone is the client's word, not the file's.
@@ -44,7 +43,9 @@ def _sniff(head: bytes, kind: str) -> str | None:
 async def _checked(upload: UploadFile, part: str, kind: str, limit: int) -> str:
     """Validate one uploaded file; returns the extension to store it under."""
     name = upload.filename or ""
-    if not SAFE_NAME.match(name) or ".." in name:
+    # The name is never used for storage (keys are uuids), so only names that try to be paths are refused.
+    unsafe = "/" in name or "\\" in name or ".." in name or name.startswith(".") or not name.isprintable()
+    if not name or len(name) > MAX_NAME or unsafe:
         raise ApiError(400, f"{part}: unsafe or missing file name {name[:80]!r}")
     if upload.size is not None and upload.size > limit:
         raise ApiError(413, f"{part}: file is over the {limit} byte limit")
@@ -99,7 +100,8 @@ async def infinitetalk(
         return await upload(None)
     # Retries of one submission may race (and land on different replicas): one uploads, the others wait for its job.
     try:
-        async with backend.redis.lock(f"idempotency:{idempotency_key}", timeout=120, blocking_timeout=60):
+        async with backend.redis.lock(f"idempotency:{idempotency_key}", timeout=120, blocking_timeout=60,
+                                      raise_on_release_error=False):
             return await job_for_key(backend, idempotency_key) or await upload(idempotency_key)
     except LockError:
         raise ApiError(409, "a request with this Idempotency-Key is still being processed; retry later") from None
@@ -113,7 +115,6 @@ async def _upload_and_submit(backend: Backend, image: tuple[UploadFile, str], au
     image_key, audio_key = f"images/{uuid.uuid4()}{image_ext}", f"audio/{uuid.uuid4()}{audio_ext}"
     stored: list[str] = []
     try:
-        await storage.ensure_bucket(INPUT_BUCKET)
         for upload, key in ((image_file, image_key), (audio_file, audio_key)):
             await storage.put(INPUT_BUCKET, key, upload.file, upload.size, upload.content_type or "application/octet-stream")
             stored.append(key)
@@ -121,7 +122,8 @@ async def _upload_and_submit(backend: Backend, image: tuple[UploadFile, str], au
         return await submit_job(backend, request, idempotency_key)
     except BaseException as exc:
         for key in stored:  # a rejected request leaves nothing behind
-            await storage.remove(INPUT_BUCKET, key)
+            with contextlib.suppress(StorageError):  # storage down: report the original failure
+                await storage.remove(INPUT_BUCKET, key)
         if isinstance(exc, StorageError):
             raise ApiError(503, f"object storage unavailable: {exc}") from None
         raise

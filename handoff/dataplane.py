@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable
 
@@ -23,6 +22,7 @@ from spinbot import jobkeys
 from spinbot.contracts import Bridge, ContractError, contracts
 from spinbot.settings import Settings
 from workflows.graph import OPTIONAL_NODE_FIELDS, clamp_progress, merged_input, ready_nodes
+from spinbot.timestamps import now_ms
 
 if TYPE_CHECKING:
     from handoff.simulator import Simulator
@@ -38,10 +38,6 @@ class NodeFailure(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-
-
-def now_ms() -> str:
-    return str(int(time.time() * 1000))
 
 
 async def publish_event(redis: aioredis.Redis, bridge: Bridge, kind: str, job_id: str, payload: dict) -> None:

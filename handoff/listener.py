@@ -15,7 +15,8 @@ from temporalio.service import RPCError
 from handoff.messages import JobEvent, parse_event
 from handoff.streams import dead_letter
 from spinbot import jobkeys
-from spinbot.contracts import Bridge, ContractError
+from handoff.relay import RPC_TIMEOUT
+from spinbot.contracts import Bridge, ContractError, first_error
 from spinbot.metrics import PUBSUB_MESSAGES
 from spinbot.store import Event, Store, is_job_id
 from workflows.graph import drop_nulls, failed_nodes
@@ -63,18 +64,14 @@ class EventListener:
         raw = await self.redis.hget(self.bridge.job_key(job_id), "graph")
         try:
             graph = drop_nulls(json.loads(raw)) if raw else None
-        except (json.JSONDecodeError, AttributeError):
+        except json.JSONDecodeError:
             graph = None
-        if not isinstance(graph, dict) or not any(n.get("plane") == "python" for n in failed_nodes_safe(graph)):
+        if not isinstance(graph, dict) or first_error(graph, "graph.schema.json"):
+            return  # nothing usable: the segment timeout still ends the wait
+        if not any(node["plane"] == "python" for node in failed_nodes(graph)):
             return
         try:
-            await self.client.get_workflow_handle(job_id).signal(DATAPLANE_FAILED, Handback(graph))
+            await self.client.get_workflow_handle(job_id).signal(DATAPLANE_FAILED, Handback(graph), rpc_timeout=RPC_TIMEOUT)
         except RPCError as exc:
             log.info("job %s not waiting for a data-plane failure (%s)", job_id, exc.message)
 
-
-def failed_nodes_safe(graph: dict) -> list[dict]:
-    nodes = graph.get("nodes")
-    if not isinstance(nodes, list) or not all(isinstance(n, dict) and "status" in n for n in nodes):
-        return []
-    return failed_nodes(graph)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 import redis.asyncio as aioredis
 from temporalio.client import Client
@@ -16,6 +17,8 @@ from workflows.inputs import Handback
 from workflows.names import HANDBACK
 
 log = logging.getLogger(__name__)
+
+RPC_TIMEOUT = timedelta(seconds=10)
 
 
 class HandbackRelay:
@@ -37,7 +40,7 @@ class HandbackRelay:
             return
         received_ms = int(time.time() * 1000)
         try:
-            await self.client.get_workflow_handle(job_id).signal(HANDBACK, Handback(graph, received_ms))
+            await self.client.get_workflow_handle(job_id).signal(HANDBACK, Handback(graph), rpc_timeout=RPC_TIMEOUT)
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise  # Temporal unavailable: leave pending, to be reclaimed and retried

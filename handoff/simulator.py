@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
 
 from handoff.dataplane import Handler, NodeCall, NodeFailure
 from workflows.graph import job_progress
+from spinbot.timestamps import iso_now
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def simulated_artifact(call: NodeCall, content_type: str) -> dict:
         "bucket": SIMULATED_BUCKET,
         "key": f"jobs/{call.job_id}/{call.node['id']}.{EXTENSIONS[content_type]}",
         "size_bytes": SIMULATED_SIZES[content_type],
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "created_at": iso_now(),
         "content_type": content_type,
     }
 

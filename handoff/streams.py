@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 EntryHandler = Callable[[str, dict], Awaitable[None]]
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+DEAD_LETTER_MAX = 100_000
 REDIS_PY_SOCKET_TIMEOUT = 5.0  # what redis-py (8.x) uses when the client is built without one
 
 
@@ -53,7 +54,7 @@ async def dead_letter(redis: aioredis.Redis, stream: str, dead_stream: str, fiel
     DEAD_LETTERS.labels(source=stream).inc()
     entry = {str(k): str(v)[:1_000_000] for k, v in fields.items()}
     entry.update({"error": error, "stream": stream})
-    await redis.xadd(dead_stream, entry, maxlen=100_000, approximate=True)
+    await redis.xadd(dead_stream, entry, maxlen=DEAD_LETTER_MAX, approximate=True)
 
 
 class StreamConsumer:
@@ -75,6 +76,7 @@ class StreamConsumer:
         while True:
             try:
                 await ensure_group(self.redis, self.stream, self.group)
+                delay = 0.1  # reachable again
                 await self._reclaim()
                 await self._read_forever()
             except TRANSIENT as exc:

@@ -74,7 +74,7 @@ def worker(
     activities: Annotated[bool, typer.Option("--activities", help="Poll node-plane activity queues")] = False,
     queue: Annotated[Optional[list[str]], typer.Option(help="Only these activity queues")] = None,
     metrics_port: Annotated[Optional[int], typer.Option(help="Port for this worker's own metrics (jobs, nodes)")] = None,
-    sdk_metrics_port: Annotated[Optional[int], typer.Option(help="Port for the Temporal SDK's Prometheus metrics")] = None,
+    sdk_metrics_port: Annotated[Optional[int], typer.Option(help="Port for the Temporal SDK's Prometheus metrics (default: SPINBOT_WORKER_METRICS_PORT)")] = None,
 ):
     """Run Temporal workers (both kinds when neither flag is given)."""
     from spinbot.temporal import connect, make_runtime

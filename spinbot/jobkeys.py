@@ -16,10 +16,10 @@ end
 return redis.call('EXPIRE', KEYS[1], ARGV[2])
 """
 
-# A late 'running' from the data plane must not undo a finished job.
+# A late 'running' must not undo a finished job, nor a late 'advertised' a running one.
 _ADVANCE_STATUS = """
 local current = redis.call('GET', KEYS[1])
-if current == 'completed' or current == 'failed' then
+if current == 'completed' or current == 'failed' or (current and ARGV[1] == 'advertised') then
   return redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -31,9 +31,9 @@ def format_progress(progress: float) -> str:
 
 
 def set_state(pipe: Pipeline, bridge: Bridge, job_id: str, status: str, progress: float) -> None:
-    """Authoritative write (the workflow's own state): plain SETs with the TTL."""
+    """The workflow's own state: its status wins; progress still only moves forward."""
     pipe.set(bridge.status_key(job_id), status, ex=bridge.ttl)
-    pipe.set(bridge.progress_key(job_id), format_progress(progress), ex=bridge.ttl)
+    raise_progress(pipe, bridge, job_id, progress)
 
 
 def advance_status(pipe: Pipeline, bridge: Bridge, job_id: str, status: str) -> None:

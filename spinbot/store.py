@@ -10,9 +10,11 @@ from datetime import datetime
 
 import asyncpg
 
+from spinbot import jobkeys
+
 log = logging.getLogger(__name__)
 
-TERMINAL = ("completed", "failed")
+COMMAND_TIMEOUT = 30.0  # seconds; no query may hang a relay or a request for ever
 
 
 def is_job_id(value: str) -> bool:
@@ -48,7 +50,8 @@ async def connect_pool(database_url: str, timeout: float = 30.0, min_size: int =
     delay = 0.1
     while True:
         try:
-            return await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size, init=_init_connection)
+            return await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size, init=_init_connection,
+                                             command_timeout=COMMAND_TIMEOUT)
         except (OSError, asyncpg.PostgresError) as exc:
             if loop.time() + delay > deadline:
                 raise
@@ -81,7 +84,7 @@ class Store:
             INSERT INTO jobs (job_id, status, progress, pipeline, last_graph)
             VALUES ($1, $2, $3, $4::jsonb->'context'->>'pipeline', $4::jsonb)
             ON CONFLICT (job_id) DO UPDATE
-               SET status = EXCLUDED.status, progress = EXCLUDED.progress,
+               SET status = EXCLUDED.status, progress = GREATEST(jobs.progress, EXCLUDED.progress),
                    last_graph = EXCLUDED.last_graph, updated = now()
             RETURNING created
             """,
@@ -100,14 +103,16 @@ class Store:
                 RETURNING event_id
             ), up AS (
                 UPDATE jobs SET
-                    status = CASE WHEN $2::text IS NULL OR status = ANY($7::text[]) THEN status ELSE $2 END,
+                    -- 'advertised' is only ever the first status; a late copy must not undo 'running'.
+                    status = CASE WHEN $2::text IS NULL OR $2 = 'advertised' OR status = ANY($7::text[])
+                                  THEN status ELSE $2 END,
                     progress = GREATEST(progress, coalesce($3, progress)),
                     updated = now()
                 WHERE job_id = $1 AND EXISTS (SELECT 1 FROM ev)
             )
             SELECT event_id FROM ev
             """,
-            uuid.UUID(event.job_id), event.status, event.progress, event.data, event.fingerprint, event.created, list(TERMINAL),
+            uuid.UUID(event.job_id), event.status, event.progress, event.data, event.fingerprint, event.created, list(jobkeys.TERMINAL),
         )
         return row is not None
 
@@ -117,14 +122,8 @@ class Store:
 
     async def job(self, job_id: str) -> dict | None:
         row = await self.pool.fetchrow(
-            "SELECT job_id, status, progress, last_graph, created, idempotency_key FROM jobs WHERE job_id = $1",
+            "SELECT job_id, status, progress, last_graph, created FROM jobs WHERE job_id = $1",
             uuid.UUID(job_id),
-        )
-        return dict(row) if row else None
-
-    async def job_by_idempotency_key(self, key: str) -> dict | None:
-        row = await self.pool.fetchrow(
-            "SELECT job_id, status, progress, created FROM jobs WHERE idempotency_key = $1", key
         )
         return dict(row) if row else None
 
@@ -137,6 +136,10 @@ class Store:
             uuid.UUID(job_id), limit,
         )
         return [dict(r) for r in rows]
+
+    async def forget_job(self, job_id: str) -> None:
+        """Remove a job that never started (its workflow could not be started)."""
+        await self.pool.execute("DELETE FROM jobs WHERE job_id = $1", uuid.UUID(job_id))
 
     async def count_by_status(self) -> dict[str, int]:
         rows = await self.pool.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status")

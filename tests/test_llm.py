@@ -28,7 +28,7 @@ async def resources(redis_client):
 
 def script_task(job_id: str, **params) -> NodeTask:
     return NodeTask(job_id=job_id, node_id="script", service="llm.generate_script", params=params, input={},
-                    progress_weight=END - START, progress_start=START, progress_end=END)
+                    progress_start=START, progress_end=END)
 
 
 async def failure(task: NodeTask, res: Resources) -> ApplicationError:

@@ -55,8 +55,8 @@ def _weights(graph: dict) -> tuple[dict[str, float], float]:
 def job_progress(graph: dict, also_done: Iterable[str] = ()) -> float:
     """Completed weight over total weight, in [0, 1]; `also_done` counts extra nodes as completed."""
     weights, total = _weights(graph)
-    extra = set(also_done)
-    done = sum(w for node_id, w in weights.items() if node_id in extra or nodes_by_id(graph)[node_id]["status"] == "completed")
+    done_ids = set(also_done) | {node["id"] for node in graph["nodes"] if node["status"] == "completed"}
+    done = sum(w for node_id, w in weights.items() if node_id in done_ids)
     return clamp_progress(done / total)
 
 

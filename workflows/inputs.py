@@ -32,7 +32,6 @@ class NodeTask:
     service: str
     params: dict
     input: dict
-    progress_weight: float = 0.0
     progress_start: float = 0.0
     progress_end: float = 0.0
 
@@ -56,4 +55,3 @@ class Handback:
     """A graph the data plane handed back (or left in job:<id> when it failed without handing back)."""
 
     graph: dict
-    received_ms: int = 0

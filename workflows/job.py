@@ -16,7 +16,10 @@ with workflow.unsafe.imports_passed_through():
 
 STATUS_KEY = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
 SYNC_TIMEOUT = timedelta(seconds=30)
-HEARTBEAT_TIMEOUT = timedelta(seconds=20)  # node-plane activities heartbeat every second
+HEARTBEAT_TIMEOUT = timedelta(seconds=20)
+# workflow.patched ids: changes to the command sequence, kept until no run from before them remains.
+CLEAR_WAKEUP_BEFORE_SYNC = "clear-wakeup-before-sync"
+SEGMENT_TAG_WITHOUT_RUN_ID = "segment-tag-without-run-id"  # node-plane activities heartbeat every second
 NON_RETRYABLE = ["ContractError", "InvalidParams", "InvalidManifest"]
 
 
@@ -84,7 +87,10 @@ class JobWorkflow:
     async def _drive(self) -> None:
         """Start what is ready, wait for any change, record it; until nothing can move."""
         status: str | None = "running"  # recorded together with the first nodes started
+        early_clear = workflow.patched(CLEAR_WAKEUP_BEFORE_SYNC)
         while True:
+            if early_clear:
+                self.changed = False  # cleared before the sync: a signal or completion during it must wake us
             self._start_ready_nodes()
             push = self._open_segment_if_ready()
             finished = not self.in_flight and self.open_segment is None
@@ -95,7 +101,8 @@ class JobWorkflow:
                 status = None
             if finished:
                 return
-            self.changed = False
+            if not early_clear:
+                self.changed = False  # histories recorded before the patch cleared it here
             try:
                 await workflow.wait_condition(lambda: self.changed, timeout=self._segment_time_left())
             except asyncio.TimeoutError:
@@ -119,7 +126,6 @@ class JobWorkflow:
             service=node["service"],
             params=node.get("params") or {},
             input=node["input"],
-            progress_weight=float(node.get("progressWeight") or 0),
             progress_start=self.progress,
             progress_end=g.job_progress(self.graph, also_done=[node["id"]]),
         )
@@ -131,7 +137,7 @@ class JobWorkflow:
                 task_queue=runtime.task_queue,
                 start_to_close_timeout=timedelta(seconds=runtime.timeout_seconds),
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                # On cancel, wait until the activity has really stopped, so nothing it does lands after our record.
+                # On cancel, wait until the activity has acknowledged it before the job is recorded as cancelled.
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 retry_policy=_retry_policy(runtime),
                 summary=node.get("name") or node["id"],
@@ -155,7 +161,11 @@ class JobWorkflow:
         if self.open_segment is not None or not g.ready_nodes(self.graph, "python"):
             return False
         self.segment += 1
-        self.open_segment = {"segment": self.segment, "attempt": self.job.attempt, "runId": workflow.info().run_id}
+        self.open_segment = {"segment": self.segment, "attempt": self.job.attempt}
+        if not workflow.patched(SEGMENT_TAG_WITHOUT_RUN_ID):
+            # Histories from before the patch tagged the run too. Without it, a run reset by an operator
+            # rebuilds on replay the very tag it already pushed, and accepts that segment's handback.
+            self.open_segment["runId"] = workflow.info().run_id
         self.segment_ready = [node["id"] for node in g.ready_nodes(self.graph, "python")]
         self.segment_deadline = workflow.now() + timedelta(seconds=self.job.segment_timeout_seconds)
         self.graph.setdefault("metadata", {})["handoff"] = self.open_segment
@@ -207,7 +217,7 @@ class JobWorkflow:
         failed = g.failed_nodes(self.graph)
         g.skip_unreachable(self.graph)
         first = failed[0] if failed else None
-        reason = first["error"].get("message", "failed") if first else "no node could run"
+        reason = (first.get("error") or {}).get("message", "failed") if first else "no node could run"
         where = f'node "{first["id"]}" ({first["service"]})' if first else "graph"
         self.graph.setdefault("metadata", {})["failure"] = {"nodeId": first and first["id"], "message": reason}
         await self._sync(status="failed")
@@ -220,7 +230,7 @@ class JobWorkflow:
             task.cancel()
         await asyncio.gather(*stopping, return_exceptions=True)
         for node in self.graph["nodes"]:
-            was_running = node["status"] == "running" or node.get("error", {}).get("code") == "CancelledError"
+            was_running = node["status"] == "running" or (node.get("error") or {}).get("code") == "CancelledError"
             if was_running or (node["plane"] == "python" and self.open_segment and node["id"] in self.segment_ready):
                 node["status"] = "failed"
                 node["error"] = {"message": "cancelled", "code": "Cancelled"}

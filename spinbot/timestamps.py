@@ -1,0 +1,11 @@
+"""The two timestamp forms on the wire: milliseconds since epoch as a string, and ISO-8601 UTC with a Z."""
+import time
+from datetime import datetime, timezone
+
+
+def now_ms() -> str:
+    return str(int(time.time() * 1000))
+
+
+def iso_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
