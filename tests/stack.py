@@ -65,11 +65,11 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def api_replica(settings: Settings, temporal: Client):
+async def api_replica(settings: Settings, temporal: Client, ping_seconds: float = 20):
     """One more API process-equivalent (its own app, hub and pub/sub subscription) on a free port; yields its URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, temporal), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on", ws_ping_interval=20, ws_ping_timeout=20))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, temporal), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on", ws_ping_interval=ping_seconds, ws_ping_timeout=ping_seconds))
     serving = asyncio.create_task(server.serve())
     try:
         while not server.started:

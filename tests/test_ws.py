@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import os
 import socket
 import time
 import uuid
@@ -344,3 +346,19 @@ async def test_a_client_hit_by_a_burst_is_served_or_closed_never_left_hanging(st
         return await _counter(stack, "websocket_clients_connected") == connected
 
     await wait_for(counted_out, timeout=3, what="the client's handler to end")
+
+
+async def test_idle_connections_get_protocol_pings(stack):
+    """Proxies drop idle sockets; the server's WebSocket pings (opcode 0x9) keep them alive."""
+    async with api_replica(stack.settings, stack.temporal, ping_seconds=0.3) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        first = await asyncio.wait_for(reader.readexactly(2), 5)  # we stay silent: the server speaks first
+        assert first[0] & 0x0F == 0x9, f"expected a ping frame, got opcode {first[0] & 0x0F:#x}"
+        writer.close()
