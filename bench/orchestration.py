@@ -93,6 +93,12 @@ async def measure(api_url: str, redis_url: str) -> dict:
             latencies.append(finished.done[job_id] - started)
 
         sequential_posts = list(POSTS)
+        paced = []  # Temporal's dev server slows task pickup when jobs come back to back (bench.temporal_floor)
+        for _ in range(10):
+            await asyncio.sleep(0.5)
+            job_id, started = await submit(api)
+            await finished.wait(job_id)
+            paced.append(finished.done[job_id] - started)
         started = time.perf_counter()
         jobs = [job for job, _ in await asyncio.gather(*(submit(api) for _ in range(40)))]
         lookups = []
@@ -107,7 +113,8 @@ async def measure(api_url: str, redis_url: str) -> dict:
         elapsed = max(finished.done[job] for job in jobs) - started
     listening.cancel()
     await redis.aclose()
-    return {"latencies": latencies, "throughput": len(jobs) / elapsed, "lookups": lookups, "posts": sequential_posts}
+    return {"latencies": latencies, "paced": paced, "throughput": len(jobs) / elapsed, "lookups": lookups,
+            "posts": sequential_posts}
 
 
 def start_stack(data_dir: Path, llm_url: str) -> tuple[subprocess.Popen, str, str]:
@@ -134,7 +141,10 @@ def report(figures: dict) -> None:
     for column in ("measure", "this system", "system replaced", "target"):
         table.add_column(column)
     lat, looks = figures["latencies"], figures["lookups"]
-    table.add_row("POST to completed, p50 / p90", f"{percentile(lat, .5) * 1000:.0f} / {percentile(lat, .9) * 1000:.0f} ms",
+    table.add_row("POST to completed back to back, p50 / p90", f"{percentile(lat, .5) * 1000:.0f} / {percentile(lat, .9) * 1000:.0f} ms",
+                  BASELINE["latency"], TARGET["latency"])
+    paced = figures["paced"]
+    table.add_row("  the same, 0.5 s apart", f"{percentile(paced, .5) * 1000:.0f} / {percentile(paced, .9) * 1000:.0f} ms",
                   BASELINE["latency"], TARGET["latency"])
     table.add_row("throughput, 40 queued", f"{figures['throughput']:.1f} jobs/s", BASELINE["throughput"], TARGET["throughput"])
     table.add_row("GET /api/status under load, p50 / p99",
@@ -142,7 +152,8 @@ def report(figures: dict) -> None:
                   BASELINE["status"], TARGET["status"])
     Console().print(table)
     print(f"of which POST /api/jobs itself, p50: {percentile(figures['posts'], .5) * 1000:.0f} ms")
-    print(f"ratio (old/new): latency {0.75 / statistics.median(lat):.1f}x, throughput {figures['throughput'] / 0.40:.0f}x")
+    print(f"ratio (old/new): latency {0.75 / statistics.median(paced):.1f}x paced, {0.75 / statistics.median(lat):.1f}x back to back;"
+          f" throughput {figures['throughput'] / 0.40:.0f}x")
 
 
 def main() -> None:
