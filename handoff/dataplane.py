@@ -86,14 +86,6 @@ class NodeCall:
 Handler = Callable[[NodeCall], Awaitable[dict]]
 
 
-def parse_entry(fields: dict) -> tuple[str, dict]:
-    """(jobId, graph) of a process:data entry, accepted as the existing worker does (nulls mean absent)."""
-    try:
-        return parse_graph_entry(fields)
-    except (AttributeError, TypeError):  # nodes or edges that are not objects trip the null-dropping
-        raise ContractError("graph: nodes and edges must be arrays of objects") from None
-
-
 def as_worker_serialises(graph: dict) -> dict:
     """The graph as the existing worker re-serialises it: every optional field present, null when absent."""
     return {
@@ -183,7 +175,7 @@ class DataPlaneWorker:
         """Run one pushed graph, then hand it back (or record its failure) and ack; invalid entries go aside."""
         stream = self.bridge.data_stream
         try:
-            job_id, graph = parse_entry(fields)
+            job_id, graph = parse_graph_entry(fields)
         except ContractError as exc:
             await self._persist(lambda: dead_letter(self.redis, stream, self.bridge.dead_letter(stream), fields, str(exc)))
             await self._persist(lambda: self.redis.xack(stream, self.bridge.workers_group, entry_id))

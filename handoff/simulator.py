@@ -8,7 +8,7 @@ import asyncio
 import logging
 
 from handoff.dataplane import Handler, NodeCall, NodeFailure
-from workflows.graph import job_progress
+from workflows.graph import job_progress, weight_share
 from spinbot.timestamps import iso_now
 
 log = logging.getLogger(__name__)
@@ -17,14 +17,6 @@ SIMULATED_BUCKET = "output"
 # Plausible sizes: ~10 s of 48 kHz 16-bit mono speech, ~10 s of 720p H.264.
 SIMULATED_SIZES = {"audio/wav": 960_044, "video/mp4": 4_718_592, "application/octet-stream": 65_536}
 EXTENSIONS = {"audio/wav": "wav", "video/mp4": "mp4", "application/octet-stream": "bin"}
-
-
-def progress_share(graph: dict, node: dict) -> float:
-    """The node's weight over the whole graph's weight (every node alike when the graph has no weights)."""
-    total = sum(float(n.get("progressWeight") or 0) for n in graph["nodes"])
-    if total <= 0:
-        return 1 / len(graph["nodes"])
-    return float(node.get("progressWeight") or 0) / total
 
 
 def simulated_artifact(call: NodeCall, content_type: str) -> dict:
@@ -86,7 +78,7 @@ class Simulator:
             so_far = float(call.input["currentProgress"])
         except (TypeError, ValueError):
             raise NodeFailure("INVALID_INPUT", f"input.currentProgress is not a number: {call.input['currentProgress']!r}") from None
-        share = progress_share(call.graph, call.node)
+        share = weight_share(call.graph, call.node["id"])
         base = await call.progress.base(so_far)
         log.info("SIMULATING %s for job %s node %s (%.1fs)", call.node["service"], call.job_id, call.node["id"], self.seconds)
         for step in range(1, self.steps + 1):

@@ -52,6 +52,12 @@ def _weights(graph: dict) -> tuple[dict[str, float], float]:
     return weights, total
 
 
+def weight_share(graph: dict, node_id: str) -> float:
+    """The node's share of the whole job's weight (every node alike when the graph has no weights)."""
+    weights, total = _weights(graph)
+    return weights[node_id] / total
+
+
 def job_progress(graph: dict, also_done: Iterable[str] = ()) -> float:
     """Completed weight over total weight, in [0, 1]; `also_done` counts extra nodes as completed."""
     weights, total = _weights(graph)

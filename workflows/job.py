@@ -158,7 +158,8 @@ class JobWorkflow:
     # --- python plane -----------------------------------------------------------------------
 
     def _open_segment_if_ready(self) -> bool:
-        if self.open_segment is not None or not g.ready_nodes(self.graph, "python"):
+        ready = g.ready_nodes(self.graph, "python") if self.open_segment is None else []
+        if not ready:
             return False
         self.segment += 1
         self.open_segment = {"segment": self.segment, "attempt": self.job.attempt}
@@ -166,7 +167,7 @@ class JobWorkflow:
             # Histories from before the patch tagged the run too. Without it, a run reset by an operator
             # rebuilds on replay the very tag it already pushed, and accepts that segment's handback.
             self.open_segment["runId"] = workflow.info().run_id
-        self.segment_ready = [node["id"] for node in g.ready_nodes(self.graph, "python")]
+        self.segment_ready = [node["id"] for node in ready]
         self.segment_deadline = workflow.now() + timedelta(seconds=self.job.segment_timeout_seconds)
         self.graph.setdefault("metadata", {})["handoff"] = self.open_segment
         return True
