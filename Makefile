@@ -3,7 +3,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test lint bench clean
 
 install: $(STAMP)
 
@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/spinbot dev
 
-test: install
+test: install lint
 	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python -m bench.temporal_floor

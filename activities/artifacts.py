@@ -1,4 +1,5 @@
 """artifacts.upload_artifact: stores the files a node was given under jobs/<jobId>/<artifactId>/ in object storage."""
+
 from __future__ import annotations
 
 import base64
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import Resources
-from activities.storage import InvalidObjectName, StorageError, object_store
+from core.storage import InvalidObjectName, StorageError, object_store
 from workflows.inputs import NodeTask
 
 DEFAULT_BUCKET = "artifacts"
@@ -87,5 +88,7 @@ async def upload_artifact(task: NodeTask, res: Resources) -> dict:
     except InvalidObjectName as exc:
         raise invalid_params(str(exc)) from exc
     except StorageError as exc:
-        raise ApplicationError(f"artifacts.upload_artifact: {exc}", type="StorageFailed", non_retryable=not exc.retryable) from exc
+        raise ApplicationError(
+            f"artifacts.upload_artifact: {exc}", type="StorageFailed", non_retryable=not exc.retryable
+        ) from exc
     return {"artifactId": artifact_id, "bucket": bucket, "objects": objects, "currentProgress": task.progress_end}

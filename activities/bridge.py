@@ -1,4 +1,5 @@
 """The workflow's side effects on each state change: persist, publish, and hand segments to the data plane."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,13 +9,14 @@ import time
 import redis.asyncio as aioredis
 from temporalio import activity
 
-from spinbot import jobkeys
-from spinbot.contracts import Bridge
-from spinbot.metrics import JOB_SECONDS, JOBS_FINISHED
-from spinbot.store import Store
+from core import jobkeys
+from core.contracts import Bridge
+from core.metrics import JOB_SECONDS, JOBS_FINISHED
+from core.redis import Entry
+from core.store import Store
+from core.timestamps import now_ms
 from workflows.inputs import JobSnapshot
 from workflows.names import SYNC_JOB
-from spinbot.timestamps import now_ms
 
 
 class BridgeActivities:
@@ -26,8 +28,9 @@ class BridgeActivities:
     @activity.defn(name=SYNC_JOB)
     async def sync_job(self, snap: JobSnapshot) -> None:
         """One PostgreSQL write and one Redis round trip per state change."""
-        created, _ = await asyncio.gather(self.store.save_snapshot(snap.job_id, snap.status, snap.progress, snap.graph),
-                                          self._redis(snap))
+        created, _ = await asyncio.gather(
+            self.store.save_snapshot(snap.job_id, snap.status, snap.progress, snap.graph), self._redis(snap)
+        )
         if snap.announce_status and snap.status in jobkeys.TERMINAL:
             JOBS_FINISHED.labels(status=snap.status).inc()
             JOB_SECONDS.observe(max(0.0, time.time() - created.timestamp()))
@@ -39,12 +42,21 @@ class BridgeActivities:
         jobkeys.set_graph(pipe, bridge, job_id, graph_json, created)
         jobkeys.set_state(pipe, bridge, job_id, snap.status, snap.progress)
         if snap.push:
-            entry = {"jobId": job_id, "created": created, "graph": graph_json}
+            entry: Entry = {"jobId": job_id, "created": created, "graph": graph_json}
             pipe.xadd(bridge.data_stream, entry, maxlen=bridge.max_length, approximate=True)
         for item in snap.data:
-            pipe.publish(bridge.channel("data", job_id), json.dumps({"jobId": job_id, "data": json.dumps(item), "created": created}))
+            pipe.publish(
+                bridge.channel("data", job_id),
+                json.dumps({"jobId": job_id, "data": json.dumps(item), "created": created}),
+            )
         if snap.announce_progress:
-            pipe.publish(bridge.channel("progress", job_id), json.dumps({"jobId": job_id, "progress": snap.progress, "created": created}))
+            pipe.publish(
+                bridge.channel("progress", job_id),
+                json.dumps({"jobId": job_id, "progress": snap.progress, "created": created}),
+            )
         if snap.announce_status:
-            pipe.publish(bridge.channel("status", job_id), json.dumps({"jobId": job_id, "status": snap.status, "created": created}))
+            pipe.publish(
+                bridge.channel("status", job_id),
+                json.dumps({"jobId": job_id, "status": snap.status, "created": created}),
+            )
         await pipe.execute()

@@ -1,4 +1,5 @@
 """info.get_capabilities: the data plane's manifest and this plane's, combined into the one the API serves."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,9 @@ import json
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import Resources
-from spinbot.contracts import first_error
+from core.contracts import first_error
+from core.timestamps import iso_now
 from workflows.inputs import NodeTask
-from spinbot.timestamps import iso_now
 
 PLANE_SCHEMA = "plane-manifest.schema.json"
 COMBINED_SCHEMA = "combined-manifest.schema.json"

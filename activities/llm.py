@@ -1,4 +1,5 @@
 """llm.generate_script: asks Ollama for a stage prompt and a narration, reporting progress while it waits."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,13 +7,14 @@ import itertools
 import json
 import logging
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import httpx
 import redis.exceptions
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import Resources
-from spinbot.settings import Settings
+from core.settings import Settings
 from workflows.inputs import NodeTask
 
 log = logging.getLogger(__name__)
@@ -59,11 +61,19 @@ class ScriptParams:
         timeout_ms = given("timeoutMs", settings.llm_timeout_ms)
         if not _is_number(timeout_ms) or timeout_ms <= 0:
             raise invalid_params(f"timeoutMs: must be a number > 0, got {timeout_ms!r}")
-        return cls(prompt.strip(), model, float(temperature), endpoint.rstrip("/"), timeout_ms,
-                   given("tone"), given("length"), given("persona"))
+        return cls(
+            prompt.strip(),
+            model,
+            float(temperature),
+            endpoint.rstrip("/"),
+            timeout_ms,
+            given("tone"),
+            given("length"),
+            given("persona"),
+        )
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -145,31 +155,51 @@ async def _tick_progress(res: Resources, task: NodeTask, stop: asyncio.Event) ->
 
 async def _ask_ollama(http: httpx.AsyncClient, p: ScriptParams) -> dict:
     """POST /api/generate and return Ollama's JSON reply; every failure becomes an ApplicationError."""
-    body = {"model": p.model, "prompt": build_prompt(p), "temperature": p.temperature, "stream": False,
-            "options": {"temperature": p.temperature}}
+    body = {
+        "model": p.model,
+        "prompt": build_prompt(p),
+        "temperature": p.temperature,
+        "stream": False,
+        "options": {"temperature": p.temperature},
+    }
     seconds = p.timeout_ms / 1000
     try:
         # httpx's timeout bounds each phase; the outer one bounds the whole exchange.
         async with asyncio.timeout(seconds):
             response = await http.post(f"{p.endpoint}/api/generate", json=body, timeout=seconds)
     except (httpx.TimeoutException, TimeoutError) as exc:
-        raise ApplicationError(f"Ollama at {p.endpoint} did not answer within {p.timeout_ms:g} ms", type="LlmTimeout") from exc
+        raise ApplicationError(
+            f"Ollama at {p.endpoint} did not answer within {p.timeout_ms:g} ms", type="LlmTimeout"
+        ) from exc
     except httpx.TransportError as exc:
-        raise ApplicationError(f"Ollama at {p.endpoint} is unreachable: {exc or type(exc).__name__}", type="LlmUnavailable") from exc
+        raise ApplicationError(
+            f"Ollama at {p.endpoint} is unreachable: {exc or type(exc).__name__}", type="LlmUnavailable"
+        ) from exc
     if response.status_code >= 400:
         detail = _error_text(response)
         if response.status_code < 500:
-            raise ApplicationError(f"Ollama at {p.endpoint} rejected the request (HTTP {response.status_code}): {detail}",
-                                   type="LlmRejected", non_retryable=True)
-        raise ApplicationError(f"Ollama at {p.endpoint} failed (HTTP {response.status_code}): {detail}", type="LlmServerError")
+            raise ApplicationError(
+                f"Ollama at {p.endpoint} rejected the request (HTTP {response.status_code}): {detail}",
+                type="LlmRejected",
+                non_retryable=True,
+            )
+        raise ApplicationError(
+            f"Ollama at {p.endpoint} failed (HTTP {response.status_code}): {detail}", type="LlmServerError"
+        )
     try:
         reply = response.json()
     except ValueError as exc:
-        raise ApplicationError(f"Ollama at {p.endpoint} answered with a body that is not JSON: {response.text[:200]!r}",
-                               type="LlmBadReply", non_retryable=True) from exc
+        raise ApplicationError(
+            f"Ollama at {p.endpoint} answered with a body that is not JSON: {response.text[:200]!r}",
+            type="LlmBadReply",
+            non_retryable=True,
+        ) from exc
     if not isinstance(reply, dict) or not isinstance(reply.get("response"), str):
-        raise ApplicationError(f"Ollama at {p.endpoint} answered without a `response` text: {response.text[:200]!r}",
-                               type="LlmBadReply", non_retryable=True)
+        raise ApplicationError(
+            f"Ollama at {p.endpoint} answered without a `response` text: {response.text[:200]!r}",
+            type="LlmBadReply",
+            non_retryable=True,
+        )
     return reply
 
 
@@ -181,7 +211,8 @@ def _error_text(response: httpx.Response) -> str:
 
 
 def _tokens_used(reply: dict) -> int:
-    return sum(count for count in (reply.get("eval_count"), reply.get("prompt_eval_count")) if _is_number(count))
+    counts = (reply.get("eval_count"), reply.get("prompt_eval_count"))
+    return int(sum(count for count in counts if _is_number(count)))
 
 
 async def generate_script(task: NodeTask, res: Resources) -> dict:
@@ -199,7 +230,9 @@ async def generate_script(task: NodeTask, res: Resources) -> dict:
     text = reply["response"]
     if not text.strip():
         # Sampling again may well produce text, so let Temporal retry.
-        raise ApplicationError(f"Ollama at {p.endpoint} returned an empty response for model {p.model}", type="LlmEmptyReply")
+        raise ApplicationError(
+            f"Ollama at {p.endpoint} returned an empty response for model {p.model}", type="LlmEmptyReply"
+        )
     stage_prompt, narration = parse_script(text)
     await _report_progress(res, task.job_id, task.progress_end)
     return {

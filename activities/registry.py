@@ -1,38 +1,23 @@
 """Node-plane services registered as activities by capability id, with runtimes from the manifest."""
+
 from __future__ import annotations
 
 import asyncio
 import importlib
 import time
 from collections import defaultdict
-from typing import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from temporalio import activity
 
 from activities.resources import Resources
-from spinbot.contracts import Contracts
-from spinbot.metrics import NODE_SECONDS
-from workflows.inputs import NodeTask, ServiceRuntime
-from workflows.names import ACTIVITY_QUEUE
+from core.contracts import Contracts, service_runtimes
+from core.metrics import NODE_SECONDS
+from workflows.inputs import NodeTask
 
-Handler = Callable[[NodeTask, Resources], Awaitable[dict]]
+Handler = Callable[[NodeTask, Resources], Coroutine[Any, Any, dict]]
 HEARTBEAT_SECONDS = 1.0
-
-
-def service_runtimes(contracts: Contracts) -> dict[str, ServiceRuntime]:
-    """How each node-plane service runs, read from `runtime` in config/capabilities.json."""
-    runtimes = {}
-    for cap in contracts.capabilities["capabilities"]:
-        runtime = cap["runtime"]
-        retry = runtime.get("retry", {})
-        runtimes[cap["id"]] = ServiceRuntime(
-            task_queue=runtime.get("taskQueue", ACTIVITY_QUEUE),
-            timeout_seconds=float(runtime["timeoutSeconds"]),
-            max_attempts=retry.get("maxAttempts", 3),
-            initial_interval_seconds=retry.get("initialIntervalSeconds", 1.0),
-            backoff_coefficient=retry.get("backoffCoefficient", 2.0),
-        )
-    return runtimes
 
 
 def _handler(cap: dict) -> Handler:

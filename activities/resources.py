@@ -1,4 +1,5 @@
 """Clients the activities share within one worker process, created once at start-up."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,10 @@ from dataclasses import dataclass
 import httpx
 import redis.asyncio as aioredis
 
-from spinbot.contracts import Contracts
-from spinbot.settings import Settings
-from spinbot.timestamps import now_ms
+from core.contracts import Contracts
+from core.settings import Settings
+from core.storage import ObjectStore
+from core.timestamps import now_ms
 
 
 @dataclass
@@ -18,7 +20,7 @@ class Resources:
     contracts: Contracts
     redis: aioredis.Redis
     http: httpx.AsyncClient
-    storage: object = None  # activities.storage.ObjectStore; built lazily by the artifacts service
+    storage: ObjectStore | None = None  # built lazily by the artifacts service
 
     async def publish_progress(self, job_id: str, progress: float) -> None:
         """Publish job progress on channel:progress:<jobId> (the relay keeps the key and history)."""

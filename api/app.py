@@ -1,19 +1,17 @@
 """The FastAPI app: clients opened once in the lifespan, routers aggregated here."""
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
-import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
-from activities.registry import service_runtimes
-from activities.storage import object_store
 from api.auth import require_key
-from api.backend import Backend
 from api.cors import JsonErrorCORSMiddleware
+from api.deps import Backend
 from api.errors import install_error_handlers
 from api.hub import Hub
 from api.middleware import BodyLimit, RequestMetrics
@@ -24,15 +22,16 @@ from api.routes_control import router as control_router
 from api.routes_jobs import router as jobs_router
 from api.routes_uploads import router as uploads_router
 from api.routes_ws import router as ws_router
-from handoff.listener import GARBAGE_SOURCE
-from handoff.pubsub import subscribe_forever
-from spinbot.contracts import contracts
-from spinbot.metrics import DEAD_LETTER_BACKLOG, JOBS_BY_STATUS
-from spinbot.settings import Settings
-from spinbot.store import Store, connect_pool
-from spinbot.temporal import connect
+from core.contracts import contracts, service_runtimes
+from core.metrics import DEAD_LETTER_BACKLOG, JOBS_BY_STATUS
+from core.pubsub import subscribe_forever
+from core.redis import redis_client
+from core.settings import Settings
+from core.storage import object_store
+from core.store import Store, connect_pool
+from core.temporal import connect
+from workflows.status import JobStatus
 
-JOB_STATUSES = ("advertised", "queued", "running", "completed", "failed")
 UPLOAD_OVERHEAD = 1 << 20  # multipart framing and the `data` part, on top of two files
 
 
@@ -40,13 +39,13 @@ async def refresh_shared_gauges(backend: Backend) -> None:
     """Cluster-wide figures read at scrape time: jobs by status, dead letters waiting."""
     bridge = backend.contracts.bridge
     counts = await backend.store.count_by_status()
-    for status in {*JOB_STATUSES, *counts}:  # a status that emptied must read 0, not its last count
+    for status in {*JobStatus, *counts}:  # a status that emptied must read 0, not its last count
         JOBS_BY_STATUS.labels(status=status).set(counts.get(status, 0))
-    streams = [bridge.dead_letter(name) for name in (bridge.data_stream, bridge.control_stream, GARBAGE_SOURCE)]
+    streams = bridge.dead_letter_streams
     pipe = backend.redis.pipeline(transaction=False)
     for stream in streams:
         pipe.xlen(stream)
-    for stream, length in zip(streams, await pipe.execute()):
+    for stream, length in zip(streams, await pipe.execute(), strict=False):
         DEAD_LETTER_BACKLOG.labels(stream=stream).set(length)
 
 
@@ -56,14 +55,15 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         spec = contracts()
-        redis = aioredis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+        redis = redis_client(settings.redis_url)
         pool = await connect_pool(settings.database_url)
         client = temporal or await connect(settings.temporal_address, settings.temporal_namespace)
         hub = Hub(spec.bridge)
         listening = asyncio.Event()
         relay = asyncio.create_task(subscribe_forever(settings.redis_url, hub.patterns, hub.on_message, listening))
-        extras = {"hub": hub, "storage": object_store(settings)}
-        app.state.backend = Backend(settings, spec, redis, Store(pool), client, service_runtimes(spec), extras)
+        app.state.backend = Backend(
+            settings, spec, redis, Store(pool), client, service_runtimes(spec), hub, object_store(settings)
+        )
         await asyncio.wait_for(listening.wait(), 30)
         try:
             yield
@@ -73,29 +73,49 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
             await redis.aclose()
             await pool.close()
 
-    app = FastAPI(title="MySpinBot control plane", version="1.0", lifespan=lifespan,
-                  description="REST + WebSocket API of the MySpinBot control plane (jobs run as Temporal workflows).")
+    app = FastAPI(
+        title="MySpinBot control plane",
+        version="1.0",
+        lifespan=lifespan,
+        description="REST + WebSocket API of the MySpinBot control plane (jobs run as Temporal workflows).",
+    )
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, default_limit=settings.max_body_bytes,
-                       limits={"/api/infinitetalk": 2 * settings.upload_max_bytes + UPLOAD_OVERHEAD})
-    app.add_middleware(JsonErrorCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
-                       allow_headers=["*"], allow_credentials=False)
+    app.add_middleware(
+        BodyLimit,
+        default_limit=settings.max_body_bytes,
+        limits={"/api/infinitetalk": 2 * settings.upload_max_bytes + UPLOAD_OVERHEAD},
+    )
+    app.add_middleware(
+        JsonErrorCORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        allow_credentials=False,
+    )
     app.add_middleware(RequestMetrics)
 
     @app.get("/health", response_model=Health, tags=["ops"])
     async def health():
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["ops"], response_class=Response, dependencies=[Depends(require_key)],
-             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
-                        401: error_response("Missing or invalid API key")})
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        dependencies=[Depends(require_key)],
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+            401: error_response("Missing or invalid API key"),
+        },
+    )
     async def metrics():
         await refresh_shared_gauges(app.state.backend)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    secured = {"dependencies": [Depends(require_key)], "responses": {401: error_response("Missing or invalid API key")}}
     for router in (jobs_router, control_router, capabilities_router, uploads_router):
-        app.include_router(router, **secured)
+        app.include_router(
+            router, dependencies=[Depends(require_key)], responses={401: error_response("Missing or invalid API key")}
+        )
     app.include_router(ws_router)
     install_openapi(app)
     return app

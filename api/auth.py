@@ -1,10 +1,12 @@
-"""Optional API keys: off when none are configured; REST takes a Bearer token, WebSocket a query key or first message."""
+"""Optional API keys, off when none are set: REST takes a Bearer token, WebSocket a query key or first message."""
+
 from __future__ import annotations
 
 import hmac
 
 from fastapi import Request
 
+from api.deps import SettingsDep
 from api.errors import ApiError
 
 
@@ -15,12 +17,11 @@ def key_is_valid(candidate: str | None, keys: list[str]) -> bool:
     return any(hmac.compare_digest(candidate.encode(), key.encode()) for key in keys)
 
 
-def require_key(request: Request) -> str | None:
-    keys = request.app.state.backend.settings.api_keys
+def require_key(request: Request, settings: SettingsDep) -> str | None:
+    keys = settings.api_keys
     if not keys:
         return None
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key_is_valid(token.strip(), keys):
         raise ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)")
     return token
-

@@ -1,4 +1,5 @@
 """CORS from the settings' allowlist, with refused preflights answered as {"error"} like every other error."""
+
 from __future__ import annotations
 
 from starlette.middleware.cors import CORSMiddleware
@@ -10,4 +11,6 @@ class JsonErrorCORSMiddleware(CORSMiddleware):
         response = super().preflight_response(request_headers)
         if response.status_code < 400:
             return response
-        return JSONResponse({"error": response.body.decode() or "CORS preflight refused"}, status_code=response.status_code)
+        return JSONResponse(
+            {"error": bytes(response.body).decode() or "CORS preflight refused"}, status_code=response.status_code
+        )

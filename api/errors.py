@@ -1,4 +1,5 @@
 """Every error leaves as {"error": "<message>"} with a 4xx/5xx code; never a stack trace."""
+
 from __future__ import annotations
 
 import logging

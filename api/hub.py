@@ -4,6 +4,7 @@ Each API replica subscribes to the status and progress channels itself and serve
 clients. A client gets a bounded queue and a sender task of its own, so a slow or dead client is
 disconnected instead of delaying anyone else.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,9 +14,9 @@ from dataclasses import dataclass, field
 
 from fastapi import WebSocket
 
-from handoff.messages import parse_event
-from spinbot.contracts import Bridge, ContractError
-from spinbot.metrics import WS_ERRORS, WS_SENT
+from core.contracts import Bridge, ContractError
+from core.messages import parse_event
+from core.metrics import WS_ERRORS, WS_SENT
 
 log = logging.getLogger(__name__)
 

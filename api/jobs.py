@@ -1,32 +1,46 @@
 """Submitting and reading jobs: planner → PostgreSQL row → Redis keys → Temporal workflow."""
+
 from __future__ import annotations
 
 import json
 import uuid
 from datetime import datetime
 
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
 from temporalio.service import RPCError
 
-from api.backend import Backend
+from api.deps import Backend
 from api.errors import ApiError
-from api.planner import PlanningError, plan
-from spinbot import jobkeys
-from spinbot.metrics import JOBS_SUBMITTED
-from spinbot.store import is_job_id, millis
+from core import jobkeys
+from core.metrics import JOBS_SUBMITTED
+from core.planner import PlanningError, plan
+from core.store import is_job_id, millis
+from core.timestamps import now_ms
 from workflows.inputs import JobInput
-from workflows.names import JOB_WORKFLOW, PIPELINE_ATTRIBUTE, STATUS_ATTRIBUTE, WORKFLOW_QUEUE
-from spinbot.timestamps import now_ms
+from workflows.names import (
+    JOB_WORKFLOW,
+    PIPELINE_ATTRIBUTE,
+    STATUS_ATTRIBUTE,
+    WORKFLOW_QUEUE,
+)
+from workflows.status import JobStatus
 
 # Idempotency keys map to job ids deterministically, so a repeated submission finds the same job.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b1b07a0-0000-4000-8000-000000000001")
 
 
 def _search_attributes(status: str, pipeline: str) -> TypedSearchAttributes:
-    return TypedSearchAttributes([
-        SearchAttributePair(SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE), status),
-        SearchAttributePair(SearchAttributeKey.for_keyword(PIPELINE_ATTRIBUTE), pipeline),
-    ])
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE), status),
+            SearchAttributePair(SearchAttributeKey.for_keyword(PIPELINE_ATTRIBUTE), pipeline),
+        ]
+    )
 
 
 async def submit_job(backend: Backend, request: dict, idempotency_key: str | None = None) -> dict:
@@ -48,17 +62,25 @@ async def job_for_key(backend: Backend, idempotency_key: str) -> dict | None:
     return accepted(job_id, existing["created"]) if existing else None
 
 
-async def start_job(backend: Backend, graph: dict, idempotency_key: str | None = None, attempt: int = 1,
-                    segment_timeout: float | None = None) -> dict:
+async def start_job(
+    backend: Backend,
+    graph: dict,
+    idempotency_key: str | None = None,
+    attempt: int = 1,
+    segment_timeout: float | None = None,
+) -> dict:
     job_id, pipeline = graph["workflowId"], graph["context"]["pipeline"]
     created_ms = await backend.store.create_job(job_id, graph, pipeline, idempotency_key)
     await announce_accepted(backend, graph)
     job = JobInput(graph, backend.runtimes, segment_timeout or backend.settings.segment_timeout_seconds, attempt)
     try:
         await backend.temporal.start_workflow(
-            JOB_WORKFLOW, job, id=job_id, task_queue=WORKFLOW_QUEUE,
+            JOB_WORKFLOW,
+            job,
+            id=job_id,
+            task_queue=WORKFLOW_QUEUE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=_search_attributes("advertised", pipeline),
+            search_attributes=_search_attributes(JobStatus.ADVERTISED, pipeline),
             static_summary=f"{pipeline} job",
         )
     except RPCError as exc:
@@ -80,14 +102,17 @@ async def announce_accepted(backend: Backend, graph: dict) -> None:
     bridge, job_id, created = backend.contracts.bridge, graph["workflowId"], now_ms()
     pipe = backend.redis.pipeline(transaction=False)
     jobkeys.set_graph(pipe, bridge, job_id, json.dumps(graph, separators=(",", ":")), created)
-    jobkeys.set_state(pipe, bridge, job_id, "advertised", 0.0)
-    pipe.publish(bridge.channel("status", job_id), json.dumps({"jobId": job_id, "status": "advertised", "created": created}))
+    jobkeys.set_state(pipe, bridge, job_id, JobStatus.ADVERTISED, 0.0)
+    pipe.publish(
+        bridge.channel("status", job_id),
+        json.dumps({"jobId": job_id, "status": JobStatus.ADVERTISED, "created": created}),
+    )
     await pipe.execute()
 
 
 def accepted(job_id: str, created: datetime | int) -> dict:
     created_ms = millis(created) if isinstance(created, datetime) else int(created)
-    return {"jobId": job_id, "status": "advertised", "progress": 0, "created": str(created_ms)}
+    return {"jobId": job_id, "status": JobStatus.ADVERTISED, "progress": 0, "created": str(created_ms)}
 
 
 async def job_status(backend: Backend, job_id: str) -> dict:

@@ -1,4 +1,5 @@
 """Pure ASGI middleware (cheap on the hot path): request metrics and request body limits."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import time
 
 from starlette.exceptions import HTTPException
 
-from spinbot.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from core.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
 
 class RequestMetrics:
@@ -87,6 +88,11 @@ def _too_large(limit: int) -> str:
 
 async def _refuse(send, limit: int) -> None:
     body = json.dumps({"error": _too_large(limit)}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -1,7 +1,8 @@
 """Request and response models: the REST contract of PROTOCOL §5, as OpenAPI shows it."""
+
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -9,15 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field
 class FixedGraphRequest(BaseModel):
     mode: Literal["fixed_graph"]
     variant: str = Field(description="A pipeline name from config/pipelines.json")
-    params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Params merged into each node, by node id")
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Params merged into each node, by node id"
+    )
 
 
 class ProcessGraphRequest(BaseModel):
     mode: Literal["process_graph"]
-    graph: Union[dict[str, Any], str] = Field(description="A langgraph.v1 graph, as an object or a JSON string")
+    graph: dict[str, Any] | str = Field(description="A langgraph.v1 graph, as an object or a JSON string")
 
 
-PlanningRequest = Union[FixedGraphRequest, ProcessGraphRequest]
+PlanningRequest = FixedGraphRequest | ProcessGraphRequest
 
 
 class AcceptedJob(BaseModel):

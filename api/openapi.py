@@ -1,4 +1,5 @@
 """OpenAPI that documents what the API really sends: `{"error"}` bodies (400/401), never FastAPI's 422."""
+
 from __future__ import annotations
 
 from fastapi import FastAPI
@@ -26,4 +27,4 @@ def install_openapi(app: FastAPI) -> None:
         app.openapi_schema = schema
         return schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI documents replacing it

@@ -1,4 +1,5 @@
 """GET /api/capabilities: the two-node capabilities graph through the real handoff, cached when good."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,11 +9,12 @@ import uuid
 from fastapi import APIRouter
 from temporalio.client import WorkflowFailureError
 
-from api.backend import Backend, BackendDep
+from api.deps import Backend, BackendDep
 from api.errors import ApiError
 from api.jobs import start_job
 from api.models import CombinedManifest, ErrorBody
-from api.planner import PlanningError, plan
+from core.planner import PlanningError, plan
+from workflows.status import NodeStatus
 
 router = APIRouter(prefix="/api", tags=["capabilities"])
 
@@ -21,8 +23,20 @@ CAPABILITIES_GRAPH = {
     "workflowId": "",
     "context": {"pipeline": "capabilities"},
     "nodes": [
-        {"id": "worker.info", "service": "info.get_capabilities", "plane": "python", "status": "pending", "progressWeight": 0.5},
-        {"id": "control.info", "service": "info.get_capabilities", "plane": "node", "status": "pending", "progressWeight": 0.5},
+        {
+            "id": "worker.info",
+            "service": "info.get_capabilities",
+            "plane": "python",
+            "status": NodeStatus.PENDING,
+            "progressWeight": 0.5,
+        },
+        {
+            "id": "control.info",
+            "service": "info.get_capabilities",
+            "plane": "node",
+            "status": NodeStatus.PENDING,
+            "progressWeight": 0.5,
+        },
     ],
     "edges": [{"from": "worker.info", "to": "control.info"}],
 }
@@ -49,8 +63,12 @@ class CapabilitiesCache:
 async def _run_capabilities_job(backend: Backend) -> dict:
     timeout = backend.settings.capabilities_timeout_seconds
     try:
-        graph = plan({"mode": "process_graph", "graph": CAPABILITIES_GRAPH}, str(uuid.uuid4()),
-                     backend.contracts, backend.settings.llm_defaults)
+        graph = plan(
+            {"mode": "process_graph", "graph": CAPABILITIES_GRAPH},
+            str(uuid.uuid4()),
+            backend.contracts,
+            backend.settings.llm_defaults,
+        )
     except PlanningError as exc:  # a broken shipped graph: our bug, not the caller's
         raise ApiError(500, f"capabilities graph rejected: {exc}") from None
     job = await start_job(backend, graph, segment_timeout=timeout)
@@ -58,12 +76,14 @@ async def _run_capabilities_job(backend: Backend) -> dict:
     try:
         # The segment timeout ends the job itself; the extra second covers the node-plane merge.
         state = await asyncio.wait_for(handle.result(), timeout + 1)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ApiError(504, f"no data-plane worker answered info.get_capabilities within {timeout:g}s") from None
     except WorkflowFailureError as exc:
         cause = getattr(exc.cause, "message", None) or str(exc.cause)
         if "SegmentTimeout" in cause or "did not hand back" in cause:
-            raise ApiError(504, f"no data-plane worker answered info.get_capabilities within {timeout:g}s ({cause})") from None
+            raise ApiError(
+                504, f"no data-plane worker answered info.get_capabilities within {timeout:g}s ({cause})"
+            ) from None
         raise ApiError(502, f"capabilities could not be combined: {cause}") from None
     outputs = {node["id"]: node.get("output") for node in state["graph"]["nodes"]}
     return outputs["control.info"]
@@ -72,4 +92,6 @@ async def _run_capabilities_job(backend: Backend) -> dict:
 @router.get("/capabilities", response_model=CombinedManifest, responses={504: {"model": ErrorBody}})
 async def capabilities(backend: BackendDep):
     """Both planes' capabilities: this plane's manifest merged with the data-plane worker's answer."""
-    return await backend.extras.setdefault("capabilities", CapabilitiesCache()).get(backend)
+    if backend.capabilities is None:
+        backend.capabilities = CapabilitiesCache()
+    return await backend.capabilities.get(backend)

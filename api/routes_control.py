@@ -1,24 +1,26 @@
 """Job control beyond the old API: cancel, retry (re-running only what failed), the live graph."""
-from __future__ import annotations
 
-from datetime import timedelta
+from __future__ import annotations
 
 from fastapi import APIRouter
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.backend import Backend, BackendDep
+from api.deps import Backend, BackendDep
 from api.errors import ApiError
 from api.jobs import start_job
 from api.models import AcceptedJob, ErrorBody, JobControl, LiveGraph
-from spinbot.store import is_job_id
+from core.store import is_job_id
+from core.temporal import RPC_TIMEOUT
 from workflows.graph import reset_for_retry
 from workflows.names import STATE
+from workflows.status import JobStatus
 
-RPC_TIMEOUT = timedelta(seconds=10)
-
-router = APIRouter(prefix="/api/jobs", tags=["job control"],
-                   responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+router = APIRouter(
+    prefix="/api/jobs",
+    tags=["job control"],
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
 
 
 async def _known_job(backend: Backend, job_id: str) -> dict:
@@ -54,7 +56,7 @@ async def cancel_job(backend: BackendDep, job_id: str):
 async def retry_job(backend: BackendDep, job_id: str):
     """A new run of a failed job: failed and skipped nodes run again, completed outputs are kept."""
     row = await _known_job(backend, job_id)
-    if await _workflow_status(backend, job_id) == WorkflowExecutionStatus.RUNNING or row["status"] != "failed":
+    if await _workflow_status(backend, job_id) == WorkflowExecutionStatus.RUNNING or row["status"] != JobStatus.FAILED:
         raise ApiError(409, f"job {job_id} has not failed (status {row['status']}); only failed jobs can be retried")
     graph = reset_for_retry(row["last_graph"])
     metadata = graph.setdefault("metadata", {})

@@ -1,15 +1,23 @@
 """Job routes of PROTOCOL §5: submit, status, history."""
+
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query
 
-from api.backend import BackendDep
+from api.deps import BackendDep, StoreDep
 from api.errors import ApiError
 from api.jobs import job_status, submit_job
-from api.models import AcceptedJob, ErrorBody, JobList, JobStatus, JobWithEvents, PlanningRequest
-from spinbot.store import is_job_id, millis
+from api.models import (
+    AcceptedJob,
+    ErrorBody,
+    JobList,
+    JobStatus,
+    JobWithEvents,
+    PlanningRequest,
+)
+from core.store import is_job_id, millis
 
 router = APIRouter(prefix="/api", tags=["jobs"], responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}})
 
@@ -17,8 +25,11 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 
 
 @router.post("/jobs", response_model=AcceptedJob, status_code=200, responses={503: {"model": ErrorBody}})
-async def post_job(backend: BackendDep, request: Annotated[PlanningRequest, Body(discriminator="mode")],
-                   idempotency_key: IdempotencyKey = None):
+async def post_job(
+    backend: BackendDep,
+    request: Annotated[PlanningRequest, Body(discriminator="mode")],
+    idempotency_key: IdempotencyKey = None,
+):
     """Plan a job (fixed pipeline or caller-supplied graph) and start it."""
     return await submit_job(backend, request.model_dump(), idempotency_key or None)
 
@@ -29,28 +40,43 @@ async def get_status(backend: BackendDep, job_id: str):
 
 
 @router.get("/jobs", response_model=JobList)
-async def list_jobs(backend: BackendDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
-                    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0):
+async def list_jobs(
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+):
     """Jobs, newest first."""
-    rows = await backend.store.list_jobs(limit, offset)
-    jobs = [{"jobId": str(r["job_id"]), "status": r["status"], "progress": r["progress"], "created": millis(r["created"])} for r in rows]
+    rows = await store.list_jobs(limit, offset)
+    jobs = [
+        {"jobId": str(r["job_id"]), "status": r["status"], "progress": r["progress"], "created": millis(r["created"])}
+        for r in rows
+    ]
     return {"jobs": jobs, "pagination": {"limit": limit, "offset": offset}}
 
 
 @router.get("/jobs/{job_id}", response_model=JobWithEvents)
-async def get_job(backend: BackendDep, job_id: str):
+async def get_job(store: StoreDep, job_id: str):
     """One job with its latest graph and its newest 50 events."""
-    row = await backend.store.job(job_id) if is_job_id(job_id) else None
+    row = await store.job(job_id) if is_job_id(job_id) else None
     if not row:
         raise ApiError(404, f"job {job_id} not found")
-    events = await backend.store.events(job_id, 50)
+    events = await store.events(job_id, 50)
     return {
         "job": {
-            "jobId": str(row["job_id"]), "status": row["status"], "progress": row["progress"],
-            "lastGraph": row["last_graph"], "created": millis(row["created"]),
+            "jobId": str(row["job_id"]),
+            "status": row["status"],
+            "progress": row["progress"],
+            "lastGraph": row["last_graph"],
+            "created": millis(row["created"]),
         },
         "events": [
-            {"eventId": e["event_id"], "status": e["status"], "progress": e["progress"], "data": e["data"], "created": millis(e["created"])}
+            {
+                "eventId": e["event_id"],
+                "status": e["status"],
+                "progress": e["progress"],
+                "data": e["data"],
+                "created": millis(e["created"]),
+            }
             for e in events
         ],
     }

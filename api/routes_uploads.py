@@ -1,4 +1,5 @@
 """POST /api/infinitetalk: a face image and a voice sample to object storage, then an f5tts_infinitetalk job."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,12 +11,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Header, UploadFile
 from redis.exceptions import LockError
 
-from activities.storage import ObjectStore, StorageError
-from api.backend import Backend, BackendDep
+from api.deps import Backend, BackendDep
 from api.errors import ApiError
 from api.jobs import job_for_key, submit_job
 from api.models import AcceptedJob, ErrorBody
-from api.planner import INPUT_BUCKET, infinitetalk_request
+from core.planner import INPUT_BUCKET, infinitetalk_request
+from core.storage import StorageError
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
@@ -23,9 +24,22 @@ MAX_NAME = 255
 SNIFF_BYTES = 16
 
 # Magic numbers: a declared content type alone is the client's word, not the file's.
-IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": ".png", b"\xff\xd8\xff": ".jpg", b"GIF87a": ".gif", b"GIF89a": ".gif", b"BM": ".bmp"}
-AUDIO_SIGNATURES = {b"ID3": ".mp3", b"\xff\xfb": ".mp3", b"\xff\xf3": ".mp3", b"\xff\xf2": ".mp3", b"OggS": ".ogg",
-                    b"fLaC": ".flac", b"\x1aE\xdf\xa3": ".webm"}
+IMAGE_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": ".png",
+    b"\xff\xd8\xff": ".jpg",
+    b"GIF87a": ".gif",
+    b"GIF89a": ".gif",
+    b"BM": ".bmp",
+}
+AUDIO_SIGNATURES = {
+    b"ID3": ".mp3",
+    b"\xff\xfb": ".mp3",
+    b"\xff\xf3": ".mp3",
+    b"\xff\xf2": ".mp3",
+    b"OggS": ".ogg",
+    b"fLaC": ".flac",
+    b"\x1aE\xdf\xa3": ".webm",
+}
 
 
 def _sniff(head: bytes, kind: str) -> str | None:
@@ -47,7 +61,9 @@ async def _checked(upload: UploadFile, part: str, kind: str, limit: int) -> str:
     unsafe = "/" in name or "\\" in name or ".." in name or name.startswith(".") or not name.isprintable()
     if not name or len(name) > MAX_NAME or unsafe:
         raise ApiError(400, f"{part}: unsafe or missing file name {name[:80]!r}")
-    if upload.size is not None and upload.size > limit:
+    if upload.size is None:  # Starlette measures every multipart file; a part without a size is malformed
+        raise ApiError(400, f"{part}: not a file upload")
+    if upload.size > limit:
         raise ApiError(413, f"{part}: file is over the {limit} byte limit")
     if upload.size == 0:
         raise ApiError(400, f"{part}: file is empty")
@@ -77,12 +93,16 @@ def _parse_data(data: str) -> tuple[str, str]:
     return prompt, ref_text
 
 
-def _storage(backend: Backend) -> ObjectStore:
-    return backend.extras["storage"]
-
-
-@router.post("/infinitetalk", response_model=AcceptedJob,
-             responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+@router.post(
+    "/infinitetalk",
+    response_model=AcceptedJob,
+    responses={
+        400: {"model": ErrorBody},
+        413: {"model": ErrorBody},
+        415: {"model": ErrorBody},
+        503: {"model": ErrorBody},
+    },
+)
 async def infinitetalk(
     backend: BackendDep,
     image_file: Annotated[UploadFile, File(description="The face image (PNG, JPEG, GIF, WebP, BMP)")],
@@ -100,23 +120,31 @@ async def infinitetalk(
         return await upload(None)
     # Retries of one submission may race (and land on different replicas): one uploads, the others wait for its job.
     try:
-        async with backend.redis.lock(f"idempotency:{idempotency_key}", timeout=120, blocking_timeout=60,
-                                      raise_on_release_error=False):
+        async with backend.redis.lock(
+            f"idempotency:{idempotency_key}", timeout=120, blocking_timeout=60, raise_on_release_error=False
+        ):
             return await job_for_key(backend, idempotency_key) or await upload(idempotency_key)
     except LockError:
         raise ApiError(409, "a request with this Idempotency-Key is still being processed; retry later") from None
 
 
-async def _upload_and_submit(backend: Backend, image: tuple[UploadFile, str], audio: tuple[UploadFile, str],
-                             prompt: str, ref_text: str, idempotency_key: str | None) -> dict:
+async def _upload_and_submit(
+    backend: Backend,
+    image: tuple[UploadFile, str],
+    audio: tuple[UploadFile, str],
+    prompt: str,
+    ref_text: str,
+    idempotency_key: str | None,
+) -> dict:
     """Store both files under fresh keys and start the job; on any failure remove what was stored."""
-    storage = _storage(backend)
+    storage = backend.storage
     (image_file, image_ext), (audio_file, audio_ext) = image, audio
     image_key, audio_key = f"images/{uuid.uuid4()}{image_ext}", f"audio/{uuid.uuid4()}{audio_ext}"
     stored: list[str] = []
     try:
         for upload, key in ((image_file, image_key), (audio_file, audio_key)):
-            await storage.put(INPUT_BUCKET, key, upload.file, upload.size, upload.content_type or "application/octet-stream")
+            size = upload.size or 0  # checked non-empty in _checked
+            await storage.put(INPUT_BUCKET, key, upload.file, size, upload.content_type or "application/octet-stream")
             stored.append(key)
         request = infinitetalk_request(prompt, ref_text, image_key, audio_key, backend.settings.llm_defaults)
         return await submit_job(backend, request, idempotency_key)

@@ -1,4 +1,5 @@
 """WebSocket `/ws` (PROTOCOL §6): subscribe/unsubscribe, the current state at once, then pushed updates."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,11 +11,17 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketState
 
 from api.auth import key_is_valid
-from api.backend import Backend
+from api.deps import Backend, get_backend
 from api.errors import ApiError
 from api.hub import SEND_TIMEOUT, SLOW_CLIENT_CLOSE, Subscriber
 from api.jobs import job_status
-from spinbot.metrics import WS_CONNECTED, WS_CONNECTIONS, WS_ERRORS, WS_LIFETIME, WS_RECEIVED
+from core.metrics import (
+    WS_CONNECTED,
+    WS_CONNECTIONS,
+    WS_ERRORS,
+    WS_LIFETIME,
+    WS_RECEIVED,
+)
 
 router = APIRouter()
 
@@ -48,7 +55,7 @@ async def _authorised(socket: WebSocket, keys: list[str]) -> bool:
         return True
     try:
         frame = await asyncio.wait_for(socket.receive(), AUTH_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     first = _parse(frame.get("text") or "")
     if first and first["action"] == "auth" and key_is_valid(str(first.get("key", "")), keys):
@@ -67,8 +74,8 @@ async def _initial_state(backend: Backend, job_id: str) -> tuple[str, float]:
 
 @router.websocket("/ws")
 async def websocket(socket: WebSocket):
-    backend: Backend = socket.app.state.backend
-    hub = backend.extras["hub"]
+    backend = get_backend(socket)
+    hub = backend.hub
     await socket.accept()
     if not await _authorised(socket, backend.settings.api_keys):
         await socket.close(code=POLICY_VIOLATION, reason="missing or invalid API key")
@@ -98,7 +105,7 @@ async def websocket(socket: WebSocket):
 
 
 async def _receive_forever(backend: Backend, client: Subscriber) -> None:
-    hub = backend.extras["hub"]
+    hub = backend.hub
     while True:
         frame = await client.socket.receive()
         if frame["type"] == "websocket.disconnect":

@@ -7,6 +7,7 @@ runs, an Ollama-speaking peer that answers at once), then measures over HTTP:
   - status lookups: GET /api/status while those 40 run.
 Run: `make bench` (or `.venv/bin/python -m bench.orchestration`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -101,7 +102,7 @@ async def measure(api_url: str, redis_url: str) -> dict:
             paced.append(finished.done[job_id] - started)
         started = time.perf_counter()
         jobs = [job for job, _ in await asyncio.gather(*(submit(api) for _ in range(40)))]
-        lookups = []
+        lookups: list[float] = []
 
         async def look_up_status():
             while not all(job in finished.done for job in jobs):
@@ -113,20 +114,41 @@ async def measure(api_url: str, redis_url: str) -> dict:
         elapsed = max(finished.done[job] for job in jobs) - started
     listening.cancel()
     await redis.aclose()
-    return {"latencies": latencies, "paced": paced, "throughput": len(jobs) / elapsed, "lookups": lookups,
-            "posts": sequential_posts}
+    return {
+        "latencies": latencies,
+        "paced": paced,
+        "throughput": len(jobs) / elapsed,
+        "lookups": lookups,
+        "posts": sequential_posts,
+    }
 
 
 def start_stack(data_dir: Path, llm_url: str) -> tuple[subprocess.Popen, str, str]:
     ports = {name: free_port() for name in ("api", "redis", "temporal", "ui", "metrics")}
     env = dict(os.environ, SPINBOT_LLM_ENDPOINT=llm_url, SPINBOT_LOG_FORMAT="json")
-    cmd = [sys.executable, "-m", "spinbot", "dev", "--data-dir", str(data_dir), "--sim-seconds", "0",
-           "--api-port", str(ports["api"]), "--redis-port", str(ports["redis"]),
-           "--temporal-port", str(ports["temporal"]), "--ui-port", str(ports["ui"]),
-           "--metrics-port", str(ports["metrics"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spinbot",
+        "dev",
+        "--data-dir",
+        str(data_dir),
+        "--sim-seconds",
+        "0",
+        "--api-port",
+        str(ports["api"]),
+        "--redis-port",
+        str(ports["redis"]),
+        "--temporal-port",
+        str(ports["temporal"]),
+        "--ui-port",
+        str(ports["ui"]),
+        "--metrics-port",
+        str(ports["metrics"]),
+    ]
     proc = popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 120
-    for line in proc.stdout:
+    for line in proc.stdout or ():
         if "ready" in line:
             break
         if time.monotonic() > deadline:
@@ -141,19 +163,35 @@ def report(figures: dict) -> None:
     for column in ("measure", "this system", "system replaced", "target"):
         table.add_column(column)
     lat, looks = figures["latencies"], figures["lookups"]
-    table.add_row("POST to completed back to back, p50 / p90", f"{percentile(lat, .5) * 1000:.0f} / {percentile(lat, .9) * 1000:.0f} ms",
-                  BASELINE["latency"], TARGET["latency"])
+    table.add_row(
+        "POST to completed back to back, p50 / p90",
+        f"{percentile(lat, 0.5) * 1000:.0f} / {percentile(lat, 0.9) * 1000:.0f} ms",
+        BASELINE["latency"],
+        TARGET["latency"],
+    )
     paced = figures["paced"]
-    table.add_row("  the same, 0.5 s apart", f"{percentile(paced, .5) * 1000:.0f} / {percentile(paced, .9) * 1000:.0f} ms",
-                  BASELINE["latency"], TARGET["latency"])
-    table.add_row("throughput, 40 queued", f"{figures['throughput']:.1f} jobs/s", BASELINE["throughput"], TARGET["throughput"])
-    table.add_row("GET /api/status under load, p50 / p99",
-                  f"{percentile(looks, .5) * 1000:.1f} / {percentile(looks, .99) * 1000:.1f} ms ({len(looks)} lookups)",
-                  BASELINE["status"], TARGET["status"])
+    table.add_row(
+        "  the same, 0.5 s apart",
+        f"{percentile(paced, 0.5) * 1000:.0f} / {percentile(paced, 0.9) * 1000:.0f} ms",
+        BASELINE["latency"],
+        TARGET["latency"],
+    )
+    table.add_row(
+        "throughput, 40 queued", f"{figures['throughput']:.1f} jobs/s", BASELINE["throughput"], TARGET["throughput"]
+    )
+    table.add_row(
+        "GET /api/status under load, p50 / p99",
+        f"{percentile(looks, 0.5) * 1000:.1f} / {percentile(looks, 0.99) * 1000:.1f} ms ({len(looks)} lookups)",
+        BASELINE["status"],
+        TARGET["status"],
+    )
     Console().print(table)
-    print(f"of which POST /api/jobs itself, p50: {percentile(figures['posts'], .5) * 1000:.0f} ms")
-    print(f"ratio (old/new): latency {0.75 / statistics.median(paced):.1f}x paced, {0.75 / statistics.median(lat):.1f}x back to back;"
-          f" throughput {figures['throughput'] / 0.40:.0f}x")
+    print(f"of which POST /api/jobs itself, p50: {percentile(figures['posts'], 0.5) * 1000:.0f} ms")
+    print(
+        f"ratio (old/new): latency {0.75 / statistics.median(paced):.1f}x paced,"
+        f" {0.75 / statistics.median(lat):.1f}x back to back;"
+        f" throughput {figures['throughput'] / 0.40:.0f}x"
+    )
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 Compare `make bench` against it in the same session: whatever our jobs take above this figure is ours.
 Run: `.venv/bin/python -m bench.temporal_floor`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,13 +31,17 @@ class TwoActivities:
     @workflow.run
     async def run(self) -> None:
         for step in ("a", "b"):
-            await workflow.execute_activity(nothing, step, start_to_close_timeout=timedelta(seconds=10), task_queue="floor-activities")
+            await workflow.execute_activity(
+                nothing, step, start_to_close_timeout=timedelta(seconds=10), task_queue="floor-activities"
+            )
 
 
 async def measure(address: str, runs: int, pause: float) -> list[float]:
     client = await Client.connect(address)
-    async with Worker(client, task_queue="floor-workflows", workflows=[TwoActivities]), \
-            Worker(client, task_queue="floor-activities", activities=[nothing]):
+    async with (
+        Worker(client, task_queue="floor-workflows", workflows=[TwoActivities]),
+        Worker(client, task_queue="floor-activities", activities=[nothing]),
+    ):
         times = []
         for _ in range(runs):
             started = time.perf_counter()
@@ -52,8 +57,11 @@ def main() -> None:
         try:
             for pause in (0.0, 0.5):
                 times = asyncio.run(measure(server.url, 30, pause))
-                print(f"bare 2-activity workflow, {pause:.1f}s between runs: first 5 "
-                      f"{[round(t * 1000) for t in times[:5]]} ms, median of the rest {statistics.median(times[5:]) * 1000:.0f} ms")
+                print(
+                    f"bare 2-activity workflow, {pause:.1f}s between runs: first 5 "
+                    f"{[round(t * 1000) for t in times[:5]]} ms,"
+                    f" median of the rest {statistics.median(times[5:]) * 1000:.0f} ms"
+                )
         finally:
             server.stop()
 

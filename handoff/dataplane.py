@@ -3,6 +3,7 @@
 It reads graphs from `process:data` (group `workers`), runs every ready python-plane node, and hands the
 whole graph back on `process:control`; with a Simulator it serves the generation services with fake outputs.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -10,26 +11,33 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError
 
-from handoff.messages import parse_graph_entry
-from handoff.streams import TRANSIENT, blocking_read_ms, dead_letter, ensure_group, raise_if_cancelled
-from spinbot import jobkeys
-from spinbot.contracts import Bridge, ContractError, contracts
-from spinbot.settings import Settings
-from workflows.graph import OPTIONAL_NODE_FIELDS, clamp_progress, merged_input, ready_nodes
-from spinbot.timestamps import now_ms
+from core import jobkeys
+from core.contracts import Bridge, ContractError, contracts
+from core.messages import parse_graph_entry
+from core.redis import TRANSIENT, Entry, redis_client
+from core.retry import call_with_retry
+from core.settings import Settings
+from core.timestamps import now_ms
+from handoff.streams import StreamConsumer, dead_letter
+from workflows.graph import (
+    OPTIONAL_NODE_FIELDS,
+    clamp_progress,
+    merged_input,
+    ready_nodes,
+)
+from workflows.status import JobStatus, NodeStatus
 
 if TYPE_CHECKING:
     from handoff.simulator import Simulator
 
 log = logging.getLogger(__name__)
-
-FIRST_BACKOFF, MAX_BACKOFF = 0.1, 5.0
 
 
 class NodeFailure(Exception):
@@ -60,8 +68,8 @@ class JobProgress:
         """Progress so far from job:<id>:progress, as the existing worker reads it; `fallback` if unset."""
         try:
             raw = await self.redis.get(self.bridge.progress_key(self.job_id))
-            return clamp_progress(float(raw))
-        except (*TRANSIENT, TypeError, ValueError):
+            return clamp_progress(float(raw)) if raw is not None else fallback
+        except (RedisError, OSError, ValueError):
             return fallback
 
     async def report(self, value: float) -> None:
@@ -95,23 +103,45 @@ def as_worker_serialises(graph: dict) -> dict:
         "metadata": graph.get("metadata"),
         "nodes": [{**dict.fromkeys(OPTIONAL_NODE_FIELDS), **node} for node in graph["nodes"]],
         "edges": [
-            {"from": edge["from"], "to": edge["to"], "kind": edge.get("kind") or "normal", "metadata": edge.get("metadata")}
+            {
+                "from": edge["from"],
+                "to": edge["to"],
+                "kind": edge.get("kind") or "normal",
+                "metadata": edge.get("metadata"),
+            }
             for edge in graph["edges"]
         ],
     }
 
 
 class DataPlaneWorker:
-    """Serves python-plane nodes of graphs pushed on `bridge.data_stream`, as consumer `consumer` of the workers group."""
+    """Serves python-plane nodes of graphs pushed on `bridge.data_stream`, as `consumer` in the workers group."""
 
-    def __init__(self, redis: aioredis.Redis, bridge: Bridge, manifest: dict, simulator: Simulator | None,
-                 consumer: str, handback_failures: bool = False, concurrency: int = 8):
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        bridge: Bridge,
+        manifest: dict,
+        simulator: Simulator | None,
+        consumer: str,
+        handback_failures: bool = False,
+        concurrency: int = 8,
+    ):
         self.redis, self.bridge, self.manifest, self.consumer = redis, bridge, manifest, consumer
         self.handback_failures = handback_failures
         self.concurrency = concurrency
-        self.block_ms = blocking_read_ms(redis, bridge.block_ms)
-        self.slots = asyncio.Semaphore(concurrency)
-        self.tasks: set[asyncio.Task] = set()
+        # Nodes may run for hours, so entries are never reclaimed by idle time alone.
+        self.stream = StreamConsumer(
+            redis,
+            bridge.data_stream,
+            bridge.workers_group,
+            consumer,
+            self.serve_entry,
+            block_ms=bridge.block_ms,
+            batch=bridge.batch_size,
+            claim_idle_ms=None,
+            concurrency=concurrency,
+        )
         self.handlers: dict[str, Handler] = {"info.get_capabilities": self.worker_capabilities}
         if simulator:
             self.handlers.update(simulator.handlers())
@@ -121,55 +151,14 @@ class DataPlaneWorker:
 
     async def run(self) -> None:
         """Serve until cancelled; entries in flight are cancelled too and stay pending (unacked)."""
-        log.info("data-plane worker %s serving %s (group %s): %s", self.consumer, self.bridge.data_stream,
-                 self.bridge.workers_group, ", ".join(sorted(self.handlers)))
-        try:
-            await self._serve_forever()
-        finally:
-            for task in self.tasks:
-                task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    async def _serve_forever(self) -> None:
-        delay = FIRST_BACKOFF
-        while True:
-            try:
-                await ensure_group(self.redis, self.bridge.data_stream, self.bridge.workers_group)
-                delay = FIRST_BACKOFF
-                await self._read_forever()
-            except TRANSIENT as exc:
-                log.warning("redis unavailable (%s); reconnecting in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                log.warning("group %s on %s vanished; recreating it", self.bridge.workers_group, self.bridge.data_stream)
-
-    async def _read_forever(self) -> None:
-        while True:
-            # Take no more entries than there are free slots, so idle peers in the group get the rest.
-            async with self.slots:
-                free = max(1, self.concurrency - len(self.tasks))
-                reply = await self.redis.xreadgroup(
-                    self.bridge.workers_group, self.consumer, {self.bridge.data_stream: ">"},
-                    count=min(self.bridge.batch_size, free), block=self.block_ms,
-                )
-            raise_if_cancelled()
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    await self.slots.acquire()
-                    task = asyncio.create_task(self._serve_entry(entry_id, fields))
-                    self.tasks.add(task)
-                    task.add_done_callback(self.tasks.discard)
-
-    async def _serve_entry(self, entry_id: str, fields: dict) -> None:
-        try:
-            await self.serve_entry(entry_id, fields)
-        except Exception:  # a bug, not bad input: leave the entry pending rather than lose it
-            log.exception("serving %s %s failed; left pending", self.bridge.data_stream, entry_id)
-        finally:
-            self.slots.release()
+        log.info(
+            "data-plane worker %s serving %s (group %s): %s",
+            self.consumer,
+            self.bridge.data_stream,
+            self.bridge.workers_group,
+            ", ".join(sorted(self.handlers)),
+        )
+        await self.stream.run()
 
     async def serve_entry(self, entry_id: str, fields: dict) -> None:
         """Run one pushed graph, then hand it back (or record its failure) and ack; invalid entries go aside."""
@@ -177,10 +166,13 @@ class DataPlaneWorker:
         try:
             job_id, graph = parse_graph_entry(fields)
         except ContractError as exc:
-            await self._persist(lambda: dead_letter(self.redis, stream, self.bridge.dead_letter(stream), fields, str(exc)))
+            reason = str(exc)
+            await self._persist(
+                lambda: dead_letter(self.redis, stream, self.bridge.dead_letter(stream), fields, reason)
+            )
             await self._persist(lambda: self.redis.xack(stream, self.bridge.workers_group, entry_id))
             return
-        await publish_event(self.redis, self.bridge, "status", job_id, {"status": "running"})
+        await publish_event(self.redis, self.bridge, "status", job_id, {"status": JobStatus.RUNNING})
         completed = await self.run_graph(job_id, graph)
         if completed or self.handback_failures:
             await self._persist(lambda: self.hand_back(job_id, graph))
@@ -199,7 +191,7 @@ class DataPlaneWorker:
 
     async def run_node(self, job_id: str, graph: dict, node: dict, progress: JobProgress) -> bool:
         """Run one node by its service, recording output or error on it; True when it completed."""
-        node["status"] = "running"
+        node["status"] = NodeStatus.RUNNING
         node["input"] = merged_input(graph, node)
         try:
             handler = self.handlers.get(node["service"])
@@ -214,16 +206,16 @@ class DataPlaneWorker:
             error = {"message": str(exc) or type(exc).__name__, "code": "HANDLER_ERROR"}
         else:
             node["output"] = output
-            node["status"] = "completed"
+            node["status"] = NodeStatus.COMPLETED
             data = json.dumps({"nodeId": node["id"], "output": output})
             await publish_event(self.redis, self.bridge, "data", job_id, {"data": data})
             return True
-        node["status"] = "failed"
+        node["status"] = NodeStatus.FAILED
         node["error"] = error
         return False
 
     async def hand_back(self, job_id: str, graph: dict) -> None:
-        entry = {"jobId": job_id, "created": now_ms(), "graph": json.dumps(as_worker_serialises(graph))}
+        entry: Entry = {"jobId": job_id, "created": now_ms(), "graph": json.dumps(as_worker_serialises(graph))}
         await self.redis.xadd(self.bridge.control_stream, entry, maxlen=self.bridge.max_length, approximate=True)
         log.info("job %s handed back", job_id)
 
@@ -232,26 +224,21 @@ class DataPlaneWorker:
         pipe = self.redis.pipeline(transaction=True)
         jobkeys.set_graph(pipe, self.bridge, job_id, json.dumps(as_worker_serialises(graph)), now_ms())
         await pipe.execute()
-        await publish_event(self.redis, self.bridge, "status", job_id, {"status": "failed"})
+        await publish_event(self.redis, self.bridge, "status", job_id, {"status": JobStatus.FAILED})
         log.info("job %s failed; graph recorded in %s", job_id, self.bridge.job_key(job_id))
 
     async def _persist(self, write: Callable[[], Awaitable[object]]) -> None:
         """Retry a write the protocol depends on (handback, dead letter, ack) until Redis takes it."""
-        delay = FIRST_BACKOFF
-        while True:
-            try:
-                await write()
-                return
-            except TRANSIENT as exc:
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
+        await call_with_retry("writing to redis", TRANSIENT, write)
 
 
-async def run_dataplane(settings: Settings, simulate: bool, sim_seconds: float, handback_failures: bool = False,
-                        consumer: str | None = None) -> None:
+async def run_dataplane(
+    settings: Settings, simulate: bool, sim_seconds: float, handback_failures: bool = False, consumer: str | None = None
+) -> None:
     """`spinbot dataplane`: the reference worker on settings.redis_url until cancelled."""
-    from handoff.simulator import Simulator  # imported here: the simulator builds on this module
+    from handoff.simulator import (
+        Simulator,  # imported here: the simulator builds on this module
+    )
 
     spec = contracts()
     consumer = consumer or f"dataplane-{socket.gethostname()}-{os.getpid()}"
@@ -260,10 +247,15 @@ async def run_dataplane(settings: Settings, simulate: bool, sim_seconds: float, 
         log.warning("SIMULATOR: python-plane outputs are SIMULATED (no real generation), %.1fs per node", sim_seconds)
     else:
         log.info("no simulator: only info.get_capabilities is served; other services fail their node")
-    redis = aioredis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30,
-                              socket_timeout=spec.bridge.block_ms / 1000 + 5)
-    worker = DataPlaneWorker(redis, spec.bridge, spec.python_capabilities, Simulator(sim_seconds) if simulate else None,
-                             consumer, handback_failures)
+    redis = redis_client(settings.redis_url, block_ms=spec.bridge.block_ms)
+    worker = DataPlaneWorker(
+        redis,
+        spec.bridge,
+        spec.python_capabilities,
+        Simulator(sim_seconds) if simulate else None,
+        consumer,
+        handback_failures,
+    )
     try:
         await worker.run()
     finally:

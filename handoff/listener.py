@@ -3,6 +3,7 @@
 It also notices a data-plane failure that arrives without a handback (status `failed` plus the
 graph in `job:<id>`) and signals the workflow, so a job never waits forever.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,20 +13,19 @@ import redis.asyncio as aioredis
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from handoff.messages import JobEvent, parse_event
+from core import jobkeys
+from core.contracts import Bridge, ContractError, first_error
+from core.messages import JobEvent, parse_event
+from core.metrics import PUBSUB_MESSAGES
+from core.store import Event, Store, is_job_id
+from core.temporal import RPC_TIMEOUT
 from handoff.streams import dead_letter
-from spinbot import jobkeys
-from handoff.relay import RPC_TIMEOUT
-from spinbot.contracts import Bridge, ContractError, first_error
-from spinbot.metrics import PUBSUB_MESSAGES
-from spinbot.store import Event, Store, is_job_id
 from workflows.graph import drop_nulls, failed_nodes
 from workflows.inputs import Handback
 from workflows.names import DATAPLANE_FAILED
+from workflows.status import JobStatus
 
 log = logging.getLogger(__name__)
-
-GARBAGE_SOURCE = "channel"
 
 
 class EventListener:
@@ -37,8 +37,10 @@ class EventListener:
             event = parse_event(self.bridge, channel, raw)
         except ContractError as exc:
             PUBSUB_MESSAGES.labels(kind="invalid").inc()
-            dead = self.bridge.dead_letter(GARBAGE_SOURCE)
-            await dead_letter(self.redis, GARBAGE_SOURCE, dead, {"channel": channel, "data": raw}, str(exc))
+            source = self.bridge.pubsub_source
+            await dead_letter(
+                self.redis, source, self.bridge.dead_letter(source), {"channel": channel, "data": raw}, str(exc)
+            )
             return
         PUBSUB_MESSAGES.labels(kind=event.kind).inc()
         await self._update_keys(event)
@@ -46,7 +48,7 @@ class EventListener:
             await self.store.apply_event(
                 Event(event.job_id, event.fingerprint, event.status, event.progress, event.data, event.created)
             )
-        if event.status == "failed":
+        if event.status == JobStatus.FAILED:
             await self._detect_dataplane_failure(event.job_id)
 
     async def _update_keys(self, event: JobEvent) -> None:
@@ -71,7 +73,8 @@ class EventListener:
         if not any(node["plane"] == "python" for node in failed_nodes(graph)):
             return
         try:
-            await self.client.get_workflow_handle(job_id).signal(DATAPLANE_FAILED, Handback(graph), rpc_timeout=RPC_TIMEOUT)
+            await self.client.get_workflow_handle(job_id).signal(
+                DATAPLANE_FAILED, Handback(graph), rpc_timeout=RPC_TIMEOUT
+            )
         except RPCError as exc:
             log.info("job %s not waiting for a data-plane failure (%s)", job_id, exc.message)
-

@@ -1,32 +1,37 @@
 """The handback relay: process:control entries become workflow signals, acked only once delivered."""
+
 from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
 
 import redis.asyncio as aioredis
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from handoff.messages import parse_graph_entry
+from core.contracts import Bridge, ContractError
+from core.messages import parse_graph_entry
+from core.metrics import HANDBACKS, HANDOFF_SECONDS
+from core.temporal import RPC_TIMEOUT
 from handoff.streams import StreamConsumer, dead_letter
-from spinbot.contracts import Bridge, ContractError
-from spinbot.metrics import HANDBACKS, HANDOFF_SECONDS
 from workflows.inputs import Handback
 from workflows.names import HANDBACK
 
 log = logging.getLogger(__name__)
-
-RPC_TIMEOUT = timedelta(seconds=10)
 
 
 class HandbackRelay:
     def __init__(self, redis: aioredis.Redis, client: Client, bridge: Bridge, consumer: str):
         self.redis, self.client, self.bridge = redis, client, bridge
         self.consumer = StreamConsumer(
-            redis, bridge.control_stream, bridge.control_group, consumer, self.relay,
-            block_ms=bridge.block_ms, batch=bridge.batch_size, claim_idle_ms=bridge.claim_idle_ms,
+            redis,
+            bridge.control_stream,
+            bridge.control_group,
+            consumer,
+            self.relay,
+            block_ms=bridge.block_ms,
+            batch=bridge.batch_size,
+            claim_idle_ms=bridge.claim_idle_ms,
         )
 
     async def run(self) -> None:

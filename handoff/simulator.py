@@ -2,14 +2,15 @@
 
 Outputs carry `"simulated": true`; each service takes `seconds` in `steps`, reporting cumulative job progress.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 
+from core.timestamps import iso_now
 from handoff.dataplane import Handler, NodeCall, NodeFailure
 from workflows.graph import job_progress, weight_share
-from spinbot.timestamps import iso_now
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,12 @@ class Simulator:
     async def dummy_task(self, call: NodeCall) -> dict:
         progress = await self._simulate_work(call)
         preset = (call.node.get("params") or {}).get("preset")
-        return {"currentProgress": progress, "preset": preset,
-                "artifact": simulated_artifact(call, "application/octet-stream"), "simulated": True}
+        return {
+            "currentProgress": progress,
+            "preset": preset,
+            "artifact": simulated_artifact(call, "application/octet-stream"),
+            "simulated": True,
+        }
 
     async def f5_to_tts(self, call: NodeCall) -> dict:
         progress = await self._simulate_work(call)
@@ -77,10 +82,14 @@ class Simulator:
         try:
             so_far = float(call.input["currentProgress"])
         except (TypeError, ValueError):
-            raise NodeFailure("INVALID_INPUT", f"input.currentProgress is not a number: {call.input['currentProgress']!r}") from None
+            raise NodeFailure(
+                "INVALID_INPUT", f"input.currentProgress is not a number: {call.input['currentProgress']!r}"
+            ) from None
         share = weight_share(call.graph, call.node["id"])
         base = await call.progress.base(so_far)
-        log.info("SIMULATING %s for job %s node %s (%.1fs)", call.node["service"], call.job_id, call.node["id"], self.seconds)
+        log.info(
+            "SIMULATING %s for job %s node %s (%.1fs)", call.node["service"], call.job_id, call.node["id"], self.seconds
+        )
         for step in range(1, self.steps + 1):
             await asyncio.sleep(self.seconds / self.steps)
             await call.progress.report(base + share * step / self.steps)

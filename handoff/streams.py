@@ -1,42 +1,30 @@
-"""A consumer-group reader for one Redis stream: blocking reads, dead letters, reclaiming, reconnecting."""
+"""A consumer-group reader for one Redis stream: blocking reads, dead letters, reclaiming, reconnecting.
+
+The relay (process:control) and the reference data-plane worker (process:data) both run on it.
+"""
+
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
-from spinbot.metrics import DEAD_LETTERS
+from core.metrics import DEAD_LETTERS
+from core.redis import TRANSIENT, Entry, blocking_read_ms, raise_if_cancelled
+from core.retry import retrying
 
 log = logging.getLogger(__name__)
 
 EntryHandler = Callable[[str, dict], Awaitable[None]]
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 DEAD_LETTER_MAX = 100_000
-REDIS_PY_SOCKET_TIMEOUT = 5.0  # what redis-py (8.x) uses when the client is built without one
 
 
-def raise_if_cancelled() -> None:
-    """Re-raise a cancel that redis-py lost: it sends through asyncio.wait_for, which Python 3.11 lets swallow one.
-
-    Every blocking Redis loop calls this after each read, and reads block for a bounded time, so a
-    stop request is honoured within one read instead of leaving the task running forever.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-def blocking_read_ms(redis: aioredis.Redis, block_ms: int) -> int:
-    """BLOCK for XREADGROUP, kept under the client's socket timeout: a read cut off by that timeout loses
-    its reply, and the entries it delivered would stay pending for good."""
-    socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout", REDIS_PY_SOCKET_TIMEOUT)
-    if not socket_timeout:
-        return block_ms
-    return max(100, min(block_ms, int(socket_timeout * 1000) - 1000))
+class GroupVanished(Exception):
+    """The consumer group was deleted under us (FLUSHALL, a restored snapshot); it is created again."""
 
 
 async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
@@ -52,19 +40,35 @@ async def dead_letter(redis: aioredis.Redis, stream: str, dead_stream: str, fiel
     """Copy an invalid entry (or message) aside with the reason, so nothing is silently lost."""
     log.warning("dead letter from %s: %s", stream, error)
     DEAD_LETTERS.labels(source=stream).inc()
-    entry = {str(k): str(v)[:1_000_000] for k, v in fields.items()}
+    entry: Entry = {str(k): str(v)[:1_000_000] for k, v in fields.items()}
     entry.update({"error": error, "stream": stream})
     await redis.xadd(dead_stream, entry, maxlen=DEAD_LETTER_MAX, approximate=True)
 
 
 class StreamConsumer:
-    """Reads `stream` as `consumer` in `group`; each entry goes to `handle`, which acks it when done."""
+    """Reads `stream` as `consumer` in `group`; each entry goes to `handle`, which acks it when done.
 
-    def __init__(self, redis: aioredis.Redis, stream: str, group: str, consumer: str, handle: EntryHandler,
-                 block_ms: int = 5000, batch: int = 64, claim_idle_ms: int = 30_000, concurrency: int = 64):
+    At most `concurrency` entries are in hand at once, and a read asks for no more than the free
+    slots, so idle peers in the group get the rest. With `claim_idle_ms`, entries another consumer
+    left pending that long are taken over (None: never, for work that may legitimately run long).
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        stream: str,
+        group: str,
+        consumer: str,
+        handle: EntryHandler,
+        block_ms: int = 5000,
+        batch: int = 64,
+        claim_idle_ms: int | None = 30_000,
+        concurrency: int = 64,
+    ):
         self.redis, self.stream, self.group, self.consumer = redis, stream, group, consumer
         self.handle = handle
         self.block_ms, self.batch, self.claim_idle_ms = block_ms, batch, claim_idle_ms
+        self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)
         self.tasks: set[asyncio.Task] = set()
 
@@ -72,40 +76,53 @@ class StreamConsumer:
         await self.redis.xack(self.stream, self.group, entry_id)
 
     async def run(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                await ensure_group(self.redis, self.stream, self.group)
-                delay = 0.1  # reachable again
-                await self._reclaim()
-                await self._read_forever()
-            except TRANSIENT as exc:
-                log.warning("redis unavailable for %s (%s); retrying in %.1fs", self.stream, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                log.warning("group %s on %s vanished; recreating", self.group, self.stream)
+        """Consume until cancelled; entries in hand are then cancelled too and stay pending (unacked)."""
+        try:
+            async for attempt in retrying(f"reading {self.stream}", (*TRANSIENT, GroupVanished)):
+                with attempt:
+                    await ensure_group(self.redis, self.stream, self.group)
+                    await self._reclaim()
+                    await self._read_forever()
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _read_forever(self) -> None:
-        next_claim = asyncio.get_running_loop().time() + self.claim_idle_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_claim = loop.time() + (self.claim_idle_ms or 0) / 1000
         while True:
-            reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=self.batch,
-                                                block=blocking_read_ms(self.redis, self.block_ms))
+            async with self.slots:  # wait for one free slot, and ask for no more entries than are free
+                free = max(1, self.concurrency - len(self.tasks))
+                try:
+                    reply: Any = await self.redis.xreadgroup(  # a list of (stream, entries) with RESP2
+                        self.group,
+                        self.consumer,
+                        {self.stream: ">"},
+                        count=min(self.batch, free),
+                        block=blocking_read_ms(self.redis, self.block_ms),
+                    )
+                except ResponseError as exc:
+                    if "NOGROUP" in str(exc):
+                        raise GroupVanished(str(exc)) from None
+                    raise
             raise_if_cancelled()
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     await self._dispatch(entry_id, fields)
-            if asyncio.get_running_loop().time() >= next_claim:
+            if self.claim_idle_ms and loop.time() >= next_claim:
                 await self._reclaim()
-                next_claim = asyncio.get_running_loop().time() + self.claim_idle_ms / 1000
+                next_claim = loop.time() + self.claim_idle_ms / 1000
 
     async def _reclaim(self) -> None:
         """Take over entries another consumer (a dead relay or worker) left pending too long."""
+        if not self.claim_idle_ms:
+            return
         start = "0-0"
         while True:
-            start, entries, *_ = await self.redis.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms, start, count=self.batch)
+            start, entries, *_ = await self.redis.xautoclaim(
+                self.stream, self.group, self.consumer, self.claim_idle_ms, start, count=self.batch
+            )
             for entry_id, fields in entries:
                 if fields is not None:
                     await self._dispatch(entry_id, fields)
@@ -121,7 +138,7 @@ class StreamConsumer:
     async def _run_one(self, entry_id: str, fields: dict) -> None:
         try:
             await self.handle(entry_id, fields)
-        except Exception:  # the entry stays pending and is reclaimed later
+        except Exception:  # a bug, not bad input: the entry stays pending rather than lost
             log.exception("handling %s %s failed; left pending", self.stream, entry_id)
         finally:
             self.slots.release()

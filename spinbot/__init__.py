@@ -1,1 +1,1 @@
-"""Shared pieces no single role owns: settings, contracts, the PostgreSQL store, the CLI."""
+"""The entry points: the CLI, the embedded dev stack and process start-up, wiring the roles into processes."""

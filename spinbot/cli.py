@@ -1,24 +1,25 @@
 """`spinbot`: one command per process role, plus `dev` for the whole stack on one machine."""
+
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import asyncpg
 import typer
 
-from spinbot.contracts import ConfigError, contracts
-from spinbot.logs import setup_logging
-from spinbot.metrics import serve_metrics
-from spinbot.settings import settings
+from core.contracts import ConfigError, contracts
+from core.logs import setup_logging
+from core.metrics import serve_metrics
+from core.settings import settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="MySpinBot control plane on Temporal.")
 
 
 def _start(role: str):
     """Validate settings and every config file before doing anything; stop with a clear message if broken."""
-    from api.planner import check_templates
+    from core.planner import check_templates
 
     try:
         config = settings()
@@ -47,7 +48,7 @@ def _run(coro):
 @app.command()
 def migrate():
     """Apply pending database migrations."""
-    from spinbot.migrate import migrate_url
+    from core.migrate import migrate_url
 
     config = _start("migrate")
     applied = _run(migrate_url(config.database_url, timeout=10))
@@ -55,29 +56,38 @@ def migrate():
 
 
 @app.command()
-def api(host: Annotated[Optional[str], typer.Option()] = None, port: Annotated[Optional[int], typer.Option()] = None):
+def api(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int | None, typer.Option()] = None):
     """Serve the REST + WebSocket API."""
     import uvicorn
 
     from api.app import create_app
-    from spinbot.migrate import migrate_url
+    from core.migrate import migrate_url
 
     config = _start("api")
     _run(migrate_url(config.database_url))
-    uvicorn.run(create_app(config), host=host or config.api_host, port=port or config.api_port,
-                log_level="warning", ws_ping_interval=20, ws_ping_timeout=20)
+    uvicorn.run(
+        create_app(config),
+        host=host or config.api_host,
+        port=port or config.api_port,
+        log_level="warning",
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+    )
 
 
 @app.command()
 def worker(
     workflows: Annotated[bool, typer.Option("--workflows", help="Poll the workflow task queue")] = False,
     activities: Annotated[bool, typer.Option("--activities", help="Poll node-plane activity queues")] = False,
-    queue: Annotated[Optional[list[str]], typer.Option(help="Only these activity queues")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option(help="Port for this worker's own metrics (jobs, nodes)")] = None,
-    sdk_metrics_port: Annotated[Optional[int], typer.Option(help="Port for the Temporal SDK's Prometheus metrics (default: SPINBOT_WORKER_METRICS_PORT)")] = None,
+    queue: Annotated[list[str] | None, typer.Option(help="Only these activity queues")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Port for this worker's own metrics (jobs, nodes)")] = None,
+    sdk_metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Port for the Temporal SDK's Prometheus metrics (default: SPINBOT_WORKER_METRICS_PORT)"),
+    ] = None,
 ):
     """Run Temporal workers (both kinds when neither flag is given)."""
-    from spinbot.temporal import connect, make_runtime
+    from core.temporal import connect, make_runtime
     from spinbot.worker import WorkerRoles, running_workers
 
     config = _start("worker")
@@ -96,10 +106,14 @@ def worker(
 
 
 @app.command()
-def relay(metrics_port: Annotated[Optional[int], typer.Option(help="Port for the relay's metrics (handoffs, dead letters)")] = None):
+def relay(
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Port for the relay's metrics (handoffs, dead letters)")
+    ] = None,
+):
     """Relay handbacks to workflows and pub/sub events to Redis keys and PostgreSQL."""
+    from core.temporal import connect
     from handoff.service import run_relay
-    from spinbot.temporal import connect
 
     config = _start("relay")
     serve_metrics(metrics_port)
@@ -113,9 +127,13 @@ def relay(metrics_port: Annotated[Optional[int], typer.Option(help="Port for the
 
 @app.command()
 def dataplane(
-    simulate: Annotated[bool, typer.Option("--simulate/--no-simulate", help="Serve python-plane services with a SIMULATOR")] = False,
+    simulate: Annotated[
+        bool, typer.Option("--simulate/--no-simulate", help="Serve python-plane services with a SIMULATOR")
+    ] = False,
     sim_seconds: Annotated[float, typer.Option(help="Simulated duration of each node")] = 2.0,
-    handback_failures: Annotated[bool, typer.Option(help="Hand failed graphs back instead of the existing worker's way")] = False,
+    handback_failures: Annotated[
+        bool, typer.Option(help="Hand failed graphs back instead of the existing worker's way")
+    ] = False,
 ):
     """The reference data-plane worker (consumer group `workers` on process:data)."""
     from handoff.dataplane import run_dataplane
@@ -126,13 +144,19 @@ def dataplane(
 
 @app.command()
 def dev(
-    data_dir: Annotated[Path, typer.Option(help="Where Temporal, Redis, PostgreSQL and objects keep their data")] = Path(".data"),
+    data_dir: Annotated[
+        Path, typer.Option(help="Where Temporal, Redis, PostgreSQL and objects keep their data")
+    ] = Path(".data"),
     api_port: Annotated[int, typer.Option()] = 3000,
     redis_port: Annotated[int, typer.Option()] = 6379,
     temporal_port: Annotated[int, typer.Option()] = 7233,
     ui_port: Annotated[int, typer.Option()] = 8233,
-    no_dataplane: Annotated[bool, typer.Option("--no-dataplane", help="Attach another data-plane worker instead")] = False,
-    simulate: Annotated[bool, typer.Option("--simulate/--no-simulate", help="Reference worker simulates generation")] = True,
+    no_dataplane: Annotated[
+        bool, typer.Option("--no-dataplane", help="Attach another data-plane worker instead")
+    ] = False,
+    simulate: Annotated[
+        bool, typer.Option("--simulate/--no-simulate", help="Reference worker simulates generation")
+    ] = True,
     sim_seconds: Annotated[float, typer.Option(help="Simulated duration of each python node")] = 2.0,
     metrics_port: Annotated[int, typer.Option(help="First of three metrics ports: worker, Temporal SDK, relay")] = 9464,
 ):
@@ -140,5 +164,15 @@ def dev(
     from spinbot.dev import DevOptions, run_dev
 
     _start("dev")
-    options = DevOptions(data_dir.resolve(), api_port, redis_port, temporal_port, ui_port, not no_dataplane, simulate, sim_seconds, metrics_port)
+    options = DevOptions(
+        data_dir.resolve(),
+        api_port,
+        redis_port,
+        temporal_port,
+        ui_port,
+        not no_dataplane,
+        simulate,
+        sim_seconds,
+        metrics_port,
+    )
     raise typer.Exit(run_dev(options))

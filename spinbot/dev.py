@@ -1,4 +1,5 @@
 """`spinbot dev`: the embedded services plus every role as a child process, stopped cleanly together."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,9 +12,18 @@ from pathlib import Path
 
 import httpx
 
-from spinbot.migrate import migrate_url
-from spinbot.services import Child, Postgres, popen, ServiceError, refuse_taken, start_redis, start_temporal, wait_for_port
-from spinbot.settings import settings
+from core.migrate import migrate_url
+from core.settings import settings
+from spinbot.services import (
+    Child,
+    Postgres,
+    ServiceError,
+    popen,
+    refuse_taken,
+    start_redis,
+    start_temporal,
+    wait_for_port,
+)
 
 
 @dataclass
@@ -52,8 +62,15 @@ def _llm_answers(endpoint: str) -> bool:
 def run_dev(options: DevOptions) -> int:
     config = settings()
     try:
-        refuse_taken({"API": options.api_port, "Redis": options.redis_port,
-                      "Temporal": options.temporal_port, "Temporal UI": options.ui_port, **options.metrics_ports})
+        refuse_taken(
+            {
+                "API": options.api_port,
+                "Redis": options.redis_port,
+                "Temporal": options.temporal_port,
+                "Temporal UI": options.ui_port,
+                **options.metrics_ports,
+            }
+        )
     except ServiceError as exc:
         _say(f"cannot start: {exc}")
         return 1
@@ -76,17 +93,42 @@ def run_dev(options: DevOptions) -> int:
         postgres = Postgres(data / "pg")
         services.append(postgres)
         asyncio.run(migrate_url(postgres.url))
-        env = dict(os.environ,
-                   SPINBOT_TEMPORAL_ADDRESS=temporal.url, SPINBOT_REDIS_URL=redis.url,
-                   SPINBOT_DATABASE_URL=postgres.url, SPINBOT_API_PORT=str(options.api_port),
-                   SPINBOT_ARTIFACTS_DIR=str(data / "objects"))
+        env = dict(
+            os.environ,
+            SPINBOT_TEMPORAL_ADDRESS=temporal.url,
+            SPINBOT_REDIS_URL=redis.url,
+            SPINBOT_DATABASE_URL=postgres.url,
+            SPINBOT_API_PORT=str(options.api_port),
+            SPINBOT_ARTIFACTS_DIR=str(data / "objects"),
+        )
         metrics = options.metrics_ports
-        roles.append(_spawn("worker", ["worker", "--metrics-port", str(metrics["worker metrics"]),
-                                       "--sdk-metrics-port", str(metrics["Temporal SDK metrics"])], env))
+        roles.append(
+            _spawn(
+                "worker",
+                [
+                    "worker",
+                    "--metrics-port",
+                    str(metrics["worker metrics"]),
+                    "--sdk-metrics-port",
+                    str(metrics["Temporal SDK metrics"]),
+                ],
+                env,
+            )
+        )
         roles.append(_spawn("relay", ["relay", "--metrics-port", str(metrics["relay metrics"])], env))
         if options.dataplane:
-            roles.append(_spawn("dataplane", ["dataplane", "--simulate" if options.simulate else "--no-simulate",
-                                              "--sim-seconds", str(options.sim_seconds)], env))
+            roles.append(
+                _spawn(
+                    "dataplane",
+                    [
+                        "dataplane",
+                        "--simulate" if options.simulate else "--no-simulate",
+                        "--sim-seconds",
+                        str(options.sim_seconds),
+                    ],
+                    env,
+                )
+            )
         api = _spawn("api", ["api"], env)
         roles.append(api)
         wait_for_port(options.api_port, api.proc, "API", timeout=60)
@@ -101,7 +143,10 @@ def run_dev(options: DevOptions) -> int:
         _say(f"Temporal gRPC {temporal.url}")
         _say(f"Redis         {redis.url}  (attach a data-plane worker here)")
         _say(f"PostgreSQL    {postgres.url}")
-        _say(f"Metrics       {base}/metrics, " + ", ".join(f"{name} :{port}" for name, port in options.metrics_ports.items()))
+        _say(
+            f"Metrics       {base}/metrics, "
+            + ", ".join(f"{name} :{port}" for name, port in options.metrics_ports.items())
+        )
         if options.dataplane and options.simulate:
             _say("data plane: reference worker in SIMULATOR mode (no real generation)")
         elif not options.dataplane:

@@ -1,4 +1,5 @@
 """Start the embedded services (Temporal dev server, Redis, PostgreSQL) as child processes."""
+
 from __future__ import annotations
 
 import ctypes
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workflows.names import SEARCH_ATTRIBUTES
-
 
 _PR_SET_PDEATHSIG = 1
 
@@ -100,12 +100,22 @@ def start_temporal(data_dir: Path, port: int, ui_port: int | None, log_path: Pat
     """`temporal server start-dev` on a SQLite file, so jobs survive a restart."""
     data_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
-        _bin("temporal"), "server", "start-dev",
-        "--db-filename", str(data_dir / "temporal.sqlite"),
-        "--ip", "127.0.0.1", "--port", str(port),
-        "--log-level", "error",
+        _bin("temporal"),
+        "server",
+        "start-dev",
+        "--db-filename",
+        str(data_dir / "temporal.sqlite"),
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
         # WAL with normal sync survives a killed process (not a power cut) and keeps writes off fsync's path.
-        "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+        "--sqlite-pragma",
+        "journal_mode=wal",
+        "--sqlite-pragma",
+        "synchronous=normal",
     ]
     cmd += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
     for name in SEARCH_ATTRIBUTES:

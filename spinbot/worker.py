@@ -1,4 +1,5 @@
 """Worker start-up: the workflow worker (with the bridge activities) and node-plane activity workers."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,17 +9,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import httpx
-import redis.asyncio as aioredis
 from temporalio.client import Client
 from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.worker.workflow_sandbox import (
+    SandboxedWorkflowRunner,
+    SandboxRestrictions,
+)
 
 from activities.bridge import BridgeActivities
 from activities.registry import activities_by_queue
 from activities.resources import Resources
-from spinbot.contracts import contracts
-from spinbot.settings import Settings
-from spinbot.store import Store, connect_pool
+from core.contracts import contracts
+from core.redis import redis_client
+from core.settings import Settings
+from core.store import Store, connect_pool
 from workflows.job import JobWorkflow
 from workflows.names import WORKFLOW_QUEUE
 
@@ -36,7 +40,7 @@ class WorkerRoles:
 async def running_workers(client: Client, settings: Settings, roles: WorkerRoles = WorkerRoles()):
     """Start the requested workers on `client`; stop them (and their clients) on exit."""
     spec = contracts()
-    redis = aioredis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+    redis = redis_client(settings.redis_url)
     http = httpx.AsyncClient()
     pool = await connect_pool(settings.database_url) if roles.workflows else None
     workers = []
@@ -44,14 +48,29 @@ async def running_workers(client: Client, settings: Settings, roles: WorkerRoles
         bridge = BridgeActivities(redis, Store(pool), spec.bridge)
         # The sandbox still guards determinism; passing modules through spares a re-import per run (~20 ms).
         runner = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_all_modules())
-        workers.append(Worker(client, task_queue=WORKFLOW_QUEUE, workflows=[JobWorkflow], activities=[bridge.sync_job], workflow_runner=runner))
+        workers.append(
+            Worker(
+                client,
+                task_queue=WORKFLOW_QUEUE,
+                workflows=[JobWorkflow],
+                activities=[bridge.sync_job],
+                workflow_runner=runner,
+            )
+        )
     if roles.activities:
         resources = Resources(settings, spec, redis, http)
         for queue, acts in activities_by_queue(spec, resources).items():
             if not roles.queues or queue in roles.queues:
                 # Heartbeats go out at least every second, so a cancel reaches the activity within about a second.
-                workers.append(Worker(client, task_queue=queue, activities=acts, max_concurrent_activities=64,
-                                      max_heartbeat_throttle_interval=timedelta(seconds=1)))
+                workers.append(
+                    Worker(
+                        client,
+                        task_queue=queue,
+                        activities=acts,
+                        max_concurrent_activities=64,
+                        max_heartbeat_throttle_interval=timedelta(seconds=1),
+                    )
+                )
     tasks = [asyncio.create_task(worker.run()) for worker in workers]
     log.info("workers polling: %s", ", ".join(w.task_queue for w in workers))
     try:

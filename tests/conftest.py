@@ -1,16 +1,16 @@
 """Real services for the whole session: Temporal dev server, Redis, PostgreSQL (all embedded, loopback)."""
+
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 
 import pytest
 import redis.asyncio as aioredis
 
-from spinbot.migrate import migrate_url
+from core.migrate import migrate_url
+from core.store import Store, connect_pool
 from spinbot.services import Postgres, free_port, start_redis, start_temporal
-from spinbot.store import Store, connect_pool
 
 
 @dataclass
@@ -73,20 +73,26 @@ def ollama():
 
 @pytest.fixture(scope="session")
 async def temporal_client(services):
-    from spinbot.temporal import connect
+    from core.temporal import connect
 
     return await connect(services.temporal_address)
 
 
 @pytest.fixture(scope="session")
 async def stack(services, database_url, temporal_client, ollama, s3_endpoint):
-    from spinbot.settings import Settings
+    from core.settings import Settings
     from tests.stack import running_stack
 
     settings = Settings(
-        temporal_address=services.temporal_address, redis_url=services.redis_url, database_url=database_url,
-        llm_endpoint=ollama.url, llm_timeout_ms=5000, segment_timeout_seconds=60,
-        minio_endpoint=s3_endpoint, capabilities_timeout_seconds=3, upload_max_bytes=1 << 20,
+        temporal_address=services.temporal_address,
+        redis_url=services.redis_url,
+        database_url=database_url,
+        llm_endpoint=ollama.url,
+        llm_timeout_ms=5000,
+        segment_timeout_seconds=60,
+        minio_endpoint=s3_endpoint,
+        capabilities_timeout_seconds=3,
+        upload_max_bytes=1 << 20,
     )
     async with running_stack(settings, temporal_client) as running:
         yield running

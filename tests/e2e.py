@@ -1,4 +1,5 @@
 """Helpers for end-to-end tests: submit through the API, wait on Temporal, read every store."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,7 @@ import uuid
 
 from temporalio.client import WorkflowFailureError
 
-from spinbot.contracts import contracts
+from core.contracts import contracts
 from workflows.names import STATE
 
 BRIDGE = contracts().bridge
@@ -47,12 +48,20 @@ async def query_state(stack, job_id: str) -> dict:
 
 def graph_request(nodes: list[dict], edges: list[tuple[str, str]]) -> dict:
     full = [{"status": "pending", **node} for node in nodes]
-    return {"mode": "process_graph", "graph": {"schema": "langgraph.v1", "workflowId": str(uuid.uuid4()),
-                                               "nodes": full, "edges": [{"from": a, "to": b} for a, b in edges]}}
+    return {
+        "mode": "process_graph",
+        "graph": {
+            "schema": "langgraph.v1",
+            "workflowId": str(uuid.uuid4()),
+            "nodes": full,
+            "edges": [{"from": a, "to": b} for a, b in edges],
+        },
+    }
 
 
 async def pushed_segment(redis, job_id: str, segment: int = 1, timeout: float = 10) -> dict:
     """The graph pushed to process:data for this job's `segment` (read without consuming)."""
+
     async def find():
         for _, fields in await redis.xrevrange(BRIDGE.data_stream, count=500):
             if fields.get("jobId") == job_id:

@@ -1,4 +1,5 @@
 """Tiny but real media files, made in code: a PNG image and a WAV voice sample."""
+
 from __future__ import annotations
 
 import io
@@ -9,6 +10,7 @@ import zlib
 
 def png_bytes(width: int = 2, height: int = 2) -> bytes:
     """An RGB PNG of `width` x `height` grey pixels, with valid chunk CRCs."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 

@@ -1,4 +1,5 @@
 """Small real peers for programs we only talk to: an HTTP server speaking Ollama's /api/generate."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,13 @@ class OllamaPeer:
                     return self._send(peer.status, peer.body)
                 if peer.status >= 400:
                     return self._send(peer.status, json.dumps({"error": "model 'x' not found"}))
-                answer = {"model": body.get("model"), "response": peer.reply, "done": True,
-                          "prompt_eval_count": 12, "eval_count": 30}
+                answer = {
+                    "model": body.get("model"),
+                    "response": peer.reply,
+                    "done": True,
+                    "prompt_eval_count": 12,
+                    "eval_count": 30,
+                }
                 self._send(200, json.dumps(answer))
 
             def _send(self, status: int, text: str):

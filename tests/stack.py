@@ -1,4 +1,5 @@
 """The whole control plane in the test's event loop, on the session's real services."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,12 +12,12 @@ import uvicorn
 from temporalio.client import Client
 
 from api.app import create_app
+from core.contracts import contracts
+from core.settings import Settings
 from handoff.dataplane import DataPlaneWorker
 from handoff.service import run_relay
 from handoff.simulator import Simulator
-from spinbot.contracts import contracts
 from spinbot.services import free_port
-from spinbot.settings import Settings
 from spinbot.worker import running_workers
 
 
@@ -32,8 +33,14 @@ class Stack:
 
     def start_dataplane(self, **options) -> None:
         spec = contracts()
-        worker = DataPlaneWorker(self.redis, spec.bridge, spec.python_capabilities, Simulator(seconds=0.0),
-                                 consumer="test-dataplane", **options)
+        worker = DataPlaneWorker(
+            self.redis,
+            spec.bridge,
+            spec.python_capabilities,
+            Simulator(seconds=0.0),
+            consumer="test-dataplane",
+            **options,
+        )
         self.dataplane_task = asyncio.create_task(worker.run())
 
     async def stop_dataplane(self) -> None:
@@ -68,8 +75,17 @@ class Stack:
 async def api_replica(settings: Settings, temporal: Client, ping_seconds: float = 20):
     """One more API process-equivalent (its own app, hub and pub/sub subscription) on a free port; yields its URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, temporal), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", ws_ping_interval=ping_seconds, ws_ping_timeout=ping_seconds))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, temporal),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            ws_ping_interval=ping_seconds,
+            ws_ping_timeout=ping_seconds,
+        )
+    )
     serving = asyncio.create_task(server.serve())
     try:
         while not server.started:

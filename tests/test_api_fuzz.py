@@ -2,16 +2,17 @@
 
 Hypothesis drives a synchronous httpx client from a worker thread, so the event loop stays free to serve.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 from urllib.parse import quote
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from minio import Minio
 
 from tests.media import png_bytes, wav_bytes
@@ -22,33 +23,72 @@ FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
-node_ids = st.sampled_from(["script", "train_voice", "generate_video", "postprocess_video", "a", "b", ""]) | st.text(max_size=4)
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+node_ids = st.sampled_from(["script", "train_voice", "generate_video", "postprocess_video", "a", "b", ""]) | st.text(
+    max_size=4
+)
 node = st.fixed_dictionaries(
-    {"id": node_ids,
-     "service": st.sampled_from(["llm.generate_script", "dummy.dummy_task", "generate.f5_to_tts", "info.get_capabilities", "x.y"]),
-     "plane": st.sampled_from(["node", "python", "gpu"])},
-    optional={"status": st.sampled_from(["pending", "ready", "running", "completed", "failed", "skipped", "nope"]),
-              "params": json_values, "input": json_values, "output": json_values, "error": json_values,
-              "progressWeight": json_values, "retries": json_values, "tags": json_values, "name": json_values})
-edge = st.fixed_dictionaries({"from": node_ids, "to": node_ids},
-                             optional={"kind": st.sampled_from(["normal", "on_success", "on_failure", "x"]), "metadata": json_values})
+    {
+        "id": node_ids,
+        "service": st.sampled_from(
+            ["llm.generate_script", "dummy.dummy_task", "generate.f5_to_tts", "info.get_capabilities", "x.y"]
+        ),
+        "plane": st.sampled_from(["node", "python", "gpu"]),
+    },
+    optional={
+        "status": st.sampled_from(["pending", "ready", "running", "completed", "failed", "skipped", "nope"]),
+        "params": json_values,
+        "input": json_values,
+        "output": json_values,
+        "error": json_values,
+        "progressWeight": json_values,
+        "retries": json_values,
+        "tags": json_values,
+        "name": json_values,
+    },
+)
+edge = st.fixed_dictionaries(
+    {"from": node_ids, "to": node_ids},
+    optional={"kind": st.sampled_from(["normal", "on_success", "on_failure", "x"]), "metadata": json_values},
+)
 graph = st.fixed_dictionaries(
     {"nodes": st.lists(node, max_size=4), "edges": st.lists(edge, max_size=4)},
-    optional={"schema": st.sampled_from(["langgraph.v1", "v0"]), "workflowId": json_values,
-              "context": json_values, "metadata": json_values})
+    optional={
+        "schema": st.sampled_from(["langgraph.v1", "v0"]),
+        "workflowId": json_values,
+        "context": json_values,
+        "metadata": json_values,
+    },
+)
 fixed_graph = st.fixed_dictionaries(
-    {"mode": st.just("fixed_graph"), "variant": st.sampled_from(["sadtalker", "svd_wav2lip", "f5tts_infinitetalk", "nope"]) | json_values},
-    optional={"params": st.dictionaries(node_ids, st.dictionaries(st.text(max_size=8), json_values, max_size=3) | json_values,
-                                        max_size=3) | json_values})
+    {
+        "mode": st.just("fixed_graph"),
+        "variant": st.sampled_from(["sadtalker", "svd_wav2lip", "f5tts_infinitetalk", "nope"]) | json_values,
+    },
+    optional={
+        "params": st.dictionaries(
+            node_ids, st.dictionaries(st.text(max_size=8), json_values, max_size=3) | json_values, max_size=3
+        )
+        | json_values
+    },
+)
 # A graph may also come as a JSON string, which the planner decodes.
 process_graph = st.fixed_dictionaries(
-    {"mode": st.just("process_graph"), "graph": graph | graph.map(json.dumps) | json_values})
-planning_requests = (fixed_graph | process_graph | json_values
-                     | st.dictionaries(st.sampled_from(["mode", "variant", "graph", "params"]), json_values))
+    {"mode": st.just("process_graph"), "graph": graph | graph.map(json.dumps) | json_values}
+)
+planning_requests = (
+    fixed_graph
+    | process_graph
+    | json_values
+    | st.dictionaries(st.sampled_from(["mode", "variant", "graph", "params"]), json_values)
+)
 # h11 refuses to send a header value with surrounding spaces, so none are generated.
 header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=210).filter(
-    lambda value: value == value.strip())
+    lambda value: value == value.strip()
+)
 path_text = st.text(max_size=60) | st.uuids().map(str) | st.sampled_from(["", ".", "..", "%", "?x=1", "a/b", "\x00"])
 
 
@@ -58,7 +98,9 @@ def check_reply(reply: httpx.Response, accepted: list[str] | None = None) -> Non
     assert reply.status_code < 500, f"{where} -> {reply.status_code} {reply.text[:300]}"
     if reply.status_code >= 400:
         body = reply.json()
-        assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], f"{where}: {reply.text[:300]}"
+        assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], (
+            f"{where}: {reply.text[:300]}"
+        )
     elif reply.status_code >= 300:
         assert "location" in reply.headers, where
     else:
@@ -93,9 +135,19 @@ async def test_post_jobs_with_any_json(stack, llm):
 
 async def test_post_jobs_with_any_bytes(stack):
     @FUZZ
-    @given(body=st.binary(max_size=200) | st.text(max_size=100).map(str.encode),
-           content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded",
-                                         "multipart/form-data", "multipart/form-data; boundary=x", ""]))
+    @given(
+        body=st.binary(max_size=200) | st.text(max_size=100).map(str.encode),
+        content_type=st.sampled_from(
+            [
+                "application/json",
+                "text/plain",
+                "application/x-www-form-urlencoded",
+                "multipart/form-data",
+                "multipart/form-data; boundary=x",
+                "",
+            ]
+        ),
+    )
     def post_bytes(client, accepted, body, content_type):
         check_reply(client.post("/api/jobs", content=body, headers={"content-type": content_type}), accepted)
 
@@ -104,9 +156,18 @@ async def test_post_jobs_with_any_bytes(stack):
 
 async def test_job_paths_with_any_id(stack):
     @FUZZ
-    @given(job_id=path_text, route=st.sampled_from([
-        ("GET", "/api/status/{}"), ("GET", "/api/jobs/{}"), ("GET", "/api/jobs/{}/graph"),
-        ("POST", "/api/jobs/{}/cancel"), ("POST", "/api/jobs/{}/retry")]))
+    @given(
+        job_id=path_text,
+        route=st.sampled_from(
+            [
+                ("GET", "/api/status/{}"),
+                ("GET", "/api/jobs/{}"),
+                ("GET", "/api/jobs/{}/graph"),
+                ("POST", "/api/jobs/{}/cancel"),
+                ("POST", "/api/jobs/{}/retry"),
+            ]
+        ),
+    )
     def any_id(client, accepted, job_id, route):
         method, template = route
         check_reply(client.request(method, template.format(quote(job_id, safe=""))), accepted)
@@ -115,7 +176,7 @@ async def test_job_paths_with_any_id(stack):
 
 
 async def test_job_list_with_any_pagination(stack):
-    numbers = st.integers(min_value=-10**30, max_value=10**30).map(str)
+    numbers = st.integers(min_value=-(10**30), max_value=10**30).map(str)
 
     @FUZZ
     @given(limit=st.none() | numbers | st.text(max_size=12), offset=st.none() | numbers | st.text(max_size=12))
@@ -137,9 +198,12 @@ async def test_infinitetalk_with_any_parts(stack, llm, s3_endpoint):
     def stored() -> int:
         return sum(1 for _ in bucket.list_objects("input", recursive=True)) if bucket.bucket_exists("input") else 0
 
-    files = st.sampled_from([png_bytes(), wav_bytes(), b"", b"plain text", b"RIFF\x00\x00\x00\x00WAVE"]) | st.binary(max_size=64)
+    files = st.sampled_from([png_bytes(), wav_bytes(), b"", b"plain text", b"RIFF\x00\x00\x00\x00WAVE"]) | st.binary(
+        max_size=64
+    )
     names = st.sampled_from(["a.png", "b.wav", "../c.png", "d/e.wav", ".x", "ok name (1).png"]) | st.text(
-        st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'), max_size=12)
+        st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'), max_size=12
+    )
     types = st.sampled_from(["image/png", "audio/wav", "application/octet-stream", "text/plain", ""])
     part = st.none() | st.tuples(names, files, types)
     data = st.none() | st.text(max_size=40) | st.builds(json.dumps, json_values) | st.just('{"prompt": "p"}')
@@ -149,8 +213,11 @@ async def test_infinitetalk_with_any_parts(stack, llm, s3_endpoint):
     def post_parts(client, accepted, image, audio, data):
         before = stored()
         parts = {name: value for name, value in (("image_file", image), ("audio_file", audio)) if value is not None}
-        reply = client.post("/api/infinitetalk", files=parts or {"other": ("x", b"x", "text/plain")},
-                            data={} if data is None else {"data": data})
+        reply = client.post(
+            "/api/infinitetalk",
+            files=parts or {"other": ("x", b"x", "text/plain")},
+            data={} if data is None else {"data": data},
+        )
         check_reply(reply, accepted)
         if reply.status_code != 200:
             assert stored() == before, f"a refused upload left objects behind: {reply.text}"
@@ -163,7 +230,7 @@ async def test_infinitetalk_with_any_parts(stack, llm, s3_endpoint):
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e400"])
 async def test_non_finite_number_in_params_is_a_400(stack, token):
-    body = '{"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "p", "x": %s}}}' % token
+    body = f'{{"mode": "fixed_graph", "variant": "sadtalker", "params": {{"script": {{"prompt": "p", "x": {token}}}}}}}'
     reply = await stack.api.post("/api/jobs", content=body, headers={"content-type": "application/json"})
     assert reply.status_code == 400 and set(reply.json()) == {"error"}, reply.text
 

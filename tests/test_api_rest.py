@@ -1,4 +1,5 @@
 """The REST contract of PROTOCOL §5, shape by shape, against the live control plane."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api import routes_capabilities, routes_control, routes_jobs, routes_uploads
 from api.app import create_app
-from spinbot.contracts import contracts
+from core.contracts import contracts
 from tests.e2e import BRIDGE, graph_request, outcome, submit, wait_for
 from tests.stack import api_replica
 
@@ -95,19 +96,32 @@ BAD_REQUESTS = {
     "graph-number": ({"mode": "process_graph", "graph": 5}, "graph"),
     "graph-bad-json-string": ({"mode": "process_graph", "graph": "{nope"}, "graph is not valid JSON"),
     "no-nodes": (_graph([], []), "graph.nodes"),
-    "cycle": (_graph([SCRIPT, {"id": "b", **DUMMY}, {"id": "c", **DUMMY}], [("script", "b"), ("b", "c"), ("c", "b")]),
-              'cycle: b -> c -> b'),
-    "unknown-service": (_graph([SCRIPT, {"id": "x", "service": "nope.nothing", "plane": "python"}], [("script", "x")]),
-                        'node "x": unknown service "nope.nothing"'),
+    "cycle": (
+        _graph([SCRIPT, {"id": "b", **DUMMY}, {"id": "c", **DUMMY}], [("script", "b"), ("b", "c"), ("c", "b")]),
+        "cycle: b -> c -> b",
+    ),
+    "unknown-service": (
+        _graph([SCRIPT, {"id": "x", "service": "nope.nothing", "plane": "python"}], [("script", "x")]),
+        'node "x": unknown service "nope.nothing"',
+    ),
     "service-on-wrong-plane": (_graph([{**SCRIPT, "plane": "python"}], []), 'node "script": unknown service'),
     "duplicate-id": (_graph([SCRIPT, SCRIPT], []), 'node "script": duplicate id'),
     "edge-to-unknown-node": (_graph([SCRIPT], [("script", "ghost")]), 'unknown node "ghost"'),
     "unreachable": (_graph([SCRIPT, {"id": "island", **DUMMY}], []), '"island"'),
     "extra-key-on-graph": (_graph([SCRIPT], [], colour="red"), "colour"),
     "extra-key-on-node": (_graph([{**SCRIPT, "colour": "red"}], []), "colour"),
-    "extra-key-on-edge": ({"mode": "process_graph", "graph": {
-        "schema": "langgraph.v1", "workflowId": "w", "nodes": [SCRIPT, {"id": "b", "status": "pending", **DUMMY}],
-        "edges": [{"from": "script", "to": "b", "weight": 3}]}}, "weight"),
+    "extra-key-on-edge": (
+        {
+            "mode": "process_graph",
+            "graph": {
+                "schema": "langgraph.v1",
+                "workflowId": "w",
+                "nodes": [SCRIPT, {"id": "b", "status": "pending", **DUMMY}],
+                "edges": [{"from": "script", "to": "b", "weight": 3}],
+            },
+        },
+        "weight",
+    ),
     "bad-status": (_graph([{**SCRIPT, "status": "sleeping"}], []), 'node "script"'),
 }
 
@@ -141,7 +155,9 @@ async def test_status_shape(stack, llm):
     assert isinstance(reply.json()["progress"], float)
 
 
-@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid", "12345", "%00", "x" * 300, "urn:uuid:" + str(uuid.uuid4())])
+@pytest.mark.parametrize(
+    "job_id", [str(uuid.uuid4()), "not-a-uuid", "12345", "%00", "x" * 300, "urn:uuid:" + str(uuid.uuid4())]
+)
 async def test_status_of_unknown_job_is_404(stack, job_id):
     message = assert_error(await stack.api.get(f"/api/status/{job_id}"), 404)
     assert "not found" in message
@@ -180,10 +196,20 @@ async def test_job_list_newest_first_with_pagination(stack, llm):
         assert (await outcome(stack, job_id))[0] == "completed"
 
 
-@pytest.mark.parametrize("query", [
-    {"limit": 0}, {"limit": 101}, {"limit": -1}, {"limit": "abc"}, {"limit": ""}, {"limit": "1.5"},
-    {"offset": -1}, {"offset": "abc"}, {"offset": "1e3"},
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"limit": 0},
+        {"limit": 101},
+        {"limit": -1},
+        {"limit": "abc"},
+        {"limit": ""},
+        {"limit": "1.5"},
+        {"offset": -1},
+        {"offset": "abc"},
+        {"offset": "1e3"},
+    ],
+)
 async def test_job_list_rejects_bad_pagination(stack, query):
     message = assert_error(await stack.api.get("/api/jobs", params=query), 400)
     assert next(iter(query)) in message
@@ -206,7 +232,12 @@ async def test_job_detail_shape(stack, llm):
     assert (job["jobId"], job["status"], job["progress"]) == (job_id, "completed", 1.0)
     assert isinstance(job["created"], int)
     assert job["lastGraph"]["workflowId"] == job_id and job["lastGraph"]["schema"] == "langgraph.v1"
-    assert [n["id"] for n in job["lastGraph"]["nodes"]] == ["script", "train_voice", "generate_video", "postprocess_video"]
+    assert [n["id"] for n in job["lastGraph"]["nodes"]] == [
+        "script",
+        "train_voice",
+        "generate_video",
+        "postprocess_video",
+    ]
     for event in body["events"]:
         assert set(event) == {"eventId", "status", "progress", "data", "created"}
         assert isinstance(event["eventId"], int) and isinstance(event["created"], int)
@@ -220,8 +251,10 @@ async def test_job_detail_shape(stack, llm):
 async def test_job_detail_keeps_the_newest_50_events_newest_first(stack, llm):
     job_id = await completed_job(stack)
     for i in range(60):
-        await stack.redis.publish(BRIDGE.channel("data", job_id),
-                                  json.dumps({"jobId": job_id, "data": f"note-{i}", "created": str(int(time.time() * 1000))}))
+        await stack.redis.publish(
+            BRIDGE.channel("data", job_id),
+            json.dumps({"jobId": job_id, "data": f"note-{i}", "created": str(int(time.time() * 1000))}),
+        )
 
     async def all_recorded():
         body = (await stack.api.get(f"/api/jobs/{job_id}")).json()
@@ -241,7 +274,9 @@ async def test_job_detail_of_unknown_job_is_404(stack, job_id):
 # --- routing, CORS, body limit ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/nope"), ("GET", "/api"), ("POST", "/api/status/x"), ("DELETE", "/api/jobs")])
+@pytest.mark.parametrize(
+    "method, path", [("GET", "/nope"), ("GET", "/api"), ("POST", "/api/status/x"), ("DELETE", "/api/jobs")]
+)
 async def test_unknown_route_or_method_is_a_json_error(stack, method, path):
     reply = await stack.api.request(method, path)
     assert_error(reply, 404 if method == "GET" else 405)
@@ -249,8 +284,14 @@ async def test_unknown_route_or_method_is_a_json_error(stack, method, path):
 
 @pytest.mark.parametrize("origin", FRONTEND_ORIGINS)
 async def test_cors_allows_the_frontend_origins(stack, origin):
-    preflight = await stack.api.options("/api/jobs", headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+    preflight = await stack.api.options(
+        "/api/jobs",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == origin
     assert "POST" in preflight.headers["access-control-allow-methods"]
@@ -265,7 +306,9 @@ async def test_cors_allows_the_frontend_origins(stack, origin):
 
 @pytest.mark.parametrize("origin", ["http://evil.example", "http://localhost:3000", "https://localhost:3001"])
 async def test_cors_refuses_other_origins(stack, origin):
-    preflight = await stack.api.options("/api/jobs", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
+    preflight = await stack.api.options(
+        "/api/jobs", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+    )
     assert_error(preflight, 400)
     assert "access-control-allow-origin" not in preflight.headers
     simple = await stack.api.get("/health", headers={"Origin": origin})
@@ -341,8 +384,13 @@ async def test_openapi_lists_every_route_with_its_response_model(stack):
     spec = await _openapi(stack)
     served = {(method, path) for path, item in spec["paths"].items() for method in item}
     routers = [create_app(stack.settings).router, *(module.router for module in ROUTER_MODULES)]
-    app_routes = {(method.lower(), route.path) for router in routers for route in router.routes
-                  if isinstance(route, APIRoute) for method in route.methods}
+    app_routes = {
+        (method.lower(), route.path)
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods or ()
+    }
     assert served == app_routes == set(DOCUMENTED)
     for (method, path), (status, model) in DOCUMENTED.items():
         responses = spec["paths"][path][method]["responses"]
@@ -376,8 +424,10 @@ async def test_capabilities_from_both_planes_then_from_cache(stack):
     control_ids = [c["id"] for c in spec.capabilities["capabilities"]]
     worker_ids = [c["id"] for c in spec.python_capabilities["capabilities"]]
     assert set(body) == {"generatedAt", "capabilities", "sources"}
-    assert body["sources"] == {"control": {"plane": "node", "number": len(control_ids)},
-                               "worker": {"plane": "python", "number": len(worker_ids)}}
+    assert body["sources"] == {
+        "control": {"plane": "node", "number": len(control_ids)},
+        "worker": {"plane": "python", "number": len(worker_ids)},
+    }
     assert [c["id"] for c in body["capabilities"]] == control_ids + worker_ids
     assert [c["plane"] for c in body["capabilities"]] == ["node"] * len(control_ids) + ["python"] * len(worker_ids)
     assert {"llm.generate_script", "generate.upscale_video"} <= {c["id"] for c in body["capabilities"]}
@@ -407,12 +457,22 @@ async def test_capabilities_without_a_worker_is_504_in_time(stack):
 async def test_api_keys_guard_rest_but_not_health(stack, llm):
     settings = stack.settings.model_copy(update={"api_keys": ["k1"]})
     async with api_replica(settings, stack.temporal) as url, httpx.AsyncClient(base_url=url, timeout=20) as client:
-        routes = [("GET", "/api/jobs", None), ("POST", "/api/jobs", SADTALKER), ("GET", f"/api/status/{uuid.uuid4()}", None),
-                  ("GET", f"/api/jobs/{uuid.uuid4()}", None), ("POST", f"/api/jobs/{uuid.uuid4()}/cancel", None),
-                  ("GET", "/metrics", None)]
+        routes = [
+            ("GET", "/api/jobs", None),
+            ("POST", "/api/jobs", SADTALKER),
+            ("GET", f"/api/status/{uuid.uuid4()}", None),
+            ("GET", f"/api/jobs/{uuid.uuid4()}", None),
+            ("POST", f"/api/jobs/{uuid.uuid4()}/cancel", None),
+            ("GET", "/metrics", None),
+        ]
         for method, path, body in routes:
-            for headers in ({}, {"Authorization": "Bearer k2"}, {"Authorization": "k1"}, {"Authorization": "Basic k1"},
-                            {"Authorization": "Bearer"}):
+            for headers in (
+                {},
+                {"Authorization": "Bearer k2"},
+                {"Authorization": "k1"},
+                {"Authorization": "Basic k1"},
+                {"Authorization": "Bearer"},
+            ):
                 message = assert_error(await client.request(method, path, json=body, headers=headers), 401)
                 assert "API key" in message
         assert (await client.get("/health")).json() == {"status": "ok"}

@@ -1,9 +1,10 @@
 """info.get_capabilities merges the python plane's manifest (a JSON string) with this plane's."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -13,8 +14,8 @@ from temporalio.exceptions import ApplicationError
 from activities.capabilities import get_capabilities
 from activities.resources import Resources
 from config import CONFIG_DIR
-from spinbot.contracts import contracts, first_error
-from spinbot.settings import Settings
+from core.contracts import contracts, first_error
+from core.settings import Settings
 from workflows.inputs import NodeTask
 
 WORKER_CAPS = (CONFIG_DIR / "python-capabilities.json").read_text()
@@ -30,7 +31,9 @@ async def resources():
 
 
 def info_task(node_input: dict) -> NodeTask:
-    return NodeTask(job_id="caps-job", node_id="control.info", service="info.get_capabilities", params={}, input=node_input)
+    return NodeTask(
+        job_id="caps-job", node_id="control.info", service="info.get_capabilities", params={}, input=node_input
+    )
 
 
 def ids(manifest: dict) -> list[str]:
@@ -45,10 +48,12 @@ async def test_combines_control_then_worker_capabilities(resources):
     assert first_error(combined, "combined-manifest.schema.json") is None
     assert ids(combined) == ids(node) + ids(python)
     assert {cap["plane"] for cap in combined["capabilities"][: len(ids(node))]} == {"node"}
-    assert combined["sources"] == {"control": {"plane": "node", "number": len(ids(node))},
-                                   "worker": {"plane": "python", "number": len(ids(python))}}
+    assert combined["sources"] == {
+        "control": {"plane": "node", "number": len(ids(node))},
+        "worker": {"plane": "python", "number": len(ids(python))},
+    }
     assert "llm.generate_script" in ids(combined) and "generate.f5_to_tts" in ids(combined)
-    assert datetime.fromisoformat(combined["generatedAt"]).utcoffset().total_seconds() == 0
+    assert datetime.fromisoformat(combined["generatedAt"]).utcoffset() == timedelta(0)
 
 
 def broken_worker_caps(change) -> str:
@@ -57,17 +62,27 @@ def broken_worker_caps(change) -> str:
     return json.dumps(manifest)
 
 
-@pytest.mark.parametrize("node_input, named", [
-    ({}, "input.workerCaps: missing"),
-    ({"workerCaps": None}, "input.workerCaps: must be a JSON string"),
-    ({"workerCaps": json.loads(WORKER_CAPS)}, "input.workerCaps: must be a JSON string, got dict"),
-    ({"workerCaps": "{not json"}, "input.workerCaps: not valid JSON"),
-    ({"workerCaps": "[]"}, "input.workerCaps: (root)"),
-    ({"workerCaps": broken_worker_caps(lambda m: m.pop("generatedAt"))}, "generatedAt"),
-    ({"workerCaps": broken_worker_caps(lambda m: m["capabilities"][0].pop("runtime"))}, "runtime"),
-    ({"workerCaps": broken_worker_caps(lambda m: m["capabilities"][1].update(id="No Dots"))}, "input.workerCaps: capabilities/1/id"),
-    ({"workerCaps": broken_worker_caps(lambda m: m["capabilities"][2].update(plane="node"))}, "input.workerCaps: capabilities/2/plane: must be 'python'"),
-], ids=["missing", "null", "object", "bad-json", "array", "no-generatedAt", "no-runtime", "bad-id", "wrong-plane"])
+@pytest.mark.parametrize(
+    "node_input, named",
+    [
+        ({}, "input.workerCaps: missing"),
+        ({"workerCaps": None}, "input.workerCaps: must be a JSON string"),
+        ({"workerCaps": json.loads(WORKER_CAPS)}, "input.workerCaps: must be a JSON string, got dict"),
+        ({"workerCaps": "{not json"}, "input.workerCaps: not valid JSON"),
+        ({"workerCaps": "[]"}, "input.workerCaps: (root)"),
+        ({"workerCaps": broken_worker_caps(lambda m: m.pop("generatedAt"))}, "generatedAt"),
+        ({"workerCaps": broken_worker_caps(lambda m: m["capabilities"][0].pop("runtime"))}, "runtime"),
+        (
+            {"workerCaps": broken_worker_caps(lambda m: m["capabilities"][1].update(id="No Dots"))},
+            "input.workerCaps: capabilities/1/id",
+        ),
+        (
+            {"workerCaps": broken_worker_caps(lambda m: m["capabilities"][2].update(plane="node"))},
+            "input.workerCaps: capabilities/2/plane: must be 'python'",
+        ),
+    ],
+    ids=["missing", "null", "object", "bad-json", "array", "no-generatedAt", "no-runtime", "bad-id", "wrong-plane"],
+)
 async def test_bad_worker_manifest_is_invalid_for_good(resources, node_input, named):
     with pytest.raises(ApplicationError) as caught:
         await get_capabilities(info_task(node_input), resources)

@@ -1,4 +1,5 @@
 """The CLI's boundary: a broken setting or an unreachable dependency is one clear line, not a traceback."""
+
 import os
 import subprocess
 import sys
@@ -7,8 +8,9 @@ from spinbot.services import free_port
 
 
 def _spinbot(*args, **env):
-    return subprocess.run([sys.executable, "-m", "spinbot", *args], capture_output=True, text=True, timeout=90,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "spinbot", *args], capture_output=True, text=True, timeout=90, env={**os.environ, **env}
+    )
 
 
 def test_unreachable_database_is_a_clear_error():

@@ -1,4 +1,5 @@
 """The reference data-plane worker against a real Redis: handback shape, progress, failures, dead letters."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,10 +14,10 @@ from datetime import datetime
 import pytest
 import redis.asyncio as aioredis
 
+from core.contracts import contracts, first_error
+from core.messages import parse_graph_entry
 from handoff.dataplane import DataPlaneWorker
-from handoff.messages import parse_graph_entry
 from handoff.simulator import Simulator
-from spinbot.contracts import contracts, first_error
 from workflows.graph import OPTIONAL_NODE_FIELDS, nodes_by_id
 
 ARTIFACT_KEYS = {"bucket", "key", "size_bytes", "created_at", "content_type"}
@@ -27,8 +28,9 @@ TIMEOUT = 5.0
 def bridge():
     tag = uuid.uuid4().hex
     # A short BLOCK bounds how long a stopping worker may take (see DataPlaneWorker._read_forever).
-    return dataclasses.replace(contracts().bridge, data_stream=f"t:{tag}:data", control_stream=f"t:{tag}:control",
-                               block_ms=500)
+    return dataclasses.replace(
+        contracts().bridge, data_stream=f"t:{tag}:data", control_stream=f"t:{tag}:control", block_ms=500
+    )
 
 
 @pytest.fixture
@@ -36,11 +38,22 @@ async def start_worker(redis_url, bridge):
     """Start a worker as a task on its own connection; every one is cancelled and closed after the test."""
     running = []
 
-    async def start(simulator: Simulator | None = Simulator(0.0), handback_failures: bool = False, concurrency: int = 8,
-                    name: str = "test-worker") -> None:
+    async def start(
+        simulator: Simulator | None = Simulator(0.0),
+        handback_failures: bool = False,
+        concurrency: int = 8,
+        name: str = "test-worker",
+    ) -> None:
         client = aioredis.from_url(redis_url, decode_responses=True, client_name=name)
-        worker = DataPlaneWorker(client, bridge, contracts().python_capabilities, simulator, name,
-                                 handback_failures=handback_failures, concurrency=concurrency)
+        worker = DataPlaneWorker(
+            client,
+            bridge,
+            contracts().python_capabilities,
+            simulator,
+            name,
+            handback_failures=handback_failures,
+            concurrency=concurrency,
+        )
         running.append((asyncio.create_task(worker.run()), client))
 
     yield start
@@ -105,7 +118,7 @@ class JobChannels:
 
     async def until(self, done, timeout: float = TIMEOUT) -> list[tuple[str, dict, float]]:
         """(kind, payload, arrival time) of messages until `done(messages)` holds; fails after `timeout`."""
-        seen = []
+        seen: list = []
         deadline = time.monotonic() + timeout
         while not done(seen):
             left = deadline - time.monotonic()
@@ -128,7 +141,9 @@ def progress_values(seen) -> list[float]:
     return [p["progress"] for k, p, _ in seen if k == "progress"]
 
 
-async def test_sadtalker_is_handed_back_completed_in_the_existing_workers_shape(redis_client, bridge, start_worker, job_id):
+async def test_sadtalker_is_handed_back_completed_in_the_existing_workers_shape(
+    redis_client, bridge, start_worker, job_id
+):
     await start_worker()
     graph = pipeline_graph(job_id, "sadtalker")
     async with JobChannels(redis_client, bridge, job_id) as channels:
@@ -236,26 +251,53 @@ async def test_handback_failures_mode_hands_the_failed_node_back(redis_client, b
 
 async def test_missing_current_progress_or_handler_fails_the_node(redis_client, bridge, start_worker, job_id):
     await start_worker(handback_failures=True)
-    graph = {"schema": "langgraph.v1", "workflowId": job_id, "edges": [], "nodes": [
-        {"id": "lonely", "service": "dummy.dummy_task", "plane": "python", "status": "pending"},
-        {"id": "unknown", "service": "generate.lipsync", "plane": "python", "status": "pending", "input": {"currentProgress": 0}},
-    ]}
+    graph = {
+        "schema": "langgraph.v1",
+        "workflowId": job_id,
+        "edges": [],
+        "nodes": [
+            {"id": "lonely", "service": "dummy.dummy_task", "plane": "python", "status": "pending"},
+            {
+                "id": "unknown",
+                "service": "generate.lipsync",
+                "plane": "python",
+                "status": "pending",
+                "input": {"currentProgress": 0},
+            },
+        ],
+    }
     await push(redis_client, bridge, job_id, graph)
 
     nodes = nodes_by_id(await handback_of(redis_client, bridge, job_id))
     assert nodes["lonely"]["status"] == "failed"
     assert nodes["lonely"]["error"]["code"] == "INVALID_INPUT"
     assert "input.currentProgress" in nodes["lonely"]["error"]["message"]
-    assert nodes["unknown"]["error"] == {"message": "no handler for service generate.lipsync on this worker", "code": "NO_HANDLER"}
+    assert nodes["unknown"]["error"] == {
+        "message": "no handler for service generate.lipsync on this worker",
+        "code": "NO_HANDLER",
+    }
 
 
 async def test_capabilities_answer_with_the_manifest_as_a_json_string(redis_client, bridge, start_worker, job_id):
     await start_worker(simulator=None)
     # Nulls, as the worker itself sends them back, are accepted the way its models accept them.
-    graph = {"schema": "langgraph.v1", "workflowId": job_id, "context": None, "metadata": {"kind": "capabilities"},
-             "nodes": [{"id": "worker.info", "service": "info.get_capabilities", "plane": "python", "status": "pending", "tags": None},
-                       {"id": "control.info", "service": "info.get_capabilities", "plane": "node", "status": "pending"}],
-             "edges": [{"from": "worker.info", "to": "control.info", "metadata": None}]}
+    graph = {
+        "schema": "langgraph.v1",
+        "workflowId": job_id,
+        "context": None,
+        "metadata": {"kind": "capabilities"},
+        "nodes": [
+            {
+                "id": "worker.info",
+                "service": "info.get_capabilities",
+                "plane": "python",
+                "status": "pending",
+                "tags": None,
+            },
+            {"id": "control.info", "service": "info.get_capabilities", "plane": "node", "status": "pending"},
+        ],
+        "edges": [{"from": "worker.info", "to": "control.info", "metadata": None}],
+    }
     await push(redis_client, bridge, job_id, graph)
 
     nodes = nodes_by_id(await handback_of(redis_client, bridge, job_id))
@@ -264,7 +306,9 @@ async def test_capabilities_answer_with_the_manifest_as_a_json_string(redis_clie
     assert nodes["control.info"]["status"] == "pending" and nodes["control.info"]["output"] is None
 
 
-async def test_garbage_goes_to_the_dead_letter_stream_and_the_worker_keeps_serving(redis_client, bridge, start_worker, job_id):
+async def test_garbage_goes_to_the_dead_letter_stream_and_the_worker_keeps_serving(
+    redis_client, bridge, start_worker, job_id
+):
     await start_worker(concurrency=1)
     good = pipeline_graph(job_id, "sadtalker")
     extra_key = copy.deepcopy(good)
@@ -285,7 +329,7 @@ async def test_garbage_goes_to_the_dead_letter_stream_and_the_worker_keeps_servi
     assert nodes_by_id(await handback_of(redis_client, bridge, job_id))["postprocess_video"]["status"] == "completed"
     dead = await redis_client.xrange(bridge.dead_letter(bridge.data_stream))
     assert len(dead) == len(garbage)
-    for (_, entry), (fields, reason) in zip(dead, garbage.values()):
+    for (_, entry), (fields, reason) in zip(dead, garbage.values(), strict=False):
         assert entry["stream"] == bridge.data_stream
         assert reason in entry["error"]
         assert {k: entry[k] for k in fields} == fields
@@ -324,7 +368,11 @@ async def test_a_killed_connection_does_not_stop_the_worker(redis_client, bridge
     await push(redis_client, bridge, first, pipeline_graph(first, "sadtalker"))
     await handback_of(redis_client, bridge, first)
 
-    killed = [await redis_client.client_kill_filter(_id=c["id"]) for c in await redis_client.client_list() if c["name"] == name]
+    killed = [
+        await redis_client.client_kill_filter(_id=c["id"])
+        for c in await redis_client.client_list()
+        if c["name"] == name
+    ]
     assert killed
     await push(redis_client, bridge, job_id, pipeline_graph(job_id, "sadtalker"))
     nodes = nodes_by_id(await handback_of(redis_client, bridge, job_id))

@@ -1,4 +1,5 @@
 """`spinbot dev` (behind `make run`): every role as its own process, on embedded services, restartable."""
+
 from __future__ import annotations
 
 import os
@@ -18,15 +19,32 @@ pytestmark = pytest.mark.timeout(180)
 
 def _start(data_dir, ports: dict, llm_url: str) -> subprocess.Popen:
     env = dict(os.environ, SPINBOT_LLM_ENDPOINT=llm_url, SPINBOT_LOG_FORMAT="json")
-    cmd = [sys.executable, "-m", "spinbot", "dev", "--data-dir", str(data_dir), "--sim-seconds", "0",
-           "--api-port", str(ports["api"]), "--redis-port", str(ports["redis"]), "--temporal-port", str(ports["temporal"]),
-           "--ui-port", str(ports["ui"]), "--metrics-port", str(ports["metrics"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spinbot",
+        "dev",
+        "--data-dir",
+        str(data_dir),
+        "--sim-seconds",
+        "0",
+        "--api-port",
+        str(ports["api"]),
+        "--redis-port",
+        str(ports["redis"]),
+        "--temporal-port",
+        str(ports["temporal"]),
+        "--ui-port",
+        str(ports["ui"]),
+        "--metrics-port",
+        str(ports["metrics"]),
+    ]
     return popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
 def _wait_ready(proc: subprocess.Popen, timeout: float = 90) -> list[str]:
     lines, deadline = [], time.monotonic() + timeout
-    for line in proc.stdout:
+    for line in proc.stdout or ():
         lines.append(line)
         if "ready;" in line or time.monotonic() > deadline:
             break
@@ -40,7 +58,9 @@ def _stop(proc: subprocess.Popen) -> int:
 
 
 def _run_job(api: httpx.Client) -> str:
-    reply = api.post("/api/jobs", json={"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "dev"}}})
+    reply = api.post(
+        "/api/jobs", json={"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "dev"}}}
+    )
     assert reply.status_code == 200, reply.text
     job_id = reply.json()["jobId"]
     deadline = time.monotonic() + 30
@@ -67,7 +87,12 @@ def test_dev_stack_runs_a_job_exposes_metrics_stops_cleanly_and_remembers(tmp_pa
     proc = _start(tmp_path / "data", ports, ollama.url)
     try:
         printed = "".join(_wait_ready(proc))
-        for address in (f"http://127.0.0.1:{ports['api']}", "/docs", f"http://127.0.0.1:{ports['ui']}", f"redis://127.0.0.1:{ports['redis']}"):
+        for address in (
+            f"http://127.0.0.1:{ports['api']}",
+            "/docs",
+            f"http://127.0.0.1:{ports['ui']}",
+            f"redis://127.0.0.1:{ports['redis']}",
+        ):
             assert address in printed
         assert "SIMULATOR" in printed
         with httpx.Client(base_url=f"http://127.0.0.1:{ports['api']}", timeout=10) as api:
@@ -77,11 +102,16 @@ def test_dev_stack_runs_a_job_exposes_metrics_stops_cleanly_and_remembers(tmp_pa
         assert 'spinbot_node_duration_seconds_count{plane="node",service="llm.generate_script"}' in worker
         assert 'spinbot_jobs_finished_total{status="completed"}' in worker
         assert "temporal_" in httpx.get(f"http://127.0.0.1:{ports['metrics'] + 1}/metrics").text
-        assert "spinbot_handoff_round_trip_seconds_count" in httpx.get(f"http://127.0.0.1:{ports['metrics'] + 2}/metrics").text
+        assert (
+            "spinbot_handoff_round_trip_seconds_count"
+            in httpx.get(f"http://127.0.0.1:{ports['metrics'] + 2}/metrics").text
+        )
     finally:
         code = _stop(proc)
     assert code == 0
-    assert not any(_taken(port) for port in (ports["api"], ports["redis"], ports["temporal"])), "a child outlived the stack"
+    assert not any(_taken(port) for port in (ports["api"], ports["redis"], ports["temporal"])), (
+        "a child outlived the stack"
+    )
 
     proc = _start(tmp_path / "data", ports, ollama.url)
     try:

@@ -1,4 +1,5 @@
 """Pure graph logic: readiness, merged inputs, progress, handback merges, skipping and retries."""
+
 from __future__ import annotations
 
 import copy
@@ -91,7 +92,11 @@ def test_only_pending_or_ready_nodes_are_ready(status):
 
 def test_upstream_outputs_merge_in_edge_order():
     g = graph(
-        [node("first", "completed", output={"k": "first", "x": 1}), node("second", "completed", output={"k": "second"}), node("t")],
+        [
+            node("first", "completed", output={"k": "first", "x": 1}),
+            node("second", "completed", output={"k": "second"}),
+            node("t"),
+        ],
         [("second", "t"), ("first", "t")],
     )
     assert merged_input(g, g["nodes"][2]) == {"k": "first", "x": 1}
@@ -99,7 +104,10 @@ def test_upstream_outputs_merge_in_edge_order():
 
 def test_node_input_comes_first_and_upstream_wins():
     g = graph(
-        [node("up", "completed", output={"currentProgress": 0.3, "k": "up"}), node("t", input={"k": "own", "only": True})],
+        [
+            node("up", "completed", output={"currentProgress": 0.3, "k": "up"}),
+            node("t", input={"k": "own", "only": True}),
+        ],
         [("up", "t")],
     )
     assert merged_input(g, g["nodes"][1]) == {"k": "up", "only": True, "currentProgress": 0.3}
@@ -107,13 +115,19 @@ def test_node_input_comes_first_and_upstream_wins():
 
 @pytest.mark.parametrize("output", [None, "text", ["a", "b"], 3])
 def test_non_object_outputs_are_ignored(output):
-    g = graph([node("junk", "completed", output=output), node("ok", "completed", output={"v": 1}), node("t")], [("junk", "t"), ("ok", "t")])
+    g = graph(
+        [node("junk", "completed", output=output), node("ok", "completed", output={"v": 1}), node("t")],
+        [("junk", "t"), ("ok", "t")],
+    )
     assert merged_input(g, g["nodes"][2]) == {"v": 1}
 
 
 def test_non_object_own_input_is_ignored_and_not_mutated():
     own = {"a": 1}
-    g = graph([node("up", "completed", output={"b": 2}), node("t", input=own), node("u", input="raw")], [("up", "t"), ("up", "u")])
+    g = graph(
+        [node("up", "completed", output={"b": 2}), node("t", input=own), node("u", input="raw")],
+        [("up", "t"), ("up", "u")],
+    )
     assert merged_input(g, g["nodes"][1]) == {"a": 1, "b": 2}
     assert own == {"a": 1}
     assert merged_input(g, g["nodes"][2]) == {"b": 2}
@@ -123,7 +137,9 @@ def test_non_object_own_input_is_ignored_and_not_mutated():
 
 
 def test_progress_is_completed_weight():
-    g = graph([node("s", "completed", progressWeight=0.05), node("t", progressWeight=0.1), node("u", progressWeight=0.85)])
+    g = graph(
+        [node("s", "completed", progressWeight=0.05), node("t", progressWeight=0.1), node("u", progressWeight=0.85)]
+    )
     assert job_progress(g) == pytest.approx(0.05)
     assert job_progress(g, also_done=["t"]) == pytest.approx(0.15)
 
@@ -189,9 +205,21 @@ def worker_handback():
         "context": None,
         "metadata": {"handoff": {"segment": 1, "attempt": 1}},
         "nodes": [
-            {"id": "a", "service": "dummy.dummy_task", "plane": "python", "status": "completed", "name": None,
-             "params": None, "input": None, "output": {"v": 0, "flag": False, "text": ""}, "error": None,
-             "retries": None, "tags": None, "telemetry": None, "progressWeight": None},
+            {
+                "id": "a",
+                "service": "dummy.dummy_task",
+                "plane": "python",
+                "status": "completed",
+                "name": None,
+                "params": None,
+                "input": None,
+                "output": {"v": 0, "flag": False, "text": ""},
+                "error": None,
+                "retries": None,
+                "tags": None,
+                "telemetry": None,
+                "progressWeight": None,
+            },
         ],
         "edges": [{"from": "a", "to": "b", "kind": "normal", "metadata": None}],
     }
@@ -202,7 +230,13 @@ def test_drop_nulls_removes_every_null_but_keeps_falsy_values():
     assert "context" not in clean
     assert clean["metadata"] == {"handoff": {"segment": 1, "attempt": 1}}
     assert clean["nodes"] == [
-        {"id": "a", "service": "dummy.dummy_task", "plane": "python", "status": "completed", "output": {"v": 0, "flag": False, "text": ""}}
+        {
+            "id": "a",
+            "service": "dummy.dummy_task",
+            "plane": "python",
+            "status": "completed",
+            "output": {"v": 0, "flag": False, "text": ""},
+        }
     ]
     assert clean["edges"] == [{"from": "a", "to": "b", "kind": "normal"}]
 
@@ -213,7 +247,10 @@ def test_drop_nulls_treats_null_lists_as_absent():
 
 
 def test_drop_nulls_leaves_garbage_items_for_the_schema():
-    assert drop_nulls({"nodes": [1, {"id": "a", "name": None}], "edges": ["x"]}) == {"nodes": [1, {"id": "a"}], "edges": ["x"]}
+    assert drop_nulls({"nodes": [1, {"id": "a", "name": None}], "edges": ["x"]}) == {
+        "nodes": [1, {"id": "a"}],
+        "edges": ["x"],
+    }
 
 
 def test_drop_nulls_does_not_mutate():
@@ -226,7 +263,13 @@ def test_drop_nulls_does_not_mutate():
 def ours():
     return graph(
         [
-            node("s", "completed", plane="node", output={"narration": "hi", "currentProgress": 0.05}, params={"prompt": "p"}),
+            node(
+                "s",
+                "completed",
+                plane="node",
+                output={"narration": "hi", "currentProgress": 0.05},
+                params={"prompt": "p"},
+            ),
             node("t", "running", input={"narration": "hi"}, params={"preset": "x"}, progressWeight=0.5),
             node("u", progressWeight=0.45),
         ],
@@ -257,7 +300,9 @@ def test_merge_never_changes_what_the_worker_does_not_own():
 @pytest.mark.parametrize("claimed_plane", ["node", "python"])
 def test_merge_never_overwrites_a_node_plane_node(claimed_plane):
     theirs = ours()
-    theirs["nodes"][0].update(plane=claimed_plane, status="failed", output={"narration": "changed"}, error={"message": "x"})
+    theirs["nodes"][0].update(
+        plane=claimed_plane, status="failed", output={"narration": "changed"}, error={"message": "x"}
+    )
     merged = merge_handback(ours(), theirs)
     assert merged["nodes"][0] == ours()["nodes"][0]
 

@@ -1,4 +1,5 @@
 """The handoff under stress: stale and repeated handbacks, garbage, silence from the data plane."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,21 +11,30 @@ import uuid
 
 import pytest
 
-from activities.registry import service_runtimes
+from core.contracts import contracts, service_runtimes
 from handoff.relay import HandbackRelay
 from handoff.streams import ensure_group
-from spinbot.contracts import contracts
-from tests.e2e import BRIDGE, graph_request, outcome, pushed_segment, query_state, submit, wait_for
+from tests.e2e import (
+    BRIDGE,
+    graph_request,
+    outcome,
+    pushed_segment,
+    query_state,
+    submit,
+    wait_for,
+)
 from workflows.inputs import JobInput
 from workflows.names import JOB_WORKFLOW, WORKFLOW_QUEUE
 
 pytestmark = pytest.mark.timeout(90)
 
 TWO_SEGMENTS = graph_request(
-    [{"id": "script", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "seg"}},
-     {"id": "py1", "service": "dummy.dummy_task", "plane": "python"},
-     {"id": "mid", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "mid-marker"}},
-     {"id": "py2", "service": "dummy.dummy_task", "plane": "python"}],
+    [
+        {"id": "script", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "seg"}},
+        {"id": "py1", "service": "dummy.dummy_task", "plane": "python"},
+        {"id": "mid", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "mid-marker"}},
+        {"id": "py2", "service": "dummy.dummy_task", "plane": "python"},
+    ],
     [("script", "py1"), ("py1", "mid"), ("mid", "py2")],
 )
 
@@ -67,7 +77,9 @@ async def _segment_still_open(stack, job_id):
     state = await query_state(stack, job_id)
     nodes = {n["id"]: n for n in state["graph"]["nodes"]}
     pending = await stack.redis.xpending(BRIDGE.control_stream, BRIDGE.control_group)
-    return nodes["py2"]["status"] == "pending" and nodes["py1"]["output"]["marker"] == "real" and pending["pending"] == 0
+    return (
+        nodes["py2"]["status"] == "pending" and nodes["py1"]["output"]["marker"] == "real" and pending["pending"] == 0
+    )
 
 
 async def test_garbage_on_control_goes_to_dead_letters_and_good_entries_flow(stack, llm):
@@ -78,16 +90,28 @@ async def test_garbage_on_control_goes_to_dead_letters_and_good_entries_flow(sta
         {"nonsense": "1"},
         {"jobId": unknown, "created": "1", "graph": "{not json"},
         {"jobId": unknown, "created": "1", "graph": json.dumps({"schema": "langgraph.v1"})},
-        {"jobId": unknown, "created": "1", "graph": json.dumps({**TWO_SEGMENTS["graph"], "workflowId": unknown, "extra": 1})},
-        {"jobId": unknown, "created": "1", "graph": json.dumps({**TWO_SEGMENTS["graph"], "workflowId": unknown, "metadata": {"handoff": {}}})},
+        {
+            "jobId": unknown,
+            "created": "1",
+            "graph": json.dumps({**TWO_SEGMENTS["graph"], "workflowId": unknown, "extra": 1}),
+        },
+        {
+            "jobId": unknown,
+            "created": "1",
+            "graph": json.dumps({**TWO_SEGMENTS["graph"], "workflowId": unknown, "metadata": {"handoff": {}}}),
+        },
     ]
     for fields in garbage:
         await stack.redis.xadd(BRIDGE.control_stream, {**fields, "probe": probe})
-    entries = await wait_for(lambda: _dead_letters(stack.redis, dead, "probe", probe, len(garbage)), what="dead letters")
+    entries = await wait_for(
+        lambda: _dead_letters(stack.redis, dead, "probe", probe, len(garbage)), what="dead letters"
+    )
     errors = [fields["error"] for _, fields in entries]
     assert any("jobId" in e for e in errors) and any("not valid JSON" in e for e in errors)
     assert any("extra" in e for e in errors) and any("no running job" in e for e in errors)
-    job_id = await submit(stack, {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "after garbage"}}})
+    job_id = await submit(
+        stack, {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "after garbage"}}}
+    )
     assert await outcome(stack, job_id) == ("completed", None)
 
 
@@ -112,12 +136,19 @@ async def test_garbage_on_pubsub_is_set_aside_and_listener_keeps_going(stack, ll
 async def test_numeric_string_progress_and_iso_created_are_accepted(stack, store, llm):
     job_id = await submit(stack, {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "p"}}})
     await outcome(stack, job_id)
-    await stack.redis.publish(BRIDGE.channel("data", job_id), json.dumps({"jobId": job_id, "data": "note", "created": "2026-11-24T10:00:00Z"}))
-    await stack.redis.publish(BRIDGE.channel("progress", job_id), json.dumps({"jobId": job_id, "progress": "0.25", "created": "1700000000000"}))
+    await stack.redis.publish(
+        BRIDGE.channel("data", job_id), json.dumps({"jobId": job_id, "data": "note", "created": "2026-11-24T10:00:00Z"})
+    )
+    await stack.redis.publish(
+        BRIDGE.channel("progress", job_id),
+        json.dumps({"jobId": job_id, "progress": "0.25", "created": "1700000000000"}),
+    )
 
     async def landed():
         events = await store.events(job_id)
-        return events if any(e["data"] == "note" for e in events) and any(e["progress"] == 0.25 for e in events) else None
+        return (
+            events if any(e["data"] == "note" for e in events) and any(e["progress"] == 0.25 for e in events) else None
+        )
 
     await wait_for(landed, what="both events in job_events")
     assert float(await stack.redis.get(BRIDGE.progress_key(job_id))) == 1.0, "progress never moves backwards"
@@ -129,18 +160,23 @@ async def test_no_dataplane_worker_times_the_segment_out(stack, llm):
     graph = copy.deepcopy(TWO_SEGMENTS["graph"])
     graph.update(workflowId=job_id, context={"pipeline": "custom"}, metadata={})
     async with stack.no_dataplane():
-        await stack.temporal.start_workflow(JOB_WORKFLOW, JobInput(graph, service_runtimes(spec), 1.0),
-                                            id=job_id, task_queue=WORKFLOW_QUEUE)
+        await stack.temporal.start_workflow(
+            JOB_WORKFLOW, JobInput(graph, service_runtimes(spec), 1.0), id=job_id, task_queue=WORKFLOW_QUEUE
+        )
         state, message = await outcome(stack, job_id)
     assert state == "failed"
-    assert 'node "py1"' in message and "did not hand back segment 1 within 1s" in message
+    assert message and 'node "py1"' in message and "did not hand back segment 1 within 1s" in message
 
 
 async def test_entries_left_pending_by_a_dead_relay_are_reclaimed(stack, llm):
     """A relay that read a handback and died before signalling: another relay takes it over and the job finishes."""
-    bridge = dataclasses.replace(BRIDGE, control_stream=f"t:{uuid.uuid4().hex}:control", claim_idle_ms=200, block_ms=200)
+    bridge = dataclasses.replace(
+        BRIDGE, control_stream=f"t:{uuid.uuid4().hex}:control", claim_idle_ms=200, block_ms=200
+    )
     async with stack.no_dataplane():
-        job_id = await submit(stack, {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "p"}}})
+        job_id = await submit(
+            stack, {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "p"}}}
+        )
         segment = await pushed_segment(stack.redis, job_id)
         for node in segment["nodes"]:
             if node["plane"] == "python":
@@ -157,4 +193,3 @@ async def test_entries_left_pending_by_a_dead_relay_are_reclaimed(stack, llm):
         finally:
             survivor.cancel()
             await asyncio.gather(survivor, return_exceptions=True)
-

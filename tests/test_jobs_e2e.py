@@ -1,4 +1,5 @@
 """Whole jobs through the API, Temporal, the relay and the reference data plane, on real services."""
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,13 @@ async def _all_stores(stack, store, job_id):
     return detail, keys, hashed
 
 
-@pytest.mark.parametrize("variant, python_nodes", [
-    ("sadtalker", ["train_voice", "generate_video", "postprocess_video"]),
-    ("svd_wav2lip", ["train_voice", "train_lora", "generate_video", "postprocess_video"]),
-])
+@pytest.mark.parametrize(
+    "variant, python_nodes",
+    [
+        ("sadtalker", ["train_voice", "generate_video", "postprocess_video"]),
+        ("svd_wav2lip", ["train_voice", "train_lora", "generate_video", "postprocess_video"]),
+    ],
+)
 async def test_pipeline_completes_and_every_store_agrees(stack, store, llm, variant, python_nodes):
     job_id = await submit(stack, {"mode": "fixed_graph", "variant": variant, "params": {"script": {"prompt": "a fox"}}})
     assert await outcome(stack, job_id) == ("completed", None)
@@ -57,14 +61,21 @@ async def test_pipeline_completes_and_every_store_agrees(stack, store, llm, vari
 async def test_node_plane_only_graph_runs_independent_nodes_at_once(stack, llm):
     llm.delay = 0.6
     request = graph_request(
-        [{"id": "a", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "prompt-alpha"}},
-         {"id": "b", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "prompt-beta"}},
-         {"id": "join", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "prompt-gamma"}}],
+        [
+            {"id": "a", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "prompt-alpha"}},
+            {"id": "b", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "prompt-beta"}},
+            {"id": "join", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "prompt-gamma"}},
+        ],
         [("a", "join"), ("b", "join")],
     )
     job_id = await submit(stack, request)
     assert await outcome(stack, job_id) == ("completed", None)
-    spans = {marker: (s["t0"], s["t1"]) for s in llm.spans for marker in ("prompt-alpha", "prompt-beta") if marker in s["prompt"]}
+    spans = {
+        marker: (s["t0"], s["t1"])
+        for s in llm.spans
+        for marker in ("prompt-alpha", "prompt-beta")
+        if marker in s["prompt"]
+    }
     (a0, a1), (b0, b1) = spans["prompt-alpha"], spans["prompt-beta"]
     assert a0 < b1 and b0 < a1, "the two independent node-plane nodes must overlap in time"
 
@@ -83,13 +94,20 @@ async def test_failure_the_existing_workers_way_is_detected(stack, llm):
 
 
 async def _submit_failing(stack) -> str:
-    return await submit(stack, {"mode": "fixed_graph", "variant": "sadtalker", "params": {
-        "script": {"prompt": "x"}, "generate_video": {"simulateFailure": "GPU fell over"}}})
+    return await submit(
+        stack,
+        {
+            "mode": "fixed_graph",
+            "variant": "sadtalker",
+            "params": {"script": {"prompt": "x"}, "generate_video": {"simulateFailure": "GPU fell over"}},
+        },
+    )
 
 
 async def _assert_failed(stack, job_id, state, message):
     assert state == "failed"
     assert 'node "generate_video"' in message and "GPU fell over" in message
+
     async def failed_row():
         detail = (await stack.api.get(f"/api/jobs/{job_id}")).json()
         return detail if detail["job"]["status"] == "failed" else None

@@ -1,4 +1,5 @@
 """llm.generate_script against a real HTTP peer speaking Ollama's /api/generate, with progress on real Redis."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +13,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.llm import generate_script, parse_script
 from activities.resources import Resources
-from spinbot.contracts import contracts
+from core.contracts import contracts
+from core.settings import Settings
 from spinbot.services import free_port
-from spinbot.settings import Settings
 from workflows.inputs import NodeTask
 
 START, END = 0.1, 0.15
@@ -27,8 +28,15 @@ async def resources(redis_client):
 
 
 def script_task(job_id: str, **params) -> NodeTask:
-    return NodeTask(job_id=job_id, node_id="script", service="llm.generate_script", params=params, input={},
-                    progress_start=START, progress_end=END)
+    return NodeTask(
+        job_id=job_id,
+        node_id="script",
+        service="llm.generate_script",
+        params=params,
+        input={},
+        progress_start=START,
+        progress_end=END,
+    )
 
 
 async def failure(task: NodeTask, res: Resources) -> ApplicationError:
@@ -38,8 +46,17 @@ async def failure(task: NodeTask, res: Resources) -> ApplicationError:
 
 
 async def test_sends_the_request_ollama_expects_and_returns_the_script(llm, resources, job_id):
-    task = script_task(job_id, prompt="A fox explains DNS", tone="playful", persona="a teacher", length="30 seconds",
-                       model="llama3.2", temperature=0.2, endpoint=llm.url, timeoutMs=5000)
+    task = script_task(
+        job_id,
+        prompt="A fox explains DNS",
+        tone="playful",
+        persona="a teacher",
+        length="30 seconds",
+        model="llama3.2",
+        temperature=0.2,
+        endpoint=llm.url,
+        timeoutMs=5000,
+    )
 
     out = await generate_script(task, resources)
 
@@ -48,8 +65,15 @@ async def test_sends_the_request_ollama_expects_and_returns_the_script(llm, reso
     assert body["options"] == {"temperature": 0.2}
     for part in ("A fox explains DNS", "playful", "a teacher", "30 seconds", '"stagePrompt"', '"narration"'):
         assert part in body["prompt"]
-    assert out == {"stagePrompt": "A calm studio, soft light.", "narration": "Hello from the test peer.", "tokensUsed": 42,
-                   "model": "llama3.2", "temperature": 0.2, "provider": "ollama", "currentProgress": END}
+    assert out == {
+        "stagePrompt": "A calm studio, soft light.",
+        "narration": "Hello from the test peer.",
+        "tokensUsed": 42,
+        "model": "llama3.2",
+        "temperature": 0.2,
+        "provider": "ollama",
+        "currentProgress": END,
+    }
 
 
 async def test_settings_fill_params_that_are_absent_or_null(llm, resources, job_id):
@@ -63,12 +87,16 @@ async def test_settings_fill_params_that_are_absent_or_null(llm, resources, job_
     assert (out["model"], out["temperature"]) == ("tiny-model", 0.3)
 
 
-@pytest.mark.parametrize("reply", [
-    '```json\n{"stagePrompt": "A lab at night.", "narration": "Science never sleeps."}\n```',
-    '```\n{"stagePrompt": "A lab at night.", "narration": "Science never sleeps."}\n```',
-    'Sure! Here is your script:\n{"stagePrompt": "A lab at night.", "narration": "Science never sleeps."}\nEnjoy.',
-    '{"script": {"stagePrompt": "A lab at night.", "narration": "Science never sleeps."}}',
-], ids=["fenced-json", "fenced", "in-prose", "nested"])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '```json\n{"stagePrompt": "A lab at night.", "narration": "Science never sleeps."}\n```',
+        '```\n{"stagePrompt": "A lab at night.", "narration": "Science never sleeps."}\n```',
+        'Sure! Here is your script:\n{"stagePrompt": "A lab at night.", "narration": "Science never sleeps."}\nEnjoy.',
+        '{"script": {"stagePrompt": "A lab at night.", "narration": "Science never sleeps."}}',
+    ],
+    ids=["fenced-json", "fenced", "in-prose", "nested"],
+)
 async def test_finds_the_json_wherever_the_model_put_it(llm, resources, job_id, reply):
     llm.reply = reply
 
@@ -132,7 +160,9 @@ async def test_server_error_is_retryable(llm, resources, job_id):
     assert "500" in err.message
 
 
-@pytest.mark.parametrize("body", ["<html>bad gateway</html>", '{"done": true}', "[1, 2]"], ids=["not-json", "no-response", "not-object"])
+@pytest.mark.parametrize(
+    "body", ["<html>bad gateway</html>", '{"done": true}', "[1, 2]"], ids=["not-json", "no-response", "not-object"]
+)
 async def test_reply_we_cannot_read_is_a_bad_reply(llm, resources, job_id, body):
     llm.body = body
 
@@ -150,16 +180,19 @@ async def test_ollama_down_is_unavailable_and_retryable(resources, job_id):
     assert endpoint in err.message
 
 
-@pytest.mark.parametrize("params, field", [
-    ({}, "prompt"),
-    ({"prompt": "   "}, "prompt"),
-    ({"prompt": 7}, "prompt"),
-    ({"prompt": "Hi", "temperature": "hot"}, "temperature"),
-    ({"prompt": "Hi", "temperature": True}, "temperature"),
-    ({"prompt": "Hi", "timeoutMs": 0}, "timeoutMs"),
-    ({"prompt": "Hi", "model": ""}, "model"),
-    ({"prompt": "Hi", "endpoint": "localhost:11434"}, "endpoint"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({}, "prompt"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": 7}, "prompt"),
+        ({"prompt": "Hi", "temperature": "hot"}, "temperature"),
+        ({"prompt": "Hi", "temperature": True}, "temperature"),
+        ({"prompt": "Hi", "timeoutMs": 0}, "timeoutMs"),
+        ({"prompt": "Hi", "model": ""}, "model"),
+        ({"prompt": "Hi", "endpoint": "localhost:11434"}, "endpoint"),
+    ],
+)
 async def test_bad_params_fail_before_calling_ollama(llm, resources, job_id, params, field):
     sent_before = len(llm.requests)
 

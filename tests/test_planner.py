@@ -1,16 +1,19 @@
 """The planner: both request modes, every rejection, filling-in, and the pipelines of PROTOCOL §2."""
+
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.planner import MAX_EDGES, MAX_NODES, PlanningError, infinitetalk_request, plan
-from spinbot.contracts import contracts as shipped_contracts
-from spinbot.contracts import first_error, load_contracts
+from core.contracts import contracts as shipped_contracts
+from core.contracts import first_error, load_contracts
+from core.graph_shape import MAX_EDGES, MAX_NODES, PlanningError
+from core.planner import infinitetalk_request, plan
 
 LLM_DEFAULTS = {"model": "llama3", "temperature": 0.7, "endpoint": "http://llm:11434", "timeoutMs": 60_000}
 JOB_ID = "job-123"
@@ -65,7 +68,7 @@ def task(node_id, **fields):
 
 
 def chain(*ids):
-    return [{"from": a, "to": b} for a, b in zip(ids, ids[1:])]
+    return [{"from": a, "to": b} for a, b in itertools.pairwise(ids)]
 
 
 def custom(nodes, edges, **extra):
@@ -117,7 +120,11 @@ def test_given_params_override_template_params(contracts):
 
 
 def test_llm_defaults_fill_only_what_params_omit(contracts):
-    request = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "hi", "model": "mistral"}}}
+    request = {
+        "mode": "fixed_graph",
+        "variant": "sadtalker",
+        "params": {"script": {"prompt": "hi", "model": "mistral"}},
+    }
     graph = plan(request, JOB_ID, contracts, LLM_DEFAULTS)
     assert graph["nodes"][0]["params"] == {**LLM_DEFAULTS, "prompt": "hi", "model": "mistral"}
 
@@ -130,7 +137,11 @@ def test_llm_defaults_only_reach_llm_nodes(contracts):
 def test_templates_are_not_mutated_across_plans(contracts):
     before = copy.deepcopy(contracts.pipelines)
     first = plan(
-        {"mode": "fixed_graph", "variant": "sadtalker", "params": {"train_voice": {"steps": 3}, "script": {"prompt": "x"}}},
+        {
+            "mode": "fixed_graph",
+            "variant": "sadtalker",
+            "params": {"train_voice": {"steps": 3}, "script": {"prompt": "x"}},
+        },
         "job-1",
         contracts,
         LLM_DEFAULTS,
@@ -202,13 +213,22 @@ def test_given_context_and_metadata_keys_are_kept(contracts):
 
 
 def test_edge_kind_is_normalised(contracts):
-    edges = [{"from": "a", "to": "b"}, {"from": "a", "to": "c", "kind": "on_failure"}, {"from": "b", "to": "d", "kind": None}]
+    edges = [
+        {"from": "a", "to": "b"},
+        {"from": "a", "to": "c", "kind": "on_failure"},
+        {"from": "b", "to": "d", "kind": None},
+    ]
     graph = plan(custom([task("a"), task("b"), task("c"), task("d")], edges), JOB_ID, contracts, LLM_DEFAULTS)
     assert [e["kind"] for e in graph["edges"]] == ["normal", "on_failure", "normal"]
 
 
 def test_llm_node_of_a_caller_graph_gets_defaults(contracts):
-    script = {"id": "s", "service": "llm.generate_script", "plane": "node", "params": {"temperature": 0.1, "model": None}}
+    script = {
+        "id": "s",
+        "service": "llm.generate_script",
+        "plane": "node",
+        "params": {"temperature": 0.1, "model": None},
+    }
     graph = plan(custom([script, task("a")], chain("s", "a")), JOB_ID, contracts, LLM_DEFAULTS)
     assert graph["nodes"][0]["params"] == {**LLM_DEFAULTS, "temperature": 0.1}
 
@@ -252,7 +272,10 @@ def test_malformed_requests_are_rejected(request_, expected, contracts):
         ({"nodes": {"a": {}}, "edges": []}, "graph.nodes must be a non-empty list"),
         ({"nodes": [task("a")]}, "graph.edges must be a list (use [] for none), got null"),
         ({"nodes": ["a"], "edges": []}, "node 0: must be an object, got string"),
-        ({"nodes": [task("a"), {"service": "dummy.dummy_task"}], "edges": []}, "node 1: id must be a non-empty string, got null"),
+        (
+            {"nodes": [task("a"), {"service": "dummy.dummy_task"}], "edges": []},
+            "node 1: id must be a non-empty string, got null",
+        ),
         ({"nodes": [task(5)], "edges": []}, "node 0: id must be a non-empty string, got 5"),
         ({"nodes": [task("")], "edges": []}, 'node 0: id must be a non-empty string, got ""'),
         ({"nodes": [task("a"), task("b"), task("b")], "edges": []}, 'node "b": duplicate id (nodes 1 and 2)'),
@@ -266,7 +289,7 @@ def test_malformed_graphs_are_rejected(graph, expected, contracts):
 
 
 def test_edge_to_unknown_node_names_the_edge(contracts):
-    edges = chain("a", "b", "c") + [{"from": "a", "to": "x"}]
+    edges = [*chain("a", "b", "c"), {"from": "a", "to": "x"}]
     assert rejection(custom([task("a"), task("b"), task("c")], edges), contracts) == 'edge 2 (a -> x): unknown node "x"'
 
 
@@ -287,7 +310,7 @@ def test_cycle_names_its_nodes_in_order(contracts):
 
 
 def test_self_loop_is_a_cycle(contracts):
-    message = rejection(custom([task("a"), task("b")], chain("a", "b") + [{"from": "b", "to": "b"}]), contracts)
+    message = rejection(custom([task("a"), task("b")], [*chain("a", "b"), {"from": "b", "to": "b"}]), contracts)
     assert message == "cycle: b -> b"
 
 
@@ -314,11 +337,23 @@ def test_connection_ignores_edge_direction(contracts):
 @pytest.mark.parametrize(
     ("node", "expected"),
     [
-        ({"id": "a", "service": "generate.f5_to_tts", "plane": "node"}, 'node "a": unknown service "generate.f5_to_tts" for plane "node"'),
-        ({"id": "a", "service": "llm.generate_script", "plane": "python"}, 'node "a": unknown service "llm.generate_script" for plane "python"'),
-        ({"id": "a", "service": "made.up", "plane": "python"}, 'node "a": unknown service "made.up" for plane "python"'),
+        (
+            {"id": "a", "service": "generate.f5_to_tts", "plane": "node"},
+            'node "a": unknown service "generate.f5_to_tts" for plane "node"',
+        ),
+        (
+            {"id": "a", "service": "llm.generate_script", "plane": "python"},
+            'node "a": unknown service "llm.generate_script" for plane "python"',
+        ),
+        (
+            {"id": "a", "service": "made.up", "plane": "python"},
+            'node "a": unknown service "made.up" for plane "python"',
+        ),
         ({"id": "a", "service": ["x"], "plane": "python"}, 'node "a": unknown service ["x"] for plane "python"'),
-        ({"id": "a", "service": "dummy.dummy_task", "plane": "gpu"}, 'node "a": plane must be "node" or "python", got "gpu"'),
+        (
+            {"id": "a", "service": "dummy.dummy_task", "plane": "gpu"},
+            'node "a": plane must be "node" or "python", got "gpu"',
+        ),
         ({"id": "a", "service": "dummy.dummy_task"}, 'node "a": plane must be "node" or "python", got null'),
     ],
 )
@@ -329,12 +364,27 @@ def test_unknown_services_are_rejected(node, expected, contracts):
 @pytest.mark.parametrize(
     ("graph", "expected"),
     [
-        ({"nodes": [task("a", color="red")], "edges": []}, "node \"a\": nodes/0: Additional properties are not allowed ('color' was unexpected)"),
-        ({"nodes": [task("a"), task("b")], "edges": [{"from": "a", "to": "b", "weight": 1}]}, "edge 0 (a -> b): edges/0: Additional properties are not allowed ('weight' was unexpected)"),
-        ({"nodes": [task("a")], "edges": [], "owner": "me"}, "graph: (root): Additional properties are not allowed ('owner' was unexpected)"),
+        (
+            {"nodes": [task("a", color="red")], "edges": []},
+            "node \"a\": nodes/0: Additional properties are not allowed ('color' was unexpected)",
+        ),
+        (
+            {"nodes": [task("a"), task("b")], "edges": [{"from": "a", "to": "b", "weight": 1}]},
+            "edge 0 (a -> b): edges/0: Additional properties are not allowed ('weight' was unexpected)",
+        ),
+        (
+            {"nodes": [task("a")], "edges": [], "owner": "me"},
+            "graph: (root): Additional properties are not allowed ('owner' was unexpected)",
+        ),
         ({"nodes": [task("a"), task("b", status="done")], "edges": chain("a", "b")}, 'node "b": nodes/1/status:'),
-        ({"nodes": [task("a", progressWeight=-1)], "edges": []}, 'node "a": nodes/0/progressWeight: -1 is less than the minimum of 0'),
-        ({"nodes": [task("a"), task("b")], "edges": [{"from": "a", "to": "b", "kind": "maybe"}]}, "edge 0 (a -> b): edges/0/kind:"),
+        (
+            {"nodes": [task("a", progressWeight=-1)], "edges": []},
+            'node "a": nodes/0/progressWeight: -1 is less than the minimum of 0',
+        ),
+        (
+            {"nodes": [task("a"), task("b")], "edges": [{"from": "a", "to": "b", "kind": "maybe"}]},
+            "edge 0 (a -> b): edges/0/kind:",
+        ),
     ],
 )
 def test_schema_violations_name_the_node_or_edge(graph, expected, contracts):
@@ -371,7 +421,9 @@ def test_largest_allowed_graph_plans(contracts):
 
 def test_deeply_nested_json_is_a_rejection(contracts):
     deep = "[" * 100_000 + "]" * 100_000
-    text = '{"nodes": [{"id": "a", "service": "dummy.dummy_task", "plane": "python", "input": ' + deep + '}], "edges": []}'
+    text = (
+        '{"nodes": [{"id": "a", "service": "dummy.dummy_task", "plane": "python", "input": ' + deep + '}], "edges": []}'
+    )
     assert rejection({"mode": "process_graph", "graph": text}, contracts) == "graph is nested too deeply"
 
 
@@ -384,7 +436,13 @@ def test_infinitetalk_request_shape():
         "mode": "fixed_graph",
         "variant": "f5tts_infinitetalk",
         "params": {
-            "script": {"prompt": "Say hi", "tone": "friendly", "length": "short", "persona": "narrator", **LLM_DEFAULTS},
+            "script": {
+                "prompt": "Say hi",
+                "tone": "friendly",
+                "length": "short",
+                "persona": "narrator",
+                **LLM_DEFAULTS,
+            },
             "f5_to_tts": {"audioPath": "input/audio/u2.wav", "refText": "Hello there"},
             "infinite_talk": {"imagePath": "input/images/u1.png"},
         },
@@ -392,7 +450,9 @@ def test_infinitetalk_request_shape():
 
 
 def test_infinitetalk_request_plans(contracts):
-    request = infinitetalk_request("p", "r", "images/a.png", "audio/b.wav", LLM_DEFAULTS, tone="calm", length=30, persona="chef")
+    request = infinitetalk_request(
+        "p", "r", "images/a.png", "audio/b.wav", LLM_DEFAULTS, tone="calm", length=30, persona="chef"
+    )
     graph = plan(request, JOB_ID, contracts, LLM_DEFAULTS)
     script = graph["nodes"][0]["params"]
     assert (script["tone"], script["length"], script["persona"]) == ("calm", 30, "chef")
@@ -430,10 +490,17 @@ garbage_graphs = st.fixed_dictionaries(
 )
 garbage_requests = (
     json_values
-    | st.fixed_dictionaries({"mode": st.just("process_graph"), "graph": garbage_graphs | garbage_graphs.map(json.dumps) | json_values})
+    | st.fixed_dictionaries(
+        {"mode": st.just("process_graph"), "graph": garbage_graphs | garbage_graphs.map(json.dumps) | json_values}
+    )
     | st.fixed_dictionaries(
         {"mode": st.just("fixed_graph"), "variant": st.sampled_from(sorted(PIPELINES)) | json_values},
-        optional={"params": st.dictionaries(st.sampled_from(["script", "train_voice", "ghost"]) | st.text(max_size=4), json_values, max_size=3) | json_values},
+        optional={
+            "params": st.dictionaries(
+                st.sampled_from(["script", "train_voice", "ghost"]) | st.text(max_size=4), json_values, max_size=3
+            )
+            | json_values
+        },
     )
 )
 
@@ -503,4 +570,4 @@ def test_a_named_cycle_is_a_real_cycle(shape):
         if str(exc).startswith("cycle: "):
             named = str(exc).removeprefix("cycle: ").split(" -> ")
             assert named[0] == named[-1]
-            assert all(step in links for step in zip(named, named[1:]))
+            assert all(step in links for step in itertools.pairwise(named))

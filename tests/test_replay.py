@@ -1,4 +1,5 @@
 """Determinism: recorded histories of the job workflow replay against the current workflow code."""
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,20 @@ async def test_committed_history_replays(path):
     await Replayer(workflows=[JobWorkflow]).replay_workflow(history)
 
 
-@pytest.mark.parametrize("name, request_body", [
-    ("sadtalker", {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "replay"}}}),
-    ("sadtalker_failed", {"mode": "fixed_graph", "variant": "sadtalker",
-                          "params": {"script": {"prompt": "replay"}, "generate_video": {"simulateFailure": "boom"}}}),
-])
+@pytest.mark.parametrize(
+    "name, request_body",
+    [
+        ("sadtalker", {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "replay"}}}),
+        (
+            "sadtalker_failed",
+            {
+                "mode": "fixed_graph",
+                "variant": "sadtalker",
+                "params": {"script": {"prompt": "replay"}, "generate_video": {"simulateFailure": "boom"}},
+            },
+        ),
+    ],
+)
 async def test_fresh_history_replays(stack, llm, name, request_body):
     """Run a job now and replay its history; SPINBOT_RECORD_HISTORIES=1 also saves it under tests/histories."""
     job_id = await submit(stack, request_body)

@@ -1,4 +1,5 @@
 """Both object stores behave alike (MinIO against moto's S3 server, and a local folder); upload_artifact on each."""
+
 from __future__ import annotations
 
 import base64
@@ -12,15 +13,22 @@ from temporalio.exceptions import ApplicationError
 
 from activities.artifacts import upload_artifact
 from activities.resources import Resources
-from activities.storage import InvalidObjectName, LocalStore, MinioStore, ObjectNotFound, StorageError, object_store
-from spinbot.contracts import contracts
-from spinbot.settings import Settings
+from core.contracts import contracts
+from core.settings import Settings
+from core.storage import (
+    InvalidObjectName,
+    LocalStore,
+    MinioStore,
+    ObjectNotFound,
+    StorageError,
+    object_store,
+)
 from workflows.inputs import NodeTask
 
 
 def settings_for(kind: str, s3_endpoint: str, tmp_path) -> Settings:
     if kind == "minio":
-        return Settings(MINIO_ENDPOINT=s3_endpoint, artifacts_dir=tmp_path)
+        return Settings.model_validate({"MINIO_ENDPOINT": s3_endpoint, "artifacts_dir": tmp_path})
     return Settings(artifacts_dir=tmp_path / "objects")
 
 
@@ -40,7 +48,11 @@ async def test_put_creates_the_bucket_and_round_trips(storage, bucket):
     result = await storage.put(bucket, "jobs/j1/clip.txt", b"hello", 5, "text/plain")
 
     assert {k: result[k] for k in ("bucket", "key", "size_bytes", "content_type")} == {
-        "bucket": bucket, "key": "jobs/j1/clip.txt", "size_bytes": 5, "content_type": "text/plain"}
+        "bucket": bucket,
+        "key": "jobs/j1/clip.txt",
+        "size_bytes": 5,
+        "content_type": "text/plain",
+    }
     assert result["created_at"].endswith("Z")
     assert await storage.exists(bucket, "jobs/j1/clip.txt")
     assert await storage.get(bucket, "jobs/j1/clip.txt") == b"hello"
@@ -77,7 +89,9 @@ async def test_remove_and_missing_objects(storage, bucket):
             await storage.get(missing_bucket, "gone.txt")
 
 
-@pytest.mark.parametrize("key", ["../escape.txt", "a/../../escape.txt", "/etc/passwd", "a//b", "./a", "a/.", "", "a\\b"])
+@pytest.mark.parametrize(
+    "key", ["../escape.txt", "a/../../escape.txt", "/etc/passwd", "a//b", "./a", "a/.", "", "a\\b"]
+)
 async def test_keys_that_could_escape_are_refused(storage, bucket, key):
     with pytest.raises(InvalidObjectName):
         await storage.put(bucket, key, b"x", 1, "text/plain")
@@ -133,7 +147,7 @@ async def test_local_store_refuses_a_symlink_out_of_its_root(tmp_path, bucket):
 
 
 def test_object_store_follows_settings(tmp_path):
-    assert isinstance(object_store(Settings(MINIO_ENDPOINT="127.0.0.1:9000")), MinioStore)
+    assert isinstance(object_store(Settings.model_validate({"MINIO_ENDPOINT": "127.0.0.1:9000"})), MinioStore)
     local = object_store(Settings(artifacts_dir=tmp_path))
     assert isinstance(local, LocalStore) and local.root == tmp_path
 
@@ -151,8 +165,15 @@ async def make_resources():
 
 
 def upload_task(job_id: str, params: dict) -> NodeTask:
-    return NodeTask(job_id=job_id, node_id="upload", service="artifacts.upload_artifact", params=params, input={},
-                    progress_start=0.5, progress_end=0.6)
+    return NodeTask(
+        job_id=job_id,
+        node_id="upload",
+        service="artifacts.upload_artifact",
+        params=params,
+        input={},
+        progress_start=0.5,
+        progress_end=0.6,
+    )
 
 
 @pytest.mark.parametrize("kind", ["minio", "local"])
@@ -160,19 +181,25 @@ async def test_upload_artifact_stores_every_file_under_the_job(kind, request, tm
     s3_endpoint = request.getfixturevalue("s3_endpoint") if kind == "minio" else ""
     res = make_resources(settings_for(kind, s3_endpoint, tmp_path))
     png = b"\x89PNG\r\n\x1a\n fake"
-    params = {"bucket": bucket, "files": [
-        {"name": "script.txt", "text": "Hello, world"},
-        {"name": "frame.png", "base64": base64.b64encode(png).decode()},
-        {"name": "data.bin", "contentType": "application/x-custom", "base64": base64.b64encode(b"\0\1").decode()},
-    ]}
+    params = {
+        "bucket": bucket,
+        "files": [
+            {"name": "script.txt", "text": "Hello, world"},
+            {"name": "frame.png", "base64": base64.b64encode(png).decode()},
+            {"name": "data.bin", "contentType": "application/x-custom", "base64": base64.b64encode(b"\0\1").decode()},
+        ],
+    }
 
     out = await upload_artifact(upload_task(job_id, params), res)
 
     artifact_id = str(uuid.UUID(out["artifactId"]))
     assert (out["bucket"], out["currentProgress"]) == (bucket, 0.6)
     assert set(out["objects"]) == {"script.txt", "frame.png", "data.bin"}
-    for name, content, content_type in [("script.txt", b"Hello, world", "text/plain"), ("frame.png", png, "image/png"),
-                                        ("data.bin", b"\0\1", "application/x-custom")]:
+    for name, content, content_type in [
+        ("script.txt", b"Hello, world", "text/plain"),
+        ("frame.png", png, "image/png"),
+        ("data.bin", b"\0\1", "application/x-custom"),
+    ]:
         obj = out["objects"][name]
         assert obj["key"] == f"jobs/{job_id}/{artifact_id}/{name}"
         assert (obj["bucket"], obj["size_bytes"], obj["content_type"]) == (bucket, len(content), content_type)
@@ -189,25 +216,28 @@ async def test_upload_artifact_defaults_to_the_artifacts_bucket(tmp_path, make_r
     assert await res.storage.exists("artifacts", out["objects"]["n.txt"]["key"])
 
 
-@pytest.mark.parametrize("params, named", [
-    ({}, "files"),
-    ({"files": []}, "files"),
-    ({"files": "a.txt"}, "files"),
-    ({"files": ["a.txt"]}, "files/0: must be an object"),
-    ({"files": [{"text": "x"}]}, "files/0/name"),
-    ({"files": [{"name": "", "text": "x"}]}, "files/0/name"),
-    ({"files": [{"name": "..", "text": "x"}]}, "files/0/name"),
-    ({"files": [{"name": "a/b.txt", "text": "x"}]}, "files/0/name"),
-    ({"files": [{"name": "a\\b.txt", "text": "x"}]}, "files/0/name"),
-    ({"files": [{"name": "a.txt"}]}, "files/0: give exactly one of"),
-    ({"files": [{"name": "a.txt", "text": "x", "base64": "eA=="}]}, "files/0: give exactly one of"),
-    ({"files": [{"name": "a.txt", "text": 5}]}, "files/0/text"),
-    ({"files": [{"name": "a.bin", "base64": "not base64!"}]}, "files/0/base64"),
-    ({"files": [{"name": "a.txt", "text": "x", "contentType": 3}]}, "files/0/contentType"),
-    ({"files": [{"name": "a.txt", "text": "x"}, {"name": "a.txt", "text": "y"}]}, "repeated: a.txt"),
-    ({"bucket": "Not_A_Bucket", "files": [{"name": "a.txt", "text": "x"}]}, "bucket 'Not_A_Bucket'"),
-    ({"bucket": 7, "files": [{"name": "a.txt", "text": "x"}]}, "bucket 7"),
-])
+@pytest.mark.parametrize(
+    "params, named",
+    [
+        ({}, "files"),
+        ({"files": []}, "files"),
+        ({"files": "a.txt"}, "files"),
+        ({"files": ["a.txt"]}, "files/0: must be an object"),
+        ({"files": [{"text": "x"}]}, "files/0/name"),
+        ({"files": [{"name": "", "text": "x"}]}, "files/0/name"),
+        ({"files": [{"name": "..", "text": "x"}]}, "files/0/name"),
+        ({"files": [{"name": "a/b.txt", "text": "x"}]}, "files/0/name"),
+        ({"files": [{"name": "a\\b.txt", "text": "x"}]}, "files/0/name"),
+        ({"files": [{"name": "a.txt"}]}, "files/0: give exactly one of"),
+        ({"files": [{"name": "a.txt", "text": "x", "base64": "eA=="}]}, "files/0: give exactly one of"),
+        ({"files": [{"name": "a.txt", "text": 5}]}, "files/0/text"),
+        ({"files": [{"name": "a.bin", "base64": "not base64!"}]}, "files/0/base64"),
+        ({"files": [{"name": "a.txt", "text": "x", "contentType": 3}]}, "files/0/contentType"),
+        ({"files": [{"name": "a.txt", "text": "x"}, {"name": "a.txt", "text": "y"}]}, "repeated: a.txt"),
+        ({"bucket": "Not_A_Bucket", "files": [{"name": "a.txt", "text": "x"}]}, "bucket 'Not_A_Bucket'"),
+        ({"bucket": 7, "files": [{"name": "a.txt", "text": "x"}]}, "bucket 7"),
+    ],
+)
 async def test_upload_artifact_bad_params(tmp_path, make_resources, job_id, params, named):
     res = make_resources(settings_for("local", "", tmp_path))
 

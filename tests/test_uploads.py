@@ -1,4 +1,5 @@
 """POST /api/infinitetalk: two real files to bucket `input`, an f5tts_infinitetalk job, and nothing left on refusal."""
+
 from __future__ import annotations
 
 import asyncio
@@ -78,11 +79,26 @@ async def test_upload_plans_and_completes_an_infinitetalk_job(stack, llm, bucket
     assert graph["context"]["pipeline"] == "f5tts_infinitetalk"
     params = {node["id"]: node.get("params") for node in graph["nodes"]}
     settings = stack.settings
-    assert set(params["script"]) == {"prompt", "tone", "length", "persona", "model", "temperature", "endpoint", "timeoutMs"}
+    assert set(params["script"]) == {
+        "prompt",
+        "tone",
+        "length",
+        "persona",
+        "model",
+        "temperature",
+        "endpoint",
+        "timeoutMs",
+    }
     assert params["script"]["prompt"] == "a lighthouse keeper's last night"
-    assert (params["script"]["model"], params["script"]["temperature"], params["script"]["endpoint"], params["script"]["timeoutMs"]) \
-        == (settings.llm_model, settings.llm_temperature, settings.llm_endpoint, settings.llm_timeout_ms)
-    assert all(isinstance(params["script"][key], str) and params["script"][key] for key in ("tone", "length", "persona"))
+    assert (
+        params["script"]["model"],
+        params["script"]["temperature"],
+        params["script"]["endpoint"],
+        params["script"]["timeoutMs"],
+    ) == (settings.llm_model, settings.llm_temperature, settings.llm_endpoint, settings.llm_timeout_ms)
+    assert all(
+        isinstance(params["script"][key], str) and params["script"][key] for key in ("tone", "length", "persona")
+    )
     assert params["f5_to_tts"] == {"audioPath": f"input/{audio[0]}", "refText": "hello there"}
     assert params["infinite_talk"] == {"imagePath": f"input/{images[0]}"}
 
@@ -96,28 +112,31 @@ async def test_upload_plans_and_completes_an_infinitetalk_job(stack, llm, bucket
     assert any("a lighthouse keeper" in request.get("prompt", "") for request in llm.requests)
 
 
-@pytest.mark.parametrize("case, submission, status, named", [
-    ("no-image", {"image": None}, 400, "image_file"),
-    ("no-audio", {"audio": None}, 400, "audio_file"),
-    ("no-data", {"data": None}, 400, "data"),
-    ("data-not-json", {"data": "{prompt: x"}, 400, "data: not valid JSON"),
-    ("data-not-object", {"data": '["x"]'}, 400, "data"),
-    ("data-without-prompt", {"data": json.dumps({"refText": "x"})}, 400, "data.prompt"),
-    ("data-blank-prompt", {"data": json.dumps({"prompt": "  "})}, 400, "data.prompt"),
-    ("refText-not-string", {"data": json.dumps({"prompt": "x", "refText": 5})}, 400, "data.refText"),
-    ("image-over-limit", {"image": ("face.png", OVER_LIMIT, "image/png")}, 413, "image_file"),
-    ("audio-over-limit", {"audio": ("voice.wav", WAV + b"\x00" * (1 << 20), "audio/wav")}, 413, "audio_file"),
-    ("text-as-image", {"image": ("notes.txt", b"just some words\n", "text/plain")}, 415, "image_file"),
-    ("text-bytes-called-png", {"image": ("face.png", b"just some words\n", "image/png")}, 415, "image_file"),
-    ("png-as-audio", {"audio": ("voice.wav", PNG, "audio/wav")}, 415, "audio_file"),
-    ("png-as-octet-stream-audio", {"audio": ("voice.wav", PNG, "application/octet-stream")}, 415, "audio_file"),
-    ("empty-image", {"image": ("face.png", b"", "image/png")}, 400, "image_file"),
-    ("dotdot-name", {"image": ("../x.png", PNG, "image/png")}, 400, "image_file: unsafe"),
-    ("slash-name", {"image": ("a/b.png", PNG, "image/png")}, 400, "image_file: unsafe"),
-    ("backslash-name", {"audio": ("a\\b.wav", WAV, "audio/wav")}, 400, "audio_file: unsafe"),
-    ("empty-name", {"image": ("", PNG, "image/png")}, 400, "image_file"),
-    ("hidden-name", {"audio": (".wav", WAV, "audio/wav")}, 400, "audio_file: unsafe"),
-])
+@pytest.mark.parametrize(
+    "case, submission, status, named",
+    [
+        ("no-image", {"image": None}, 400, "image_file"),
+        ("no-audio", {"audio": None}, 400, "audio_file"),
+        ("no-data", {"data": None}, 400, "data"),
+        ("data-not-json", {"data": "{prompt: x"}, 400, "data: not valid JSON"),
+        ("data-not-object", {"data": '["x"]'}, 400, "data"),
+        ("data-without-prompt", {"data": json.dumps({"refText": "x"})}, 400, "data.prompt"),
+        ("data-blank-prompt", {"data": json.dumps({"prompt": "  "})}, 400, "data.prompt"),
+        ("refText-not-string", {"data": json.dumps({"prompt": "x", "refText": 5})}, 400, "data.refText"),
+        ("image-over-limit", {"image": ("face.png", OVER_LIMIT, "image/png")}, 413, "image_file"),
+        ("audio-over-limit", {"audio": ("voice.wav", WAV + b"\x00" * (1 << 20), "audio/wav")}, 413, "audio_file"),
+        ("text-as-image", {"image": ("notes.txt", b"just some words\n", "text/plain")}, 415, "image_file"),
+        ("text-bytes-called-png", {"image": ("face.png", b"just some words\n", "image/png")}, 415, "image_file"),
+        ("png-as-audio", {"audio": ("voice.wav", PNG, "audio/wav")}, 415, "audio_file"),
+        ("png-as-octet-stream-audio", {"audio": ("voice.wav", PNG, "application/octet-stream")}, 415, "audio_file"),
+        ("empty-image", {"image": ("face.png", b"", "image/png")}, 400, "image_file"),
+        ("dotdot-name", {"image": ("../x.png", PNG, "image/png")}, 400, "image_file: unsafe"),
+        ("slash-name", {"image": ("a/b.png", PNG, "image/png")}, 400, "image_file: unsafe"),
+        ("backslash-name", {"audio": ("a\\b.wav", WAV, "audio/wav")}, 400, "audio_file: unsafe"),
+        ("empty-name", {"image": ("", PNG, "image/png")}, 400, "image_file"),
+        ("hidden-name", {"audio": (".wav", WAV, "audio/wav")}, 400, "audio_file: unsafe"),
+    ],
+)
 async def test_refused_upload_leaves_nothing_behind(stack, bucket, case, submission, status, named):
     before = await object_keys(bucket)
     newest = (await stack.api.get("/api/jobs", params={"limit": 1})).json()["jobs"][:1]

@@ -1,4 +1,5 @@
 """The WebSocket contract (PROTOCOL §6) with real WebSocket clients against the whole control plane."""
+
 from __future__ import annotations
 
 import asyncio
@@ -56,7 +57,12 @@ async def test_subscribe_to_a_finished_job_gets_its_final_state_right_after_subs
     async with ws_client(stack.api_url) as client:
         await client.send({"action": "subscribe", "jobId": job_id})
         assert await client.recv() == {"action": "response", "message": "subscribed", "jobId": job_id}
-        assert await client.recv(timeout=1) == {"type": "update", "jobId": job_id, "status": "completed", "progress": 1.0}
+        assert await client.recv(timeout=1) == {
+            "type": "update",
+            "jobId": job_id,
+            "status": "completed",
+            "progress": 1.0,
+        }
 
 
 async def test_subscribe_sends_the_current_state_of_a_job_in_progress(stack):
@@ -65,13 +71,22 @@ async def test_subscribe_sends_the_current_state_of_a_job_in_progress(stack):
     await stack.redis.set(BRIDGE.progress_key(job_id), "0.4", ex=60)
     async with ws_client(stack.api_url) as client:
         assert await client.subscribe(job_id, timeout=1) == {
-            "type": "update", "jobId": job_id, "status": "running", "progress": 0.4}
+            "type": "update",
+            "jobId": job_id,
+            "status": "running",
+            "progress": 0.4,
+        }
 
 
 @pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "no-such-job"], ids=["unknown-uuid", "not-a-uuid"])
 async def test_unknown_job_is_subscribed_with_status_not_found(stack, job_id):
     async with ws_client(stack.api_url) as client:
-        assert await client.subscribe(job_id) == {"type": "update", "jobId": job_id, "status": "not_found", "progress": 0.0}
+        assert await client.subscribe(job_id) == {
+            "type": "update",
+            "jobId": job_id,
+            "status": "not_found",
+            "progress": 0.0,
+        }
 
 
 async def test_unsubscribe_stops_updates_for_that_job(stack):
@@ -135,13 +150,16 @@ async def test_every_status_change_of_a_job_is_pushed_in_order(stack, llm):
 
     recorded = await wait_for(recorded_statuses, what="the job's events to record completed")
     recorded = [s for i, s in enumerate(recorded) if i == 0 or s != recorded[i - 1]]
-    assert changes == recorded[recorded.index(changes[0]):], "a recorded status change was not pushed"
+    assert changes == recorded[recorded.index(changes[0]) :], "a recorded status change was not pushed"
 
 
 async def test_a_hundred_clients_get_completed_pushed_fast(stack, llm, record_property):
     llm.delay = 0.5
     jobs_count, per_job = 10, 10
-    async with completions_on_redis(stack.redis) as completed_at, ws_clients(stack.api_url, jobs_count * per_job) as clients:
+    async with (
+        completions_on_redis(stack.redis) as completed_at,
+        ws_clients(stack.api_url, jobs_count * per_job) as clients,
+    ):
         jobs = await asyncio.gather(*(submit(stack, SADTALKER) for _ in range(jobs_count)))
 
         async def follow(client, job_id):
@@ -152,7 +170,8 @@ async def test_a_hundred_clients_get_completed_pushed_fast(stack, llm, record_pr
             return job_id, client.received[-1][0]
 
         arrivals = await asyncio.wait_for(
-            asyncio.gather(*(follow(client, jobs[i % jobs_count]) for i, client in enumerate(clients))), 40)
+            asyncio.gather(*(follow(client, jobs[i % jobs_count]) for i, client in enumerate(clients))), 40
+        )
     latencies_ms = [(arrived - completed_at[job_id]) * 1000 for job_id, arrived in arrivals]
     p50, p99 = percentile(latencies_ms, 0.5), percentile(latencies_ms, 0.99)
     print(f"\nWS completed push latency over {len(latencies_ms)} clients: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
@@ -209,9 +228,11 @@ async def test_a_client_that_stops_reading_is_dropped_without_delaying_the_other
     flood_id = "flood-" + uuid.uuid4().hex + "x" * 162  # the longest job id makes each update as big as it gets
     slow_drops = await _slow_drops(stack)
     sock = await _small_buffer_socket(stack.api_url)
-    async with completions_on_redis(stack.redis) as completed_at, \
-            ws_client(stack.api_url, sock=sock, max_queue=1, compression=None) as slow, \
-            ws_clients(stack.api_url, 3) as fast:
+    async with (
+        completions_on_redis(stack.redis) as completed_at,
+        ws_client(stack.api_url, sock=sock, max_queue=1, compression=None) as slow,
+        ws_clients(stack.api_url, 3) as fast,
+    ):
         async with stack.no_dataplane():  # the job stays busy (running) until the data plane comes back
             await slow.subscribe(flood_id)
             job_id = await submit(stack, SADTALKER)
@@ -220,8 +241,10 @@ async def test_a_client_that_stops_reading_is_dropped_without_delaying_the_other
             step = await _flood_until_the_sender_stalls(stack, flood_id)
             assert await _slow_drops(stack) == slow_drops, "dropped before it stalled"
 
-        finals = await asyncio.wait_for(asyncio.gather(*(client.updates_until(job_id, timeout=20) for client in fast)), 30)
-        for client, updates in zip(fast, finals):
+        finals = await asyncio.wait_for(
+            asyncio.gather(*(client.updates_until(job_id, timeout=20) for client in fast)), 30
+        )
+        for client, updates in zip(fast, finals, strict=False):
             assert updates[-1]["progress"] == 1.0
             assert client.received[-1][0] - completed_at[job_id] < 0.5, "a stalled client delayed the others"
         assert await _slow_drops(stack) == slow_drops, "completed was pushed past a stalled client"
@@ -240,9 +263,11 @@ async def test_api_keys_guard_the_socket(stack):
     job_id = str(uuid.uuid4())
     guarded = stack.settings.model_copy(update={"api_keys": ["k1"]})
     async with api_replica(guarded, stack.temporal) as url:
-        for query, first in [({}, {"action": "subscribe", "jobId": job_id}),
-                             ({"key": "wrong"}, {"action": "subscribe", "jobId": job_id}),
-                             ({}, {"action": "auth", "key": "wrong"})]:
+        for query, first in [
+            ({}, {"action": "subscribe", "jobId": job_id}),
+            ({"key": "wrong"}, {"action": "subscribe", "jobId": job_id}),
+            ({}, {"action": "auth", "key": "wrong"}),
+        ]:
             async with ws_client(url, query) as client:
                 await client.send(first)
                 assert await client.close_code() == POLICY_VIOLATION, (query, first)
@@ -261,14 +286,21 @@ async def test_api_keys_guard_the_socket(stack):
 
 async def test_clients_on_two_replicas_see_the_same_updates(stack, llm):
     llm.delay = 0.5
-    async with api_replica(stack.settings, stack.temporal) as other_url, \
-            ws_client(stack.api_url) as here, ws_client(other_url) as there:
+    async with (
+        api_replica(stack.settings, stack.temporal) as other_url,
+        ws_client(stack.api_url) as here,
+        ws_client(other_url) as there,
+    ):
         job_id = await submit(stack, SADTALKER)
         initial = await asyncio.gather(here.subscribe(job_id), there.subscribe(job_id))
         assert all(state["status"] != "completed" for state in initial)
         seen_here, seen_there = await asyncio.wait_for(
-            asyncio.gather(here.updates_until(job_id), there.updates_until(job_id)), 30)
-    assert seen_here[-1] == seen_there[-1] == {"type": "update", "jobId": job_id, "status": "completed", "progress": 1.0}
+            asyncio.gather(here.updates_until(job_id), there.updates_until(job_id)), 30
+        )
+    assert (
+        seen_here[-1] == seen_there[-1] == {"type": "update", "jobId": job_id, "status": "completed", "progress": 1.0}
+    )
+
     # Both subscribed during the slow LLM call: from its end on, every update reached both replicas' clients.
     def after_script(updates):
         return [u for u in updates if u["progress"] > 0 or u["status"] == "completed"]
@@ -313,6 +345,7 @@ async def _burst(stack, job_id: str, count: int) -> None:
 
 async def _read_burst(client, last_step: int) -> str | int:
     """'served' once the burst's last update arrives, else the close code if the server closes first."""
+
     async def read():
         try:
             while (await client.recv(timeout=3))["progress"] < (last_step - 0.5) * 1e-6:
@@ -354,8 +387,12 @@ async def test_idle_connections_get_protocol_pings(stack):
         host, port = url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
         key = base64.b64encode(os.urandom(16)).decode()
-        writer.write((f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        writer.write(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 101")

@@ -1,4 +1,5 @@
 """Real WebSocket clients of `/ws` for tests: JSON in and out, every wait bounded."""
+
 from __future__ import annotations
 
 import asyncio
@@ -36,6 +37,7 @@ class WsClient:
 
     async def recv_about(self, job_id: str, timeout: float = 5) -> dict:
         """The next message about `job_id` (or about no job); updates of other jobs it follows are skipped."""
+
         async def read():
             while (message := await self.recv(timeout)).get("jobId", job_id) != job_id:
                 pass
@@ -46,13 +48,18 @@ class WsClient:
     async def subscribe(self, job_id: str, timeout: float = 5) -> dict:
         """Subscribe and return the current state that must follow the acknowledgement."""
         await self.send({"action": "subscribe", "jobId": job_id})
-        assert await self.recv_about(job_id, timeout) == {"action": "response", "message": "subscribed", "jobId": job_id}
+        assert await self.recv_about(job_id, timeout) == {
+            "action": "response",
+            "message": "subscribed",
+            "jobId": job_id,
+        }
         state = await self.recv_about(job_id, timeout)
         assert state["type"] == "update" and state["jobId"] == job_id, state
         return state
 
     async def updates_until(self, job_id: str, status: str = "completed", timeout: float = 20) -> list[dict]:
         """Updates of `job_id` read until one has `status` (included)."""
+
         async def read():
             updates = []
             while True:
@@ -66,6 +73,7 @@ class WsClient:
 
     async def close_code(self, timeout: float = 10) -> int | None:
         """Read (and keep) everything until the server ends the connection; the close code (1006: no close frame)."""
+
         async def drain():
             with contextlib.suppress(ConnectionClosed):
                 while True:
@@ -103,8 +111,11 @@ async def metrics(api) -> dict[tuple[str, tuple], float]:
     """GET /metrics as {(sample name, sorted labels): value}."""
     reply = await api.get("/metrics")
     assert reply.status_code == 200, reply.text
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(reply.text) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(reply.text)
+        for sample in family.samples
+    }
 
 
 def percentile(values: list[float], fraction: float) -> float:

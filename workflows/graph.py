@@ -1,10 +1,14 @@
 """Pure graph logic shared by the workflow and the reference data plane: readiness, inputs, progress, merges."""
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-RUNNABLE = ("pending", "ready")
+from workflows.status import NodeStatus
+
+RUNNABLE = (NodeStatus.PENDING, NodeStatus.READY)
 # Fields the data plane may change on its own (python-plane) nodes.
 WORKER_FIELDS = ("status", "input", "output", "error", "retries", "telemetry")
 # Optional fields the existing worker sends back as null when it did not receive them.
@@ -28,7 +32,7 @@ def ready_nodes(graph: dict, plane: str | None = None) -> list[dict]:
         for node in graph["nodes"]
         if node["status"] in RUNNABLE
         and (plane is None or node["plane"] == plane)
-        and all(by_id[up]["status"] == "completed" for up in upstream_ids(graph, node["id"]))
+        and all(by_id[up]["status"] == NodeStatus.COMPLETED for up in upstream_ids(graph, node["id"]))
     ]
 
 
@@ -61,7 +65,7 @@ def weight_share(graph: dict, node_id: str) -> float:
 def job_progress(graph: dict, also_done: Iterable[str] = ()) -> float:
     """Completed weight over total weight, in [0, 1]; `also_done` counts extra nodes as completed."""
     weights, total = _weights(graph)
-    done_ids = set(also_done) | {node["id"] for node in graph["nodes"] if node["status"] == "completed"}
+    done_ids = set(also_done) | {node["id"] for node in graph["nodes"] if node["status"] == NodeStatus.COMPLETED}
     done = sum(w for node_id, w in weights.items() if node_id in done_ids)
     return clamp_progress(done / total)
 
@@ -114,25 +118,25 @@ def skip_unreachable(graph: dict) -> list[str]:
     skipped = []
     for node in graph["nodes"]:
         if node["status"] in RUNNABLE:
-            node["status"] = "skipped"
+            node["status"] = NodeStatus.SKIPPED
             skipped.append(node["id"])
     return skipped
 
 
 def failed_nodes(graph: dict) -> list[dict]:
-    return [node for node in graph["nodes"] if node["status"] == "failed"]
+    return [node for node in graph["nodes"] if node["status"] == NodeStatus.FAILED]
 
 
 def all_completed(graph: dict) -> bool:
-    return all(node["status"] == "completed" for node in graph["nodes"])
+    return all(node["status"] == NodeStatus.COMPLETED for node in graph["nodes"])
 
 
 def reset_for_retry(graph: dict) -> dict:
     """A copy where failed and skipped nodes (and nodes left running) are pending again; completed outputs stay."""
     fresh = copy.deepcopy(graph)
     for node in fresh["nodes"]:
-        if node["status"] != "completed":
-            node["status"] = "pending"
+        if node["status"] != NodeStatus.COMPLETED:
+            node["status"] = NodeStatus.PENDING
             node.pop("error", None)
             node.pop("output", None)
     return fresh

@@ -1,4 +1,5 @@
 """One dataclass per workflow, activity and signal input, so fields can be added without breaking history."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,18 +1,33 @@
 """The job workflow: runs node-plane nodes as activities, hands python-plane segments to the data plane."""
+
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.workflow import ActivityCancellationType
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from workflows import graph as g
-    from workflows.inputs import Handback, JobInput, JobSnapshot, NodeTask, ServiceRuntime
-    from workflows.names import DATAPLANE_FAILED, HANDBACK, JOB_WORKFLOW, STATE, STATUS_ATTRIBUTE, SYNC_JOB
+    from workflows.inputs import (
+        Handback,
+        JobInput,
+        JobSnapshot,
+        NodeTask,
+        ServiceRuntime,
+    )
+    from workflows.names import (
+        DATAPLANE_FAILED,
+        HANDBACK,
+        JOB_WORKFLOW,
+        STATE,
+        STATUS_ATTRIBUTE,
+        SYNC_JOB,
+    )
+    from workflows.status import JobStatus, NodeStatus
 
 STATUS_KEY = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
 SYNC_TIMEOUT = timedelta(seconds=30)
@@ -43,13 +58,13 @@ def _failure_message(error: BaseException) -> tuple[str, str]:
 class JobWorkflow:
     def __init__(self) -> None:
         self.graph: dict = {}
-        self.status = "queued"
+        self.status: str = JobStatus.QUEUED
         self.progress = 0.0
         self.inbox: list[tuple[str, Handback]] = []
         self.segment = 0
         self.open_segment: dict | None = None  # the tag of the segment the data plane holds
         self.segment_ready: list[str] = []  # python nodes that were ready when the open segment was pushed
-        self.segment_deadline = None
+        self.segment_deadline: datetime | None = None
         self.changed = False  # wakes the main loop
         self._dirty = False  # something to persist and publish
         self.outputs: list[dict] = []  # node outputs to announce on channel:data at the next sync
@@ -80,13 +95,13 @@ class JobWorkflow:
             raise
         await workflow.wait_condition(workflow.all_handlers_finished)
         if g.all_completed(self.graph):
-            await self._sync(status="completed", progress=1.0)
+            await self._sync(status=JobStatus.COMPLETED, progress=1.0)
             return self.state()
         raise await self._mark_failed()
 
     async def _drive(self) -> None:
         """Start what is ready, wait for any change, record it; until nothing can move."""
-        status: str | None = "running"  # recorded together with the first nodes started
+        status: str | None = JobStatus.RUNNING  # recorded together with the first nodes started
         early_clear = workflow.patched(CLEAR_WAKEUP_BEFORE_SYNC)
         while True:
             if early_clear:
@@ -105,7 +120,7 @@ class JobWorkflow:
                 self.changed = False  # histories recorded before the patch cleared it here
             try:
                 await workflow.wait_condition(lambda: self.changed, timeout=self._segment_time_left())
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._segment_timed_out()
             self._apply_inbox()
 
@@ -113,7 +128,7 @@ class JobWorkflow:
 
     def _start_ready_nodes(self) -> None:
         for node in g.ready_nodes(self.graph, "node"):
-            node["status"] = "running"
+            node["status"] = NodeStatus.RUNNING
             node["input"] = g.merged_input(self.graph, node)
             self._dirty = True
             self.in_flight[node["id"]] = asyncio.create_task(self._run_node(node))
@@ -144,10 +159,10 @@ class JobWorkflow:
             )
         except ActivityError as error:
             message, code = _failure_message(error)
-            node["status"] = "failed"
+            node["status"] = NodeStatus.FAILED
             node["error"] = {"message": message, "code": code}
         else:
-            node["status"] = "completed"
+            node["status"] = NodeStatus.COMPLETED
             node["output"] = output
             self.outputs.append({"nodeId": node["id"], "output": output})
         finally:
@@ -175,6 +190,7 @@ class JobWorkflow:
     def _segment_time_left(self) -> timedelta | None:
         if self.open_segment is None:
             return None
+        assert self.segment_deadline is not None  # set whenever a segment is opened
         return max(self.segment_deadline - workflow.now(), timedelta(milliseconds=1))
 
     def _segment_timed_out(self) -> None:
@@ -206,8 +222,8 @@ class JobWorkflow:
         by_id = g.nodes_by_id(self.graph)
         for node_id in node_ids:
             node = by_id[node_id]
-            if node["status"] in ("pending", "ready", "running"):
-                node["status"] = "failed"
+            if node["status"] in (NodeStatus.PENDING, NodeStatus.READY, NodeStatus.RUNNING):
+                node["status"] = NodeStatus.FAILED
                 node["error"] = {"message": message, "code": code}
                 self._dirty = True
 
@@ -221,7 +237,7 @@ class JobWorkflow:
         reason = (first.get("error") or {}).get("message", "failed") if first else "no node could run"
         where = f'node "{first["id"]}" ({first["service"]})' if first else "graph"
         self.graph.setdefault("metadata", {})["failure"] = {"nodeId": first and first["id"], "message": reason}
-        await self._sync(status="failed")
+        await self._sync(status=JobStatus.FAILED)
         return ApplicationError(f"{where} failed: {reason}", type="JobFailed", non_retryable=True)
 
     async def _cancel(self) -> None:
@@ -231,21 +247,23 @@ class JobWorkflow:
             task.cancel()
         await asyncio.gather(*stopping, return_exceptions=True)
         for node in self.graph["nodes"]:
-            was_running = node["status"] == "running" or (node.get("error") or {}).get("code") == "CancelledError"
+            was_running = (
+                node["status"] == NodeStatus.RUNNING or (node.get("error") or {}).get("code") == "CancelledError"
+            )
             if was_running or (node["plane"] == "python" and self.open_segment and node["id"] in self.segment_ready):
-                node["status"] = "failed"
+                node["status"] = NodeStatus.FAILED
                 node["error"] = {"message": "cancelled", "code": "Cancelled"}
         g.skip_unreachable(self.graph)
         self.open_segment = None
         self.graph.setdefault("metadata", {})["failure"] = {"nodeId": None, "message": "cancelled"}
-        await self._sync(status="failed")
+        await self._sync(status=JobStatus.FAILED)
 
     async def _sync(self, status: str | None = None, progress: float | None = None, push: bool = False) -> None:
         """Persist and publish the state once per change (one local activity, batched side effects)."""
         new_progress = max(self.progress, progress if progress is not None else g.job_progress(self.graph))
         announce_status = status is not None and status != self.status
         announce_progress = new_progress != self.progress
-        if announce_status:
+        if status is not None and announce_status:
             self.status = status
             workflow.upsert_search_attributes([STATUS_KEY.value_set(status)])
         self.progress = new_progress

@@ -1,18 +1,16 @@
 """The PostgreSQL store: jobs and job_events, through one asyncpg pool, every query parameterised."""
+
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
-from spinbot import jobkeys
-
-log = logging.getLogger(__name__)
+from core import jobkeys
+from core.retry import call_with_retry
 
 COMMAND_TIMEOUT = 30.0  # seconds; no query may hang a relay or a request for ever
 
@@ -45,26 +43,23 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def connect_pool(database_url: str, timeout: float = 30.0, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A pool, waiting with backoff until PostgreSQL answers (or `timeout` passes)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    delay = 0.1
-    while True:
-        try:
-            return await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size, init=_init_connection,
-                                             command_timeout=COMMAND_TIMEOUT)
-        except (OSError, asyncpg.PostgresError) as exc:
-            if loop.time() + delay > deadline:
-                raise
-            log.warning("PostgreSQL not ready (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    return await call_with_retry(
+        "connecting to PostgreSQL",
+        (OSError, asyncpg.PostgresError),
+        lambda: asyncpg.create_pool(
+            database_url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=COMMAND_TIMEOUT
+        ),
+        timeout=timeout,
+    )
 
 
 class Store:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
 
-    async def create_job(self, job_id: str, graph: dict, pipeline: str | None, idempotency_key: str | None = None) -> int:
+    async def create_job(
+        self, job_id: str, graph: dict, pipeline: str | None, idempotency_key: str | None = None
+    ) -> int:
         """Insert an `advertised` job; returns its creation time in ms. Idempotent on job_id."""
         row = await self.pool.fetchrow(
             """
@@ -73,7 +68,10 @@ class Store:
             ON CONFLICT (job_id) DO UPDATE SET job_id = EXCLUDED.job_id
             RETURNING created
             """,
-            uuid.UUID(job_id), pipeline, graph, idempotency_key,
+            uuid.UUID(job_id),
+            pipeline,
+            graph,
+            idempotency_key,
         )
         return millis(row["created"])
 
@@ -88,7 +86,10 @@ class Store:
                    last_graph = EXCLUDED.last_graph, updated = now()
             RETURNING created
             """,
-            uuid.UUID(job_id), status, progress, graph,
+            uuid.UUID(job_id),
+            status,
+            progress,
+            graph,
         )
 
     async def apply_event(self, event: Event) -> bool:
@@ -112,7 +113,13 @@ class Store:
             )
             SELECT event_id FROM ev
             """,
-            uuid.UUID(event.job_id), event.status, event.progress, event.data, event.fingerprint, event.created, list(jobkeys.TERMINAL),
+            uuid.UUID(event.job_id),
+            event.status,
+            event.progress,
+            event.data,
+            event.fingerprint,
+            event.created,
+            list(jobkeys.TERMINAL),
         )
         return row is not None
 
@@ -133,7 +140,8 @@ class Store:
             SELECT event_id, status, progress, data, created FROM job_events
             WHERE job_id = $1 ORDER BY event_id DESC LIMIT $2
             """,
-            uuid.UUID(job_id), limit,
+            uuid.UUID(job_id),
+            limit,
         )
         return [dict(r) for r in rows]
 
@@ -148,6 +156,7 @@ class Store:
     async def list_jobs(self, limit: int, offset: int) -> list[dict]:
         rows = await self.pool.fetch(
             "SELECT job_id, status, progress, created FROM jobs ORDER BY created DESC, job_id LIMIT $1 OFFSET $2",
-            limit, offset,
+            limit,
+            offset,
         )
         return [dict(r) for r in rows]

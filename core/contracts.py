@@ -1,4 +1,5 @@
 """Config files and JSON Schemas: loaded once, validated, with errors that name the file and field."""
+
 from __future__ import annotations
 
 import json
@@ -11,6 +12,8 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 
 from config import CONFIG_DIR, SCHEMA_DIR
+from workflows.inputs import ServiceRuntime
+from workflows.names import ACTIVITY_QUEUE
 
 
 class ConfigError(Exception):
@@ -41,7 +44,9 @@ def validator(schema_file: str, definition: str | None = None) -> Draft202012Val
 
 def first_error(doc: Any, schema_file: str, definition: str | None = None) -> str | None:
     """The clearest schema violation in `doc` as 'path: message', or None when it is valid."""
-    errors = sorted(validator(schema_file, definition).iter_errors(doc), key=lambda e: (len(e.path), list(map(str, e.path))))
+    errors = sorted(
+        validator(schema_file, definition).iter_errors(doc), key=lambda e: (len(e.path), list(map(str, e.path)))
+    )
     if not errors:
         return None
     err = errors[0]
@@ -112,8 +117,15 @@ class Bridge:
             claim_idle_ms=relay.get("claimIdleMs", 30_000),
         )
 
+    # Pub/sub messages have no stream of their own; their dead letters are filed under this name.
+    pubsub_source = "channel"
+
     def dead_letter(self, stream: str) -> str:
         return stream + self.dead_suffix
+
+    @property
+    def dead_letter_streams(self) -> list[str]:
+        return [self.dead_letter(name) for name in (self.data_stream, self.control_stream, self.pubsub_source)]
 
     def job_key(self, job_id: str) -> str:
         return f"{self.key_prefix}{job_id}"
@@ -125,7 +137,9 @@ class Bridge:
         return f"{self.key_prefix}{job_id}:progress"
 
     def channel(self, kind: str, job_id: str) -> str:
-        return {"status": self.status_channel, "progress": self.progress_channel, "data": self.data_channel}[kind] + job_id
+        return {"status": self.status_channel, "progress": self.progress_channel, "data": self.data_channel}[
+            kind
+        ] + job_id
 
     @property
     def channel_patterns(self) -> list[str]:
@@ -163,3 +177,19 @@ def load_contracts(directory: Path = CONFIG_DIR) -> Contracts:
 def contracts() -> Contracts:
     """The shipped config, loaded once per process."""
     return load_contracts()
+
+
+def service_runtimes(contracts: Contracts) -> dict[str, ServiceRuntime]:
+    """How each node-plane service runs, read from `runtime` in config/capabilities.json."""
+    runtimes = {}
+    for cap in contracts.capabilities["capabilities"]:
+        runtime = cap["runtime"]
+        retry = runtime.get("retry", {})
+        runtimes[cap["id"]] = ServiceRuntime(
+            task_queue=runtime.get("taskQueue", ACTIVITY_QUEUE),
+            timeout_seconds=float(runtime["timeoutSeconds"]),
+            max_attempts=retry.get("maxAttempts", 3),
+            initial_interval_seconds=retry.get("initialIntervalSeconds", 1.0),
+            backoff_coefficient=retry.get("backoffCoefficient", 2.0),
+        )
+    return runtimes

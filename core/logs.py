@@ -1,4 +1,5 @@
 """Structured logs: one JSON object a line when not on a terminal, readable text on one."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,9 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(role: str, fmt: str = "auto", level: int = logging.INFO) -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if use_json else logging.Formatter(f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if use_json else logging.Formatter(f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,4 +1,5 @@
 """Prometheus metrics of every role, defined once so names never drift between processes."""
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 DEAD_LETTERS = Counter("spinbot_dead_letters_total", "Entries and messages set aside as invalid", ["source"])
@@ -12,23 +13,37 @@ PUBSUB_MESSAGES = Counter("spinbot_pubsub_messages_total", "Pub/sub messages han
 
 # HTTP and WebSocket (names of the WebSocket metrics match the service we replace).
 HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"])
-HTTP_SECONDS = Histogram("http_request_duration_seconds", "HTTP request latency", ["method", "route", "status"],
-                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+HTTP_SECONDS = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
 WS_CONNECTED = Gauge("websocket_clients_connected", "WebSocket clients connected now")
 WS_CONNECTIONS = Counter("websocket_connections_total", "WebSocket connections accepted")
 WS_RECEIVED = Counter("websocket_messages_received_total", "WebSocket messages received")
 WS_SENT = Counter("websocket_messages_sent_total", "WebSocket messages sent")
-WS_LIFETIME = Histogram("websocket_client_lifetime_seconds", "How long WebSocket clients stay connected",
-                        buckets=(1, 5, 30, 60, 300, 900, 3600, 14400))
+WS_LIFETIME = Histogram(
+    "websocket_client_lifetime_seconds",
+    "How long WebSocket clients stay connected",
+    buckets=(1, 5, 30, 60, 300, 900, 3600, 14400),
+)
 WS_ERRORS = Counter("websocket_errors_total", "WebSocket errors (bad messages, slow clients, send failures)", ["kind"])
 
 # Jobs and nodes.
 JOBS_SUBMITTED = Counter("spinbot_jobs_submitted_total", "Jobs accepted", ["pipeline"])
 JOBS_FINISHED = Counter("spinbot_jobs_finished_total", "Jobs finished", ["status"])
-JOB_SECONDS = Histogram("spinbot_job_duration_seconds", "From acceptance to completed or failed",
-                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 5, 30, 120, 600, 3600, 14400))
-NODE_SECONDS = Histogram("spinbot_node_duration_seconds", "Node run time", ["service", "plane"],
-                         buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600, 3600))
+JOB_SECONDS = Histogram(
+    "spinbot_job_duration_seconds",
+    "From acceptance to completed or failed",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 5, 30, 120, 600, 3600, 14400),
+)
+NODE_SECONDS = Histogram(
+    "spinbot_node_duration_seconds",
+    "Node run time",
+    ["service", "plane"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600, 3600),
+)
 
 # Read at scrape time by the API from shared state, so every replica reports the cluster's figures.
 JOBS_BY_STATUS = Gauge("spinbot_jobs", "Jobs in PostgreSQL by status", ["status"])

@@ -1,6 +1,7 @@
 """The two timestamp forms on the wire: milliseconds since epoch as a string, and ISO-8601 UTC with a Z."""
+
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def now_ms() -> str:
@@ -8,4 +9,4 @@ def now_ms() -> str:
 
 
 def iso_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

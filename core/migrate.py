@@ -1,4 +1,5 @@
 """Apply migrations/NNNN_*.sql once each, in order, under an advisory lock, recording each."""
+
 from __future__ import annotations
 
 import logging
@@ -19,7 +20,8 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
         await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())"
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (name text PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())"
         )
         done = {row["name"] for row in await conn.fetch("SELECT name FROM schema_migrations")}
         for path in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql")):
@@ -37,7 +39,7 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
 
 async def migrate_url(database_url: str, timeout: float = 30.0) -> list[str]:
     """Migrate the database at `database_url`, waiting (with backoff) for it to answer."""
-    from spinbot.store import connect_pool
+    from core.store import connect_pool
 
     pool = await connect_pool(database_url, timeout=timeout, min_size=1, max_size=1)
     try:

@@ -1,11 +1,13 @@
 """The per-job Redis keys the frontend and the data plane read (PROTOCOL §4), written in pipelines."""
+
 from __future__ import annotations
 
 from redis.asyncio.client import Pipeline
 
-from spinbot.contracts import Bridge
+from core.contracts import Bridge
+from workflows.status import FINISHED_JOB
 
-TERMINAL = ("completed", "failed")
+TERMINAL = FINISHED_JOB
 
 # Progress never moves backwards, whoever reports it.
 _RAISE_PROGRESS = """

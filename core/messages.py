@@ -1,12 +1,13 @@
 """Parsing of what arrives from the data plane: stream entries and pub/sub payloads, checked against the schemas."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from spinbot.contracts import Bridge, ContractError, check, first_error
+from core.contracts import Bridge, ContractError, check, first_error
 from workflows.graph import clamp_progress, drop_nulls
 
 
@@ -33,9 +34,9 @@ def parse_created(value) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, (int, float)) or (isinstance(value, str) and value.isdigit()):
-        return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
     parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -56,7 +57,7 @@ def parse_event(bridge: Bridge, channel: str, raw: str) -> JobEvent:
     for kind in ("status", "progress", "data"):
         prefix = bridge.channel(kind, "")
         if channel.startswith(prefix):
-            job_id = channel[len(prefix):]
+            job_id = channel[len(prefix) :]
             break
     else:
         raise ContractError(f"channel {channel!r}: not a job channel")

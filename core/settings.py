@@ -1,13 +1,13 @@
 """One typed settings object, read from SPINBOT_* environment variables and validated at start-up."""
+
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 
 def _split(value):
@@ -46,9 +46,15 @@ class Settings(BaseSettings):
     capabilities_timeout_seconds: float = 10.0
     capabilities_cache_seconds: float = 60.0
 
-    minio_endpoint: str | None = Field(default=None, validation_alias=AliasChoices("MINIO_ENDPOINT", "SPINBOT_MINIO_ENDPOINT"))
-    minio_access_key: str = Field(default="minioadmin", validation_alias=AliasChoices("MINIO_ACCESS_KEY", "SPINBOT_MINIO_ACCESS_KEY"))
-    minio_secret_key: str = Field(default="minioadmin", validation_alias=AliasChoices("MINIO_SECRET_KEY", "SPINBOT_MINIO_SECRET_KEY"))
+    minio_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("MINIO_ENDPOINT", "SPINBOT_MINIO_ENDPOINT")
+    )
+    minio_access_key: str = Field(
+        default="minioadmin", validation_alias=AliasChoices("MINIO_ACCESS_KEY", "SPINBOT_MINIO_ACCESS_KEY")
+    )
+    minio_secret_key: str = Field(
+        default="minioadmin", validation_alias=AliasChoices("MINIO_SECRET_KEY", "SPINBOT_MINIO_SECRET_KEY")
+    )
     minio_secure: bool = False
     artifacts_dir: Path = Path(".data/objects")
 

@@ -1,4 +1,5 @@
 """Object storage behind one small interface: MinIO / S3 when configured, a local folder in the dev stack."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,15 +15,21 @@ import urllib3.exceptions
 from minio import Minio
 from minio.error import MinioException, S3Error
 
-from spinbot.settings import Settings
-from spinbot.timestamps import iso_now
+from core.settings import Settings
+from core.timestamps import iso_now
 
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MAX_KEY_BYTES = 1024
 COPY_CHUNK = 1 << 20
 NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 # Retrying cannot fix bad credentials or a policy that forbids the request.
-REFUSED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidBucketName"}
+REFUSED_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+    "InvalidBucketName",
+}
 
 
 class StorageError(Exception):
@@ -141,7 +148,10 @@ class MinioStore:
         check_key(key)
         stream = _as_stream(data, length)
         await self.ensure_bucket(bucket)
-        await self._call(f"put {bucket}/{key}", lambda: self.client.put_object(bucket, key, stream, length, content_type=content_type))
+        await self._call(
+            f"put {bucket}/{key}",
+            lambda: self.client.put_object(bucket, key, stream, length, content_type=content_type),
+        )
         return _put_result(bucket, key, length, content_type)
 
     async def remove(self, bucket: str, key: str) -> None:
@@ -233,7 +243,9 @@ def _write_exactly(path: Path, stream: BinaryIO, length: int) -> None:
             while remaining > 0:
                 chunk = stream.read(min(COPY_CHUNK, remaining))
                 if not chunk:
-                    raise StorageError(f"stream ended {remaining} bytes short of the {length} promised", retryable=False)
+                    raise StorageError(
+                        f"stream ended {remaining} bytes short of the {length} promised", retryable=False
+                    )
                 out.write(chunk)
                 remaining -= len(chunk)
         os.replace(partial, path)
@@ -244,5 +256,7 @@ def _write_exactly(path: Path, stream: BinaryIO, length: int) -> None:
 def object_store(settings: Settings) -> ObjectStore:
     """MinIO when MINIO_ENDPOINT is set, else a folder under settings.artifacts_dir."""
     if settings.minio_endpoint:
-        return MinioStore(settings.minio_endpoint, settings.minio_access_key, settings.minio_secret_key, settings.minio_secure)
+        return MinioStore(
+            settings.minio_endpoint, settings.minio_access_key, settings.minio_secret_key, settings.minio_secure
+        )
     return LocalStore(settings.artifacts_dir)

@@ -1,0 +1,80 @@
+"""The one backoff policy: tenacity for our own loops, redis-py's `Retry` inside Redis clients."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+)
+from tenacity.wait import wait_base
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+FIRST_DELAY, MAX_DELAY = 0.1, 5.0
+HEALTHY_SPELL = 30.0  # a loop that ran this long between failures starts its backoff afresh
+
+
+class ResettingBackoff(wait_base):
+    """Exponential backoff that starts again from FIRST_DELAY after a healthy spell.
+
+    A loop that serves for hours and then loses its server must reconnect fast, not at the
+    delay its last outage reached.
+    """
+
+    def __init__(self, first: float = FIRST_DELAY, cap: float = MAX_DELAY):
+        self.first, self.cap = first, cap
+        self.delay = 0.0
+        self.last_failure = float("-inf")
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        now = time.monotonic()
+        healthy = now - self.last_failure > self.delay + HEALTHY_SPELL
+        self.delay = self.first if healthy else min(self.delay * 2, self.cap)
+        self.last_failure = now
+        return self.delay
+
+
+def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning("%s failed (%s: %s); retrying in %.1fs", what, type(error).__name__, error, delay)
+
+    return before_sleep
+
+
+def retrying(what: str, errors: tuple[type[BaseException], ...], timeout: float | None = None) -> AsyncRetrying:
+    """Retry on `errors` with backoff, for ever or until `timeout` seconds have passed (then re-raise)."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(errors),
+        wait=ResettingBackoff(),
+        stop=stop_after_delay(timeout) if timeout is not None else stop_never,
+        before_sleep=_log_retry(what),
+        reraise=True,
+    )
+
+
+async def call_with_retry(
+    what: str, errors: tuple[type[BaseException], ...], fn: Callable[[], Awaitable[T]], timeout: float | None = None
+) -> T:
+    """`await fn()`, retried on `errors` (see `retrying`). `fn` may return any awaitable."""
+    async for attempt in retrying(what, errors, timeout):
+        with attempt:
+            return await fn()
+    raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+
+def redis_retry(retries: int = 6) -> Retry:
+    """Command-level retry for redis-py clients: a restarted server costs a short wait, not an error."""
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries)
