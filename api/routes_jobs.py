@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query
@@ -39,19 +40,39 @@ async def get_status(backend: BackendDep, job_id: str):
     return await job_status(backend, job_id)
 
 
+MAX_OFFSET = 2**63 - 1  # PostgreSQL's bigint
+
+
+def clamped(raw: str | None, default: int, low: int, high: int) -> int:
+    """A pagination value as the system replaced read it: out of range is clamped, not a number is the default."""
+    text = (raw or "").strip()
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            number = float(text)  # "1e3", "2.5", "inf"
+        except ValueError:
+            return default
+        if math.isnan(number):
+            return default
+        value = high if number > high else low if number < low else int(number)
+    return max(low, min(high, value))
+
+
 @router.get("/jobs", response_model=JobList)
 async def list_jobs(
     store: StoreDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[str | None, Query(description="1..100 (default 20); out of range is clamped")] = None,
+    offset: Annotated[str | None, Query(description=">= 0 (default 0); out of range is clamped")] = None,
 ):
-    """Jobs, newest first."""
-    rows = await store.list_jobs(limit, offset)
+    """Jobs, newest first; `pagination` shows the limit and offset actually used."""
+    limit_used, offset_used = clamped(limit, 20, 1, 100), clamped(offset, 0, 0, MAX_OFFSET)
+    rows = await store.list_jobs(limit_used, offset_used)
     jobs = [
         {"jobId": str(r["job_id"]), "status": r["status"], "progress": r["progress"], "created": millis(r["created"])}
         for r in rows
     ]
-    return {"jobs": jobs, "pagination": {"limit": limit, "offset": offset}}
+    return {"jobs": jobs, "pagination": {"limit": limit_used, "offset": offset_used}}
 
 
 @router.get("/jobs/{job_id}", response_model=JobWithEvents)

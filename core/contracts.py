@@ -168,6 +168,12 @@ def load_contracts(directory: Path = CONFIG_DIR) -> Contracts:
         for i, cap in enumerate(manifest["capabilities"]):
             if cap["plane"] != plane:
                 raise ConfigError(f"{directory / name}: capabilities/{i}/plane: must be {plane!r}")
+            if plane == "node" and cap["runtime"]["timeoutSeconds"] == -1:
+                # Node-plane services run as Temporal activities, which need a time limit.
+                raise ConfigError(
+                    f"{directory / name}: capabilities/{i}/runtime/timeoutSeconds: the node plane needs a limit "
+                    "in seconds (-1, no limit, is for the data plane's manifest only)"
+                )
     pipelines = load_config("pipelines.json", "pipelines.schema.json", directory)
     bridge = load_config("redis.bridge.json", "redis-bridge.schema.json", directory)
     return Contracts(node, python, pipelines["pipelines"], Bridge.from_doc(bridge))

@@ -173,3 +173,12 @@ def test_undecodable_config_is_a_config_error(tmp_path):
     (config_dir / "pipelines.json").write_bytes(b"\xff\xfe{")
     with pytest.raises(ConfigError, match=r"pipelines\.json"):
         load_contracts(config_dir)
+
+
+def test_no_limit_timeout_is_for_the_data_plane_only(config_dir):
+    edit(config_dir / "python-capabilities.json", lambda d: d["capabilities"][1]["runtime"].update(timeoutSeconds=-1))
+    assert load_contracts(config_dir).services("python")["dummy.dummy_task"]["runtime"]["timeoutSeconds"] == -1
+    edit(config_dir / "capabilities.json", lambda d: d["capabilities"][0]["runtime"].update(timeoutSeconds=-1.0))
+    assert load_error(config_dir).startswith(
+        f"{config_dir / 'capabilities.json'}: capabilities/0/runtime/timeoutSeconds: the node plane needs a limit"
+    )
