@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     upload_max_bytes: int = 50 << 20
 
     llm_endpoint: str = "http://localhost:11434"
+    # Further LLM URLs a job's script node may name in params.endpoint; no other URL is ever called.
+    llm_endpoints: CommaList = []
     llm_model: str = "llama3"
     llm_temperature: float = 0.7
     llm_timeout_ms: int = 60_000
@@ -59,11 +61,13 @@ class Settings(BaseSettings):
     artifacts_dir: Path = Path(".data/objects")
 
     worker_metrics_port: int | None = None
+    # Address the metrics ports of workers, relays and the data plane bind to; 0.0.0.0 in containers.
+    metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="before")
     @classmethod
     def _split_lists(cls, values):
-        for key in ("api_keys", "cors_origins"):
+        for key in ("api_keys", "cors_origins", "llm_endpoints"):
             if key in values:
                 values[key] = _split(values[key])
         return values
@@ -76,6 +80,11 @@ class Settings(BaseSettings):
             if self.minio_endpoint and self.minio_secret_key == "minioadmin":
                 raise ValueError("MINIO_SECRET_KEY must not be the default in production")
         return self
+
+    @property
+    def llm_allowed_endpoints(self) -> tuple[str, ...]:
+        """The only LLM URLs a script node may call: the default one and SPINBOT_LLM_ENDPOINTS."""
+        return tuple(dict.fromkeys(url.rstrip("/") for url in (self.llm_endpoint, *self.llm_endpoints)))
 
     @property
     def llm_defaults(self) -> dict:

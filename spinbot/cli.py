@@ -94,10 +94,10 @@ def worker(
     both = not workflows and not activities
     roles = WorkerRoles(workflows=workflows or both, activities=activities or both, queues=tuple(queue or ()))
 
-    serve_metrics(metrics_port)
+    serve_metrics(metrics_port, config.metrics_host)
 
     async def main():
-        runtime = make_runtime(sdk_metrics_port or config.worker_metrics_port)
+        runtime = make_runtime(sdk_metrics_port or config.worker_metrics_port, config.metrics_host)
         client = await connect(config.temporal_address, config.temporal_namespace, runtime)
         async with running_workers(client, config, roles):
             await asyncio.Event().wait()
@@ -116,7 +116,7 @@ def relay(
     from handoff.service import run_relay
 
     config = _start("relay")
-    serve_metrics(metrics_port)
+    serve_metrics(metrics_port, config.metrics_host)
 
     async def main():
         client = await connect(config.temporal_address, config.temporal_namespace)
@@ -134,12 +134,43 @@ def dataplane(
     handback_failures: Annotated[
         bool, typer.Option(help="Hand failed graphs back instead of the existing worker's way")
     ] = False,
+    metrics_port: Annotated[int | None, typer.Option(help="Port for this worker's metrics (dead letters)")] = None,
 ):
     """The reference data-plane worker (consumer group `workers` on process:data)."""
     from handoff.dataplane import run_dataplane
 
     config = _start("dataplane")
+    serve_metrics(metrics_port, config.metrics_host)
     _run(run_dataplane(config, simulate=simulate, sim_seconds=sim_seconds, handback_failures=handback_failures))
+
+
+@app.command()
+def health(
+    url: Annotated[
+        str | None, typer.Option(help="What to ask; default: the API on this host, /ready (SPINBOT_API_PORT)")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer")] = 3.0,
+):
+    """Exit 0 when URL answers 2xx, else 1 with one line why: the container healthcheck of every role."""
+    import urllib.error
+    import urllib.request
+
+    if url is None:
+        try:
+            url = f"http://127.0.0.1:{settings().api_port}/ready"
+        except ValueError as exc:
+            typer.echo(f"settings error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):  # non-2xx raises HTTPError
+            pass
+    except urllib.error.HTTPError as exc:
+        typer.echo(f"unhealthy: {url}: HTTP {exc.code} {exc.read(200).decode(errors='replace')}", err=True)
+        raise typer.Exit(1) from None
+    except (OSError, ValueError) as exc:  # refused, timed out, unresolvable, malformed URL
+        typer.echo(f"unhealthy: {url}: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"healthy: {url}")
 
 
 @app.command()
