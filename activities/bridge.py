@@ -11,12 +11,14 @@ from temporalio import activity
 
 from core import jobkeys
 from core.contracts import Bridge
+from core.failures import job_error
 from core.metrics import JOB_SECONDS, JOBS_FINISHED
 from core.redis import Entry
 from core.store import Store
 from core.timestamps import now_ms
 from workflows.inputs import JobSnapshot
 from workflows.names import SYNC_JOB
+from workflows.status import JobStatus
 
 
 class BridgeActivities:
@@ -55,8 +57,8 @@ class BridgeActivities:
                 json.dumps({"jobId": job_id, "progress": snap.progress, "created": created}),
             )
         if snap.announce_status:
-            pipe.publish(
-                bridge.channel("status", job_id),
-                json.dumps({"jobId": job_id, "status": snap.status, "created": created}),
-            )
+            status: dict = {"jobId": job_id, "status": snap.status, "created": created}
+            if snap.status == JobStatus.FAILED:
+                status["error"] = job_error(snap.graph)  # clients learn why without another look-up
+            pipe.publish(bridge.channel("status", job_id), json.dumps(status))
         await pipe.execute()

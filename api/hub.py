@@ -12,11 +12,15 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+import redis.asyncio as aioredis
 from fastapi import WebSocket
+from redis.exceptions import RedisError
 
 from core.contracts import Bridge, ContractError
+from core.failures import UNKNOWN_CODE, job_error_from_json
 from core.messages import parse_event
 from core.metrics import WS_ERRORS, WS_SENT
+from workflows.status import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +35,18 @@ class JobView:
 
     status: str | None = None
     progress: float = 0.0
+    error: dict | None = None
 
     def update(self, job_id: str) -> dict:
-        return {"type": "update", "jobId": job_id, "status": self.status, "progress": self.progress}
+        update: dict[str, object] = {
+            "type": "update",
+            "jobId": job_id,
+            "status": self.status,
+            "progress": self.progress,
+        }
+        if self.status == JobStatus.FAILED:
+            update["error"] = self.error or {"nodeId": None, "message": "failed", "code": UNKNOWN_CODE}
+        return update
 
 
 @dataclass(eq=False)
@@ -64,8 +77,9 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self, bridge: Bridge):
+    def __init__(self, bridge: Bridge, redis: aioredis.Redis | None = None):
         self.bridge = bridge
+        self.redis = redis  # to read why a job failed when its `failed` status does not say
         self.subscribers: dict[str, set[Subscriber]] = {}
         self.views: dict[str, JobView] = {}
 
@@ -90,12 +104,23 @@ class Hub:
         for job_id in list(client.jobs):
             self.unsubscribe(client, job_id)
 
-    def current(self, job_id: str, status: str | None, progress: float) -> str:
+    def current(self, job_id: str, status: str | None, progress: float, error: dict | None = None) -> str:
         """The state to send right after `subscribed`, folded with anything pushed meanwhile."""
         view = self.views.setdefault(job_id, JobView())
-        view.status = view.status or status
+        if view.status is None:
+            view.status, view.error = status, error
         view.progress = max(view.progress, progress)
         return json.dumps(view.update(job_id))
+
+    async def _failure(self, job_id: str) -> dict | None:
+        """Why a job failed, from the graph last written to job:<id> (by the workflow or the data plane)."""
+        if self.redis is None:
+            return None
+        try:
+            return job_error_from_json(await self.redis.hget(self.bridge.job_key(job_id), "graph"))
+        except RedisError as exc:
+            log.warning("cannot read why job %s failed: %s", job_id, exc)
+            return None
 
     async def on_message(self, channel: str, raw: str) -> None:
         if not self.subscribers:
@@ -110,6 +135,9 @@ class Hub:
         view = self.views.setdefault(event.job_id, JobView())
         if event.status:
             view.status = event.status
+            view.error = None
+            if event.status == JobStatus.FAILED:
+                view.error = event.error or await self._failure(event.job_id)
         elif event.progress is not None and event.progress > view.progress:
             view.progress = event.progress
             if view.status is None:

@@ -17,6 +17,7 @@ from temporalio.service import RPCError
 from api.deps import Backend
 from api.errors import ApiError
 from core import jobkeys
+from core.failures import UNKNOWN_CODE, job_error, job_error_from_json
 from core.metrics import JOBS_SUBMITTED
 from core.planner import PlanningError, plan
 from core.store import is_job_id, millis
@@ -125,4 +126,17 @@ async def job_status(backend: Backend, job_id: str) -> dict:
             status, progress = row["status"], row["progress"]
     if status is None:
         raise ApiError(404, f"job {job_id} not found")
-    return {"jobId": job_id, "status": status, "progress": float(progress or 0)}
+    state: dict[str, object] = {"jobId": job_id, "status": status, "progress": float(progress or 0)}
+    if status == JobStatus.FAILED:
+        state["error"] = await failure_of(backend, job_id)
+    return state
+
+
+async def failure_of(backend: Backend, job_id: str) -> dict:
+    """Why a failed job failed, from its latest graph: Redis job:<id> first, else PostgreSQL's last_graph."""
+    graph_json = await backend.redis.hget(backend.contracts.bridge.job_key(job_id), "graph")
+    error = job_error_from_json(graph_json)
+    if error is None and is_job_id(job_id):
+        row = await backend.store.job(job_id)
+        error = job_error(row["last_graph"]) if row else None
+    return error or {"nodeId": None, "message": "failed", "code": UNKNOWN_CODE}

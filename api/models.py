@@ -30,10 +30,20 @@ class AcceptedJob(BaseModel):
     created: str = Field(description="Milliseconds since epoch, as a string")
 
 
+class JobError(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"nodeId": "script", "message": "Ollama answered 404", "code": "LlmError"}}
+    )
+    nodeId: str | None = Field(description="The failed node (null when the job was cancelled)")
+    message: str
+    code: str
+
+
 class JobStatus(BaseModel):
     jobId: str
     status: str
     progress: float
+    error: JobError | None = Field(default=None, description="Present once the job has failed")
 
 
 class JobSummary(BaseModel):

@@ -35,7 +35,7 @@ async def post_job(
     return await submit_job(backend, request.model_dump(), idempotency_key or None)
 
 
-@router.get("/status/{job_id}", response_model=JobStatus)
+@router.get("/status/{job_id}", response_model=JobStatus, response_model_exclude_unset=True)
 async def get_status(backend: BackendDep, job_id: str):
     return await job_status(backend, job_id)
 

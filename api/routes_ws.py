@@ -64,12 +64,12 @@ async def _authorised(socket: WebSocket, keys: list[str]) -> bool:
     return False
 
 
-async def _initial_state(backend: Backend, job_id: str) -> tuple[str, float]:
+async def _initial_state(backend: Backend, job_id: str) -> tuple[str, float, dict | None]:
     try:
         state = await job_status(backend, job_id)
     except ApiError:
-        return "not_found", 0.0
-    return state["status"], state["progress"]
+        return "not_found", 0.0, None
+    return state["status"], state["progress"], state.get("error")
 
 
 @router.websocket("/ws")
@@ -122,8 +122,8 @@ async def _receive_forever(backend: Backend, client: Subscriber) -> None:
         elif message["action"] == "subscribe" and (job_id in client.jobs or len(client.jobs) < MAX_SUBSCRIPTIONS):
             hub.subscribe(client, job_id)
             _reply(client, _response("subscribed", job_id))
-            status, progress = await _initial_state(backend, job_id)
-            _reply(client, hub.current(job_id, status, progress))
+            status, progress, error = await _initial_state(backend, job_id)
+            _reply(client, hub.current(job_id, status, progress, error))
         elif message["action"] == "unsubscribe":
             hub.unsubscribe(client, job_id)
             _reply(client, _response("unsubscribed", job_id))

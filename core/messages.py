@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from core.contracts import Bridge, ContractError, check, first_error
+from core.failures import clean_error
 from workflows.graph import clamp_progress, drop_nulls
 
 
@@ -50,6 +51,7 @@ class JobEvent:
     data: object
     created: datetime | None
     fingerprint: str
+    error: dict | None = None  # a `failed` status may say why: {nodeId, message, code}
 
 
 def parse_event(bridge: Bridge, channel: str, raw: str) -> JobEvent:
@@ -82,4 +84,5 @@ def parse_event(bridge: Bridge, channel: str, raw: str) -> JobEvent:
         data=payload.get("data"),
         created=created,
         fingerprint=hashlib.sha1(f"{channel}\n{raw}".encode()).hexdigest(),
+        error=clean_error(payload.get("error")) if kind == "status" else None,
     )
