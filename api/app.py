@@ -12,6 +12,7 @@ from temporalio.client import Client
 from api.auth import require_key
 from api.cors import JsonErrorCORSMiddleware
 from api.deps import Backend
+from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.hub import Hub
 from api.middleware import BodyLimit, RequestMetrics
@@ -77,6 +78,8 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         title="MySpinBot control plane",
         version="1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, with local assets
+        redoc_url=None,
         description="REST + WebSocket API of the MySpinBot control plane (jobs run as Temporal workflows).",
     )
     install_error_handlers(app)
@@ -118,4 +121,5 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         )
     app.include_router(ws_router)
     install_openapi(app)
+    install_docs(app)
     return app
