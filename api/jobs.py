@@ -1,17 +1,22 @@
-"""Submitting and reading jobs: planner → PostgreSQL row → Redis keys → Temporal workflow."""
+"""Submitting and reading jobs: planner → Temporal workflow (the commit point) → PostgreSQL row and Redis keys."""
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from datetime import datetime
 
+import asyncpg
+from redis.exceptions import RedisError
 from temporalio.common import (
     SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
 )
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api.deps import Backend
@@ -21,15 +26,20 @@ from core.failures import UNKNOWN_CODE, job_error, job_error_from_json
 from core.metrics import JOBS_SUBMITTED
 from core.planner import PlanningError, plan
 from core.store import is_job_id, millis
+from core.temporal import RPC_TIMEOUT
 from core.timestamps import now_ms
+from workflows.graph import job_progress
 from workflows.inputs import JobInput
 from workflows.names import (
+    CAPABILITIES_PIPELINE,
     JOB_WORKFLOW,
     PIPELINE_ATTRIBUTE,
     STATUS_ATTRIBUTE,
     WORKFLOW_QUEUE,
 )
 from workflows.status import JobStatus
+
+log = logging.getLogger(__name__)
 
 # Idempotency keys map to job ids deterministically, so a repeated submission finds the same job.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b1b07a0-0000-4000-8000-000000000001")
@@ -50,7 +60,13 @@ async def submit_job(backend: Backend, request: dict, idempotency_key: str | Non
         return existing
     job_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key)) if idempotency_key else str(uuid.uuid4())
     try:
-        graph = plan(request, job_id, backend.contracts, backend.settings.llm_defaults)
+        graph = plan(
+            request,
+            job_id,
+            backend.contracts,
+            backend.settings.llm_defaults,
+            backend.settings.llm_allowed_endpoints,
+        )
     except PlanningError as exc:
         raise ApiError(400, str(exc)) from None
     return await start_job(backend, graph, idempotency_key)
@@ -70,9 +86,15 @@ async def start_job(
     attempt: int = 1,
     segment_timeout: float | None = None,
 ) -> dict:
+    """Start the job's workflow, then record it; returns the accepted job.
+
+    Starting the workflow is the commit point: a crash before it leaves nothing, a crash after it leaves a
+    job that runs (its workflow's first step writes the row and keys too). So no `advertised` row ever
+    exists without a workflow, and an Idempotency-Key retry finds the same workflow.
+    """
     job_id, pipeline = graph["workflowId"], graph["context"]["pipeline"]
-    created_ms = await backend.store.create_job(job_id, graph, pipeline, idempotency_key)
-    await announce_accepted(backend, graph)
+    if attempt > 1:
+        await _reset_for_attempt(backend, graph)
     job = JobInput(graph, backend.runtimes, segment_timeout or backend.settings.segment_timeout_seconds, attempt)
     try:
         await backend.temporal.start_workflow(
@@ -81,29 +103,60 @@ async def start_job(
             id=job_id,
             task_queue=WORKFLOW_QUEUE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            # A first attempt never reuses the id of a finished job; a retry replaces only a failed run.
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE
+            if attempt == 1
+            else WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             search_attributes=_search_attributes(JobStatus.ADVERTISED, pipeline),
             static_summary=f"{pipeline} job",
+            rpc_timeout=RPC_TIMEOUT,
         )
+    except WorkflowAlreadyStartedError:
+        existing = await backend.store.job(job_id)
+        return accepted(job_id, existing["created"] if existing else int(now_ms()))
     except RPCError as exc:
-        if attempt == 1:  # nothing half-made: a retry with the same key starts afresh (a failed retry stays failed)
-            await forget_job(backend, job_id)
+        if attempt > 1:
+            await _record_status(backend, job_id, JobStatus.FAILED)  # the retry never started: still failed
         raise ApiError(503, f"workflow service unavailable: {exc.message}") from None
-    JOBS_SUBMITTED.labels(pipeline=pipeline).inc()
+    if pipeline != CAPABILITIES_PIPELINE:
+        JOBS_SUBMITTED.labels(pipeline=pipeline).inc()
+    created_ms = int(now_ms())
+    try:
+        created_ms = await backend.store.create_job(job_id, graph, pipeline, idempotency_key)
+        await announce_accepted(backend, graph)
+    except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # The job runs regardless; its workflow records it as soon as the store answers again.
+        log.warning("job %s started but not yet recorded (%s: %s)", job_id, type(exc).__name__, exc)
     return accepted(job_id, created_ms)
 
 
-async def forget_job(backend: Backend, job_id: str) -> None:
+async def _reset_for_attempt(backend: Backend, graph: dict) -> None:
+    """A retry starts from clean state: status advertised and the reset graph's own progress, set exactly."""
+    bridge, job_id = backend.contracts.bridge, graph["workflowId"]
+    progress = job_progress(graph)
+    pipe = backend.redis.pipeline(transaction=False)
+    pipe.set(bridge.status_key(job_id), JobStatus.ADVERTISED, ex=bridge.ttl)
+    pipe.set(bridge.progress_key(job_id), jobkeys.format_progress(progress), ex=bridge.ttl)
+    await pipe.execute()
+    await backend.store.reset_job(job_id, JobStatus.ADVERTISED, progress)
+
+
+async def _record_status(backend: Backend, job_id: str, status: str) -> None:
     bridge = backend.contracts.bridge
-    await backend.store.forget_job(job_id)
-    await backend.redis.delete(bridge.job_key(job_id), bridge.status_key(job_id), bridge.progress_key(job_id))
+    await backend.redis.set(bridge.status_key(job_id), status, ex=bridge.ttl)
+    await backend.store.reset_job(job_id, status, None)
 
 
 async def announce_accepted(backend: Backend, graph: dict) -> None:
-    """job:<id>:progress must exist (0) from the moment a job is accepted: the data plane reads it."""
+    """job:<id>:progress must exist (0) from the moment a job is accepted: the data plane reads it.
+
+    Written only where absent: the workflow may already have recorded newer state.
+    """
     bridge, job_id, created = backend.contracts.bridge, graph["workflowId"], now_ms()
     pipe = backend.redis.pipeline(transaction=False)
-    jobkeys.set_graph(pipe, bridge, job_id, json.dumps(graph, separators=(",", ":")), created)
-    jobkeys.set_state(pipe, bridge, job_id, JobStatus.ADVERTISED, 0.0)
+    jobkeys.set_graph_if_absent(pipe, bridge, job_id, json.dumps(graph, separators=(",", ":")), created)
+    jobkeys.advance_status(pipe, bridge, job_id, JobStatus.ADVERTISED)
+    jobkeys.raise_progress(pipe, bridge, job_id, 0.0)
     pipe.publish(
         bridge.channel("status", job_id),
         json.dumps({"jobId": job_id, "status": JobStatus.ADVERTISED, "created": created}),

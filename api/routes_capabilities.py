@@ -14,6 +14,7 @@ from api.errors import ApiError
 from api.jobs import start_job
 from api.models import CombinedManifest, ErrorBody
 from core.planner import PlanningError, plan
+from workflows.names import CAPABILITIES_PIPELINE
 from workflows.status import NodeStatus
 
 router = APIRouter(prefix="/api", tags=["capabilities"])
@@ -21,7 +22,7 @@ router = APIRouter(prefix="/api", tags=["capabilities"])
 CAPABILITIES_GRAPH = {
     "schema": "langgraph.v1",
     "workflowId": "",
-    "context": {"pipeline": "capabilities"},
+    "context": {"pipeline": CAPABILITIES_PIPELINE},
     "nodes": [
         {
             "id": "worker.info",

@@ -46,6 +46,19 @@ def raise_progress(pipe: Pipeline, bridge: Bridge, job_id: str, progress: float)
     pipe.eval(_RAISE_PROGRESS, 1, bridge.progress_key(job_id), format_progress(progress), bridge.ttl)
 
 
+# The API's first write of a job's graph must not replace one its workflow already recorded.
+_SET_GRAPH_IF_ABSENT = """
+if redis.call('HSETNX', KEYS[1], 'graph', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'created', ARGV[2])
+end
+return redis.call('EXPIRE', KEYS[1], ARGV[3])
+"""
+
+
+def set_graph_if_absent(pipe: Pipeline, bridge: Bridge, job_id: str, graph_json: str, created_ms: str) -> None:
+    pipe.eval(_SET_GRAPH_IF_ABSENT, 1, bridge.job_key(job_id), graph_json, created_ms, bridge.ttl)
+
+
 def set_graph(pipe: Pipeline, bridge: Bridge, job_id: str, graph_json: str, created_ms: str) -> None:
     key = bridge.job_key(job_id)
     pipe.hset(key, mapping={"graph": graph_json, "created": created_ms})

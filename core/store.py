@@ -65,7 +65,8 @@ class Store:
             """
             INSERT INTO jobs (job_id, status, progress, pipeline, last_graph, idempotency_key)
             VALUES ($1, 'advertised', 0, $2, $3, $4)
-            ON CONFLICT (job_id) DO UPDATE SET job_id = EXCLUDED.job_id
+            ON CONFLICT (job_id) DO UPDATE
+               SET idempotency_key = coalesce(jobs.idempotency_key, EXCLUDED.idempotency_key)
             RETURNING created
             """,
             uuid.UUID(job_id),
@@ -145,9 +146,14 @@ class Store:
         )
         return [dict(r) for r in rows]
 
-    async def forget_job(self, job_id: str) -> None:
-        """Remove a job that never started (its workflow could not be started)."""
-        await self.pool.execute("DELETE FROM jobs WHERE job_id = $1", uuid.UUID(job_id))
+    async def reset_job(self, job_id: str, status: str, progress: float | None) -> None:
+        """Set a job's status (and, when given, its progress) exactly: a retry starts from clean state."""
+        await self.pool.execute(
+            "UPDATE jobs SET status = $2, progress = coalesce($3, progress), updated = now() WHERE job_id = $1",
+            uuid.UUID(job_id),
+            status,
+            progress,
+        )
 
     async def count_by_status(self) -> dict[str, int]:
         rows = await self.pool.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status")

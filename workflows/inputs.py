@@ -49,6 +49,10 @@ class JobSnapshot:
     announce_progress: bool = False
     data: list = field(default_factory=list)
     push: bool = False
+    # Workflow time of the change (ms): the `created` of every message it publishes, so a re-run of the
+    # same step publishes identical messages and the event log records them once.
+    at_ms: int = 0
+    withdraw: bool = False  # the job was cancelled: take back a pushed segment no worker has read yet
 
 
 @dataclass

@@ -5,6 +5,9 @@ ACTIVITY_QUEUE = "spinbot.activities"
 
 JOB_WORKFLOW = "JobWorkflow"
 
+# The internal job that asks the data plane for its manifest: hidden from job lists and counts.
+CAPABILITIES_PIPELINE = "capabilities"
+
 # Signals
 HANDBACK = "handback"
 DATAPLANE_FAILED = "dataplane_failed"
