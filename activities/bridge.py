@@ -9,11 +9,11 @@ import time
 import redis.asyncio as aioredis
 from temporalio import activity
 
+from activities.push import Segment, pushed, queue_push, queue_withdraw, withdrawn
 from core import jobkeys
 from core.contracts import Bridge
 from core.failures import job_error
 from core.metrics import JOB_SECONDS, JOBS_FINISHED
-from core.redis import Entry
 from core.store import Store
 from core.timestamps import now_ms
 from workflows.inputs import JobSnapshot
@@ -28,24 +28,32 @@ class BridgeActivities:
         self.bridge = bridge
 
     @activity.defn(name=SYNC_JOB)
-    async def sync_job(self, snap: JobSnapshot) -> None:
-        """One PostgreSQL write and one Redis round trip per state change."""
-        created, _ = await asyncio.gather(
+    async def sync_job(self, snap: JobSnapshot) -> dict | None:
+        """One PostgreSQL write and one Redis round trip per state change.
+
+        Returns what happened to a pushed or withdrawn segment, so the job's history shows it.
+        """
+        created, outcome = await asyncio.gather(
             self.store.save_snapshot(snap.job_id, snap.status, snap.progress, snap.graph), self._redis(snap)
         )
         if snap.announce_status and snap.status in jobkeys.TERMINAL:
             JOBS_FINISHED.labels(status=snap.status).inc()
             JOB_SECONDS.observe(max(0.0, time.time() - created.timestamp()))
+        return outcome
 
-    async def _redis(self, snap: JobSnapshot) -> None:
+    async def _redis(self, snap: JobSnapshot) -> dict | None:
         bridge, job_id, created = self.bridge, snap.job_id, now_ms()
         graph_json = json.dumps(snap.graph, separators=(",", ":"))
         pipe = self.redis.pipeline(transaction=False)
         jobkeys.set_graph(pipe, bridge, job_id, graph_json, created)
         jobkeys.set_state(pipe, bridge, job_id, snap.status, snap.progress)
+        segment, first_script = None, len(pipe)  # the scripts' replies are read back by position
         if snap.push:
-            entry: Entry = {"jobId": job_id, "created": created, "graph": graph_json}
-            pipe.xadd(bridge.data_stream, entry, maxlen=bridge.max_length, approximate=True)
+            tag = (snap.graph.get("metadata") or {}).get("handoff") or {}
+            segment = Segment(job_id, activity.info().workflow_run_id or "", tag)
+            queue_push(pipe, bridge, segment, created, graph_json)
+        if snap.withdraw:
+            queue_withdraw(pipe, bridge, job_id)
         for item in snap.data:
             pipe.publish(
                 bridge.channel("data", job_id),
@@ -61,4 +69,10 @@ class BridgeActivities:
             if snap.status == JobStatus.FAILED:
                 status["error"] = job_error(snap.graph)  # clients learn why without another look-up
             pipe.publish(bridge.channel("status", job_id), json.dumps(status))
-        await pipe.execute()
+        replies = iter((await pipe.execute())[first_script:])
+        outcome: dict = {}
+        if segment is not None:
+            outcome["push"] = pushed(bridge, segment, next(replies))
+        if snap.withdraw:
+            outcome["withdraw"] = withdrawn(bridge, job_id, next(replies))
+        return outcome or None

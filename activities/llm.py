@@ -58,6 +58,9 @@ class ScriptParams:
         endpoint = given("endpoint", settings.llm_endpoint)
         if not _is_http_url(endpoint):
             raise invalid_params(f"endpoint: must be an http(s) URL, got {endpoint!r}")
+        if endpoint.rstrip("/") not in settings.llm_allowed_endpoints:
+            # The planner refuses these too; this guards graphs planned under other settings.
+            raise invalid_params(f"endpoint: {endpoint!r} is not an allowed LLM endpoint (SPINBOT_LLM_ENDPOINTS)")
         timeout_ms = given("timeoutMs", settings.llm_timeout_ms)
         if not _is_number(timeout_ms) or timeout_ms <= 0:
             raise invalid_params(f"timeoutMs: must be a number > 0, got {timeout_ms!r}")

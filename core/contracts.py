@@ -96,10 +96,14 @@ class Bridge:
     block_ms: int
     batch_size: int
     claim_idle_ms: int
+    heartbeat_ms: int = 3000
+    liveness_ttl_ms: int = 15_000
+    consumer_seen_ms: int = 60_000
 
     @classmethod
     def from_doc(cls, doc: dict) -> Bridge:
         relay = doc.get("relay", {})
+        dataplane = doc.get("dataplane", {})
         return cls(
             data_stream=doc["streams"]["data"],
             control_stream=doc["streams"]["control"],
@@ -115,6 +119,9 @@ class Bridge:
             block_ms=relay.get("blockMs", 5000),
             batch_size=relay.get("batchSize", 64),
             claim_idle_ms=relay.get("claimIdleMs", 30_000),
+            heartbeat_ms=dataplane.get("heartbeatMs", 3000),
+            liveness_ttl_ms=dataplane.get("livenessTtlMs", 15_000),
+            consumer_seen_ms=dataplane.get("consumerSeenMs", 60_000),
         )
 
     # Pub/sub messages have no stream of their own; their dead letters are filed under this name.
@@ -135,6 +142,19 @@ class Bridge:
 
     def progress_key(self, job_id: str) -> str:
         return f"{self.key_prefix}{job_id}:progress"
+
+    def pushed_key(self, job_id: str, run_id: str, segment: object, attempt: object) -> str:
+        """The stream entry id of one segment push: at most one entry per (job, run, segment, attempt)."""
+        return f"{self.key_prefix}{job_id}:pushed:{run_id}:{segment}:{attempt}"
+
+    def last_push_key(self, job_id: str) -> str:
+        """The stream entry id of the job's latest segment push, for withdrawing it on cancel."""
+        return f"{self.key_prefix}{job_id}:pushed"
+
+    @property
+    def liveness_key(self) -> str:
+        """Sorted set of reference data-plane workers in the group, each scored with its heartbeat's expiry (ms)."""
+        return f"{self.data_stream}:{self.workers_group}:alive"
 
     def channel(self, kind: str, job_id: str) -> str:
         return {"status": self.status_channel, "progress": self.progress_channel, "data": self.data_channel}[

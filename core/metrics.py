@@ -10,6 +10,13 @@ HANDOFF_SECONDS = Histogram(
 )
 HANDBACKS = Counter("spinbot_handbacks_total", "Handbacks relayed to workflows", ["outcome"])
 PUBSUB_MESSAGES = Counter("spinbot_pubsub_messages_total", "Pub/sub messages handled by the relay", ["kind"])
+SEGMENTS_WITHOUT_CONSUMER = Counter(
+    "spinbot_segments_without_consumer_total", "Segments pushed while no live data-plane worker reads the stream"
+)
+SEGMENTS_WITHDRAWN = Counter("spinbot_segments_withdrawn_total", "Unread segments taken back from a cancelled job")
+ENTRIES_TAKEN_OVER = Counter(
+    "spinbot_dataplane_entries_taken_over_total", "Entries claimed from data-plane workers whose heartbeat ran out"
+)
 
 # HTTP and WebSocket (names of the WebSocket metrics match the service we replace).
 HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from core.contracts import ConfigError, Contracts, first_error
@@ -16,7 +17,8 @@ from core.graph_shape import (
     node_label,
     show,
 )
-from workflows.status import NodeStatus
+from core.node_params import check_node_params
+from workflows.status import WAITING_NODE, NodeStatus
 
 GRAPH_SCHEMA = "graph.schema.json"
 PLANES = ("node", "python")
@@ -26,14 +28,39 @@ INFINITETALK_VARIANT = "f5tts_infinitetalk"
 INPUT_BUCKET = "input"
 
 
-def plan(request: Any, job_id: str, contracts: Contracts, llm_defaults: dict) -> dict:
-    """A new, checked job graph for `request`; raises PlanningError and nothing else on bad input."""
+def plan(
+    request: Any,
+    job_id: str,
+    contracts: Contracts,
+    llm_defaults: dict,
+    llm_endpoints: Iterable[str] | None = None,
+) -> dict:
+    """A new, checked job graph for `request`; raises PlanningError and nothing else on bad input.
+
+    `llm_endpoints` are the LLM URLs a node may name (default: only `llm_defaults["endpoint"]`).
+    """
+    return _plan(request, job_id, contracts, llm_defaults, llm_endpoints, complete=True)
+
+
+def _plan(
+    request: Any,
+    job_id: str,
+    contracts: Contracts,
+    llm_defaults: dict,
+    llm_endpoints: Iterable[str] | None,
+    complete: bool,
+) -> dict:
     try:
+        # Before anything echoes the caller's text: a lone surrogate cannot even be written as UTF-8.
+        _check_portable(request, "request")
         graph, variant = _requested_graph(request, contracts.pipelines)
         check_structure(graph)
         _check_services(graph["nodes"], contracts)
+        _check_statuses(graph["nodes"])
         planned = _filled(graph, job_id, variant, llm_defaults)
         _check_schema(planned)
+        _check_params(planned["nodes"], contracts, complete)
+        _check_llm_endpoints(planned["nodes"], _allowed_endpoints(llm_defaults, llm_endpoints))
         _check_portable(planned, "graph")
     except RecursionError:
         # Absurdly deep JSON must be a rejection, not a crash of the caller.
@@ -111,6 +138,7 @@ def _from_caller(graph: Any) -> dict:
             raise PlanningError(f"graph is not valid JSON: {exc}") from None
     if not isinstance(graph, dict):
         raise PlanningError(f"graph must be a JSON object, got {json_type(graph)}")
+    _check_portable(graph, "graph")  # a JSON string may carry escapes ("\\ud800") the request check could not see
     return copy.deepcopy(graph)
 
 
@@ -124,6 +152,40 @@ def _check_services(nodes: list[dict], contracts: Contracts) -> None:
             raise PlanningError(
                 f"{node_label(node['id'])}: unknown service {show(service)} for plane {show(plane)}"
                 f" (known: {', '.join(sorted(registry[plane]))})"
+            )
+
+
+def _check_statuses(nodes: list[dict]) -> None:
+    """A submitted node has not run yet: a graph preset `completed` would "complete" having run nothing."""
+    for node in nodes:
+        status = node.get("status")
+        if status is not None and status not in WAITING_NODE:
+            raise PlanningError(
+                f'{node_label(node["id"])}: status must be "pending" or "ready" on submission, got {show(status)}'
+            )
+
+
+def _check_params(nodes: list[dict], contracts: Contracts, complete: bool) -> None:
+    registry = {plane: contracts.services(plane) for plane in PLANES}
+    for node in nodes:
+        check_node_params(node, registry[node["plane"]][node["service"]], require=complete)
+
+
+def _allowed_endpoints(llm_defaults: dict, llm_endpoints: Iterable[str] | None) -> set[str]:
+    allowed = [llm_defaults.get("endpoint")] if llm_endpoints is None else list(llm_endpoints)
+    return {endpoint.rstrip("/") for endpoint in allowed if isinstance(endpoint, str)}
+
+
+def _check_llm_endpoints(nodes: list[dict], allowed: set[str]) -> None:
+    """The LLM URL comes from settings: a caller must not make our activity call a host of its choosing."""
+    for node in nodes:
+        endpoint = (node.get("params") or {}).get("endpoint") if node["service"] == LLM_SERVICE else None
+        if endpoint is None:
+            continue
+        if not isinstance(endpoint, str) or endpoint.rstrip("/") not in allowed:
+            raise PlanningError(
+                f"{node_label(node['id'])}: params.endpoint {show(endpoint)} is not an allowed LLM endpoint"
+                " (the server's SPINBOT_LLM_ENDPOINT / SPINBOT_LLM_ENDPOINTS; omit it to use the default)"
             )
 
 
@@ -180,11 +242,18 @@ def _check_schema(graph: dict) -> None:
 
 
 def _check_portable(value: Any, where: str) -> None:
-    """Only what JSON itself (and so PostgreSQL and the data plane) can carry: no NaN/Infinity, no NUL."""
+    """Only what JSON itself (and so PostgreSQL and the data plane) can carry: no NaN/Infinity, no NUL,
+    no lone UTF-16 surrogate (JSON may spell one as "\\ud800"; UTF-8, and so PostgreSQL, cannot hold it)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise PlanningError(f"{where}: {value} is not a JSON number")
-    if isinstance(value, str) and "\x00" in value:
-        raise PlanningError(f"{where}: contains a NUL character")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise PlanningError(f"{where}: contains a NUL character")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PlanningError(f"{where}: contains a lone UTF-16 surrogate (not valid Unicode text)") from None
     if isinstance(value, dict):
         for key, item in value.items():
             _check_portable(key, f"{where} key")
@@ -208,11 +277,14 @@ def check_templates(contracts: Contracts, llm_defaults: dict) -> None:
     """Plan every shipped pipeline once, so a broken template stops start-up instead of failing each request."""
     for variant in contracts.pipelines:
         try:
-            plan(
+            # Callers complete a template's params (a script's prompt), so only what is there is checked.
+            _plan(
                 {"mode": "fixed_graph", "variant": variant},
                 "00000000-0000-4000-8000-000000000000",
                 contracts,
                 llm_defaults,
+                None,
+                complete=False,
             )
         except PlanningError as exc:
             raise ConfigError(f"pipelines.json: pipelines/{variant}: {exc}") from None

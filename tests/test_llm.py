@@ -22,9 +22,10 @@ START, END = 0.1, 0.15
 
 
 @pytest.fixture
-async def resources(redis_client):
+async def resources(redis_client, ollama):
     async with httpx.AsyncClient() as http:
-        yield Resources(Settings(), contracts(), redis_client, http)
+        # The peer is the configured LLM: no other URL may be called.
+        yield Resources(Settings(llm_endpoint=ollama.url), contracts(), redis_client, http)
 
 
 def script_task(job_id: str, **params) -> NodeTask:
@@ -173,8 +174,9 @@ async def test_reply_we_cannot_read_is_a_bad_reply(llm, resources, job_id, body)
 
 async def test_ollama_down_is_unavailable_and_retryable(resources, job_id):
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    res = dataclasses.replace(resources, settings=Settings(llm_endpoints=[endpoint]))
 
-    err = await failure(script_task(job_id, prompt="Hi", endpoint=endpoint), resources)
+    err = await failure(script_task(job_id, prompt="Hi", endpoint=endpoint), res)
 
     assert (err.type, err.non_retryable) == ("LlmUnavailable", False)
     assert endpoint in err.message
@@ -191,6 +193,8 @@ async def test_ollama_down_is_unavailable_and_retryable(resources, job_id):
         ({"prompt": "Hi", "timeoutMs": 0}, "timeoutMs"),
         ({"prompt": "Hi", "model": ""}, "model"),
         ({"prompt": "Hi", "endpoint": "localhost:11434"}, "endpoint"),
+        ({"prompt": "Hi", "endpoint": "http://127.0.0.1:1/elsewhere"}, "endpoint"),
+        ({"prompt": "Hi", "endpoint": "http://169.254.169.254"}, "endpoint"),
     ],
 )
 async def test_bad_params_fail_before_calling_ollama(llm, resources, job_id, params, field):

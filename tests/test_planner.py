@@ -17,6 +17,7 @@ from core.planner import infinitetalk_request, plan
 
 LLM_DEFAULTS = {"model": "llama3", "temperature": 0.7, "endpoint": "http://llm:11434", "timeoutMs": 60_000}
 JOB_ID = "job-123"
+SCRIPT = {"script": {"prompt": "a fox"}}  # every pipeline's script node needs a prompt
 
 # PROTOCOL §2: (id, service, plane, progressWeight, params.preset) per node, then (from, to) per edge.
 PIPELINES = {
@@ -86,7 +87,7 @@ def rejection(request, contracts) -> str:
 
 @pytest.mark.parametrize("variant", sorted(PIPELINES))
 def test_pipelines_match_the_protocol_table(variant, contracts):
-    graph = plan({"mode": "fixed_graph", "variant": variant}, JOB_ID, contracts, LLM_DEFAULTS)
+    graph = plan({"mode": "fixed_graph", "variant": variant, "params": SCRIPT}, JOB_ID, contracts, LLM_DEFAULTS)
     expected_nodes, expected_edges = PIPELINES[variant]
     nodes = [
         (n["id"], n["service"], n["plane"], n["progressWeight"], (n.get("params") or {}).get("preset"))
@@ -99,7 +100,7 @@ def test_pipelines_match_the_protocol_table(variant, contracts):
 
 
 def test_fixed_graph_fills_identity_context_and_metadata(contracts):
-    graph = plan({"mode": "fixed_graph", "variant": "sadtalker", "params": {}}, JOB_ID, contracts, LLM_DEFAULTS)
+    graph = plan({"mode": "fixed_graph", "variant": "sadtalker", "params": SCRIPT}, JOB_ID, contracts, LLM_DEFAULTS)
     assert graph["schema"] == "langgraph.v1"
     assert graph["workflowId"] == JOB_ID
     assert graph["context"] == {"pipeline": "sadtalker"}
@@ -107,14 +108,14 @@ def test_fixed_graph_fills_identity_context_and_metadata(contracts):
 
 
 def test_fixed_graph_merges_params_into_the_template(contracts):
-    request = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"train_voice": {"steps": 3}}}
+    request = {"mode": "fixed_graph", "variant": "sadtalker", "params": {**SCRIPT, "train_voice": {"steps": 3}}}
     graph = plan(request, JOB_ID, contracts, LLM_DEFAULTS)
     train_voice = next(n for n in graph["nodes"] if n["id"] == "train_voice")
     assert train_voice["params"] == {"preset": "sadtalker", "steps": 3}
 
 
 def test_given_params_override_template_params(contracts):
-    request = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"train_voice": {"preset": "custom"}}}
+    request = {"mode": "fixed_graph", "variant": "sadtalker", "params": {**SCRIPT, "train_voice": {"preset": "custom"}}}
     graph = plan(request, JOB_ID, contracts, LLM_DEFAULTS)
     assert graph["nodes"][1]["params"] == {"preset": "custom"}
 
@@ -130,7 +131,7 @@ def test_llm_defaults_fill_only_what_params_omit(contracts):
 
 
 def test_llm_defaults_only_reach_llm_nodes(contracts):
-    graph = plan({"mode": "fixed_graph", "variant": "sadtalker"}, JOB_ID, contracts, LLM_DEFAULTS)
+    graph = plan({"mode": "fixed_graph", "variant": "sadtalker", "params": SCRIPT}, JOB_ID, contracts, LLM_DEFAULTS)
     assert graph["nodes"][1]["params"] == {"preset": "sadtalker"}
 
 
@@ -147,10 +148,15 @@ def test_templates_are_not_mutated_across_plans(contracts):
         LLM_DEFAULTS,
     )
     first["nodes"][1]["params"]["preset"] = "changed by the caller"
-    second = plan({"mode": "fixed_graph", "variant": "sadtalker"}, "job-2", contracts, LLM_DEFAULTS)
+    second = plan(
+        {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "y"}}},
+        "job-2",
+        contracts,
+        LLM_DEFAULTS,
+    )
     assert contracts.pipelines == before
     assert second["nodes"][1]["params"] == {"preset": "sadtalker"}
-    assert "prompt" not in second["nodes"][0]["params"]
+    assert second["nodes"][0]["params"]["prompt"] == "y"
 
 
 def test_unknown_variant_is_rejected(contracts):
@@ -179,9 +185,9 @@ def test_params_of_the_wrong_type_are_rejected(params, expected, contracts):
 
 
 def test_process_graph_plans_a_caller_graph(contracts):
-    request = custom([task("a"), task("b", status="completed")], chain("a", "b"))
+    request = custom([task("a"), task("b", status="ready")], chain("a", "b"))
     graph = plan(request, JOB_ID, contracts, LLM_DEFAULTS)
-    assert [n["status"] for n in graph["nodes"]] == ["pending", "completed"]
+    assert [n["status"] for n in graph["nodes"]] == ["pending", "ready"]
     assert graph["context"] == {"pipeline": "custom"}
     assert graph["metadata"]["pipeline"] == "custom"
     assert first_error(graph, "graph.schema.json") is None
@@ -227,20 +233,21 @@ def test_llm_node_of_a_caller_graph_gets_defaults(contracts):
         "id": "s",
         "service": "llm.generate_script",
         "plane": "node",
-        "params": {"temperature": 0.1, "model": None},
+        "params": {"prompt": "p", "temperature": 0.1, "model": None},
     }
     graph = plan(custom([script, task("a")], chain("s", "a")), JOB_ID, contracts, LLM_DEFAULTS)
-    assert graph["nodes"][0]["params"] == {**LLM_DEFAULTS, "temperature": 0.1}
+    assert graph["nodes"][0]["params"] == {**LLM_DEFAULTS, "prompt": "p", "temperature": 0.1}
 
 
-def test_llm_node_without_params_gets_defaults(contracts):
+def test_llm_node_without_params_is_rejected_for_its_prompt(contracts):
     script = {"id": "s", "service": "llm.generate_script", "plane": "node"}
-    graph = plan(custom([script], []), JOB_ID, contracts, LLM_DEFAULTS)
-    assert graph["nodes"][0]["params"] == LLM_DEFAULTS
+    message = rejection(custom([script], []), contracts)
+    assert message == 'node "s": params.prompt: required by llm.generate_script, missing'
 
 
 def test_caller_input_is_not_mutated(contracts):
-    request = custom([task("a"), {"id": "s", "service": "llm.generate_script", "plane": "node"}], chain("a", "s"))
+    script = {"id": "s", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "p"}}
+    request = custom([task("a"), script], chain("a", "s"))
     before = copy.deepcopy(request)
     plan(request, JOB_ID, contracts, LLM_DEFAULTS)
     assert request == before
@@ -376,7 +383,10 @@ def test_unknown_services_are_rejected(node, expected, contracts):
             {"nodes": [task("a")], "edges": [], "owner": "me"},
             "graph: (root): Additional properties are not allowed ('owner' was unexpected)",
         ),
-        ({"nodes": [task("a"), task("b", status="done")], "edges": chain("a", "b")}, 'node "b": nodes/1/status:'),
+        (
+            {"nodes": [task("a"), task("b", status="done")], "edges": chain("a", "b")},
+            'node "b": status must be "pending" or "ready" on submission, got "done"',
+        ),
         (
             {"nodes": [task("a", progressWeight=-1)], "edges": []},
             'node "a": nodes/0/progressWeight: -1 is less than the minimum of 0',
@@ -425,6 +435,147 @@ def test_deeply_nested_json_is_a_rejection(contracts):
         '{"nodes": [{"id": "a", "service": "dummy.dummy_task", "plane": "python", "input": ' + deep + '}], "edges": []}'
     )
     assert rejection({"mode": "process_graph", "graph": text}, contracts) == "graph is nested too deeply"
+
+
+# --- the door: text, params, statuses, endpoints (issue 8) -------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "where"),
+    [
+        (
+            {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "a\ud800b"}}},
+            "request/params/script/prompt",
+        ),
+        ({"mode": "fixed_graph", "variant": "sadtalker\udfff"}, "request/variant"),
+        (
+            {"mode": "process_graph", "graph": {"nodes": [task("a", name="\udc00")], "edges": []}},
+            "request/graph/nodes/0/name",
+        ),
+        (
+            {"mode": "process_graph", "graph": {"nodes": [task("a", params={"\ud83d": 1})], "edges": []}},
+            "request/graph/nodes/0/params key",
+        ),
+        # Escaped inside a JSON string graph: only visible once the planner decodes it.
+        (
+            {"mode": "process_graph", "graph": '{"nodes": [{"id": "a\\ud800", "service": "x"}], "edges": []}'},
+            "graph/nodes/0/id",
+        ),
+    ],
+)
+def test_lone_surrogates_are_rejected_naming_where(request_, where, contracts):
+    message = rejection(request_, contracts)
+    assert message == f"{where}: contains a lone UTF-16 surrogate (not valid Unicode text)"
+    message.encode("utf-8")  # the message itself can be sent
+
+
+def test_a_real_astral_character_is_fine(contracts):
+    request = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "a fox \U0001f98a"}}}
+    assert plan(request, JOB_ID, contracts, LLM_DEFAULTS)["nodes"][0]["params"]["prompt"] == "a fox \U0001f98a"
+
+
+def script_request(**params) -> dict:
+    return {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": params}}
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        (script_request(), 'node "script": params.prompt: required by llm.generate_script, missing'),
+        (script_request(prompt=None), 'node "script": params.prompt: required by llm.generate_script, missing'),
+        (script_request(prompt=""), 'node "script": params.prompt: must not be blank, got ""'),
+        (script_request(prompt=" \n "), 'node "script": params.prompt: must not be blank, got " \\n "'),
+        (script_request(prompt=7), 'node "script": params.prompt: must be of type string, got 7'),
+        (
+            script_request(prompt="p", temperature="hot"),
+            'node "script": params.temperature: must be of type number, got "hot"',
+        ),
+        (
+            script_request(prompt="p", temperature=True),
+            'node "script": params.temperature: must be of type number, got true',
+        ),
+        (script_request(prompt="p", temperature=-0.5), 'node "script": params.temperature: must be >= 0, got -0.5'),
+        (script_request(prompt="p", timeoutMs=-1), 'node "script": params.timeoutMs: must be > 0, got -1'),
+        (script_request(prompt="p", timeoutMs=0), 'node "script": params.timeoutMs: must be > 0, got 0'),
+        (
+            script_request(prompt="p", timeoutMs="soon"),
+            'node "script": params.timeoutMs: must be of type integer, got "soon"',
+        ),
+        (script_request(prompt="p", model=""), 'node "script": params.model: must have at least 1 characters, got ""'),
+        (
+            script_request(prompt="p", length=[1]),
+            'node "script": params.length: must be of type string|integer, got [1]',
+        ),
+        (
+            {"mode": "fixed_graph", "variant": "sadtalker", "params": {**SCRIPT, "train_voice": {"preset": 5}}},
+            'node "train_voice": params.preset: must be of type string, got 5',
+        ),
+        (
+            custom([task("a", params={"preset": {"x": 1}})], []),
+            'node "a": params.preset: must be of type string, got {"x": 1}',
+        ),
+    ],
+)
+def test_params_are_checked_against_the_manifest(request_, expected, contracts):
+    assert rejection(request_, contracts) == expected
+
+
+def test_declared_params_of_the_right_types_and_undeclared_params_pass(contracts):
+    request = script_request(prompt="p", temperature=0, timeoutMs=1500.0, length=30, mood="any thing")
+    params = plan(request, JOB_ID, contracts, LLM_DEFAULTS)["nodes"][0]["params"]
+    assert (params["temperature"], params["timeoutMs"], params["length"], params["mood"]) == (
+        0,
+        1500.0,
+        30,
+        "any thing",
+    )
+
+
+@pytest.mark.parametrize("status", ["running", "completed", "failed", "skipped"])
+def test_only_waiting_statuses_are_accepted(status, contracts):
+    message = rejection(custom([task("a"), task("b", status=status)], chain("a", "b")), contracts)
+    assert message == f'node "b": status must be "pending" or "ready" on submission, got "{status}"'
+
+
+def test_a_graph_preset_completed_is_rejected(contracts):
+    nodes = [task("a", status="completed", output={"currentProgress": 1}), task("b", status="completed")]
+    assert rejection(custom(nodes, chain("a", "b")), contracts).startswith('node "a": status must be')
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "file:///etc/passwd",
+        "http://169.254.169.254/latest/meta-data",
+        "http://127.0.0.1:6379",
+        "http://llm:11434.evil.example",
+        "gopher://llm:11434",
+    ],
+)
+def test_a_caller_chosen_llm_endpoint_is_rejected(endpoint, contracts):
+    message = rejection(script_request(prompt="p", endpoint=endpoint), contracts)
+    assert message.startswith(f'node "script": params.endpoint {json.dumps(endpoint)} is not an allowed LLM endpoint')
+
+
+def test_a_caller_graph_cannot_name_an_endpoint_either(contracts):
+    script = {"id": "s", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "p"}}
+    script["params"]["endpoint"] = "http://10.0.0.1:11434"
+    assert "not an allowed LLM endpoint" in rejection(custom([script], []), contracts)
+
+
+def test_settings_endpoints_are_allowed(contracts):
+    allowed = ["http://llm:11434", "http://gpu-box:11434/"]
+    for endpoint in ("http://llm:11434/", "http://gpu-box:11434"):
+        graph = plan(script_request(prompt="p", endpoint=endpoint), JOB_ID, contracts, LLM_DEFAULTS, allowed)
+        assert graph["nodes"][0]["params"]["endpoint"] == endpoint
+    with pytest.raises(PlanningError, match="not an allowed LLM endpoint"):
+        plan(script_request(prompt="p", endpoint="http://other:1"), JOB_ID, contracts, LLM_DEFAULTS, allowed)
+
+
+def test_templates_still_check_without_a_prompt(contracts):
+    from core.planner import check_templates
+
+    check_templates(contracts, LLM_DEFAULTS)
 
 
 # --- infinitetalk -----------------------------------------------------------
