@@ -25,8 +25,10 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     log_format: Literal["auto", "json", "text"] = "auto"
 
-    temporal_address: str = "127.0.0.1:7233"
-    temporal_namespace: str = "default"
+    # Unset: the Temporal SDK's environment configuration (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY,
+    # TEMPORAL_TLS_*, TEMPORAL_PROFILE), else 127.0.0.1:7233 / default. Set, these two win over it.
+    temporal_address: str | None = None
+    temporal_namespace: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import asyncpg
 import typer
+from temporalio.service import RPCError
 
 from core.contracts import ConfigError, contracts
 from core.logs import setup_logging
@@ -17,13 +19,17 @@ from core.settings import settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="MySpinBot control plane on Temporal.")
 
 
-def _start(role: str):
-    """Validate settings and every config file before doing anything; stop with a clear message if broken."""
+def _start(role: str, temporal: bool = False):
+    """Validate settings and every config file (and, for `temporal` roles, the Temporal client configuration)
+    before doing anything; stop with a clear message if broken."""
     from core.planner import check_templates
+    from core.temporal import connect_options
 
     try:
         config = settings()
         check_templates(contracts(), config.llm_defaults)
+        if temporal:
+            connect_options(config.temporal_address, config.temporal_namespace)
     except ConfigError as exc:
         typer.echo(f"config error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -40,9 +46,26 @@ def _run(coro):
         return asyncio.run(coro)
     except KeyboardInterrupt:
         return None
-    except (OSError, asyncpg.PostgresError, RuntimeError) as exc:
+    except (OSError, asyncpg.PostgresError, RuntimeError, RPCError) as exc:
         typer.echo(f"cannot start: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+async def _ensure_search_attributes(client) -> None:
+    """Register spinbot's search attributes in the namespace if missing; where forbidden, stop naming them."""
+    from core.search_attributes import ensure_search_attributes
+
+    added = await ensure_search_attributes(client)
+    if added:
+        logging.getLogger("spinbot").info("registered search attributes %s in Temporal", ", ".join(added))
+
+
+async def _prepare_api(config) -> None:
+    from core.migrate import migrate_url
+    from core.temporal import connect
+
+    await migrate_url(config.database_url)
+    await _ensure_search_attributes(await connect(config.temporal_address, config.temporal_namespace))
 
 
 @app.command()
@@ -61,10 +84,9 @@ def api(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int 
     import uvicorn
 
     from api.app import create_app
-    from core.migrate import migrate_url
 
-    config = _start("api")
-    _run(migrate_url(config.database_url))
+    config = _start("api", temporal=True)
+    _run(_prepare_api(config))
     uvicorn.run(
         create_app(config),
         host=host or config.api_host,
@@ -90,7 +112,7 @@ def worker(
     from core.temporal import connect, make_runtime
     from spinbot.worker import WorkerRoles, running_workers
 
-    config = _start("worker")
+    config = _start("worker", temporal=True)
     both = not workflows and not activities
     roles = WorkerRoles(workflows=workflows or both, activities=activities or both, queues=tuple(queue or ()))
 
@@ -99,6 +121,7 @@ def worker(
     async def main():
         runtime = make_runtime(sdk_metrics_port or config.worker_metrics_port, config.metrics_host)
         client = await connect(config.temporal_address, config.temporal_namespace, runtime)
+        await _ensure_search_attributes(client)
         async with running_workers(client, config, roles):
             await asyncio.Event().wait()
 
@@ -115,7 +138,7 @@ def relay(
     from core.temporal import connect
     from handoff.service import run_relay
 
-    config = _start("relay")
+    config = _start("relay", temporal=True)
     serve_metrics(metrics_port, config.metrics_host)
 
     async def main():

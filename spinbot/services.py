@@ -96,8 +96,11 @@ class Child:
                 self.proc.wait()
 
 
-def start_temporal(data_dir: Path, port: int, ui_port: int | None, log_path: Path | None = None) -> Child:
-    """`temporal server start-dev` on a SQLite file, so jobs survive a restart."""
+def start_temporal(
+    data_dir: Path, port: int, ui_port: int | None, log_path: Path | None = None, search_attributes: bool = True
+) -> Child:
+    """`temporal server start-dev` on a SQLite file, so jobs survive a restart; `search_attributes=False` starts it
+    plain, like a cluster where spinbot's roles must register their search attributes themselves."""
     data_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
         _bin("temporal"),
@@ -118,7 +121,7 @@ def start_temporal(data_dir: Path, port: int, ui_port: int | None, log_path: Pat
         "synchronous=normal",
     ]
     cmd += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
-    for name in SEARCH_ATTRIBUTES:
+    for name in SEARCH_ATTRIBUTES if search_attributes else ():
         cmd += ["--search-attribute", f"{name}=Keyword"]
     out = open(log_path or os.devnull, "ab")
     proc = popen(cmd, stdout=out, stderr=subprocess.STDOUT)
