@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     upload_max_bytes: int = 50 << 20
 
     llm_endpoint: str = "http://localhost:11434"
+    # Slow clients cannot pin connections: a request head must arrive whole within this time and size,
+    # an idle keep-alive connection is closed after api_keep_alive_seconds, and past api_max_connections
+    # (connections plus requests in progress, WebSockets included) new requests are answered 503.
+    api_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    api_keep_alive_seconds: int = Field(default=5, ge=1)
+    api_max_connections: int = Field(default=4096, ge=1)
+    api_max_header_bytes: int = Field(default=64 << 10, ge=1024)
     # Further LLM URLs a job's script node may name in params.endpoint; no other URL is ever called.
     llm_endpoints: CommaList = []
     llm_model: str = "llama3"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -84,17 +85,25 @@ def api(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int 
     import uvicorn
 
     from api.app import create_app
+    from spinbot.http_server import server_config
 
     config = _start("api", temporal=True)
     _run(_prepare_api(config))
-    uvicorn.run(
-        create_app(config),
-        host=host or config.api_host,
-        port=port or config.api_port,
-        log_level="warning",
-        ws_ping_interval=20,
-        ws_ping_timeout=20,
+    server = uvicorn.Server(
+        server_config(
+            create_app(config),
+            config,
+            host or config.api_host,
+            port or config.api_port,
+            log_level="warning",
+            ws_ping_interval=20,
+            ws_ping_timeout=20,
+        )
     )
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:  # e.g. the port is taken: uvicorn logged why
+        raise typer.Exit(3)
 
 
 @app.command()

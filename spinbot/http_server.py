@@ -1,0 +1,124 @@
+"""The API's HTTP server: uvicorn with limits, so slow or idle clients cannot pin connections.
+
+uvicorn times out only an idle keep-alive connection, and any byte resets that timer: a client that
+opens a connection and never finishes its request head (or sends it a byte at a time) is held for ever.
+Here every request head must arrive whole within `api_header_timeout_seconds` of the connection opening
+(or of the previous response), and within `api_max_header_bytes`; otherwise the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # httptools is optional for uvicorn; h11 always works
+    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+
+
+class HeadDeadline:
+    """Mixin for a uvicorn HTTP protocol: the request head must arrive in time and in bounded size."""
+
+    config: Any
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_arrived()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is not None:
+            self._head_bytes += len(data)
+        super().data_received(data)  # type: ignore[misc]
+        if self._head_timer is not None and self._head_bytes > self.config.spinbot_max_header_bytes:
+            self._refuse("request head over %d bytes", self.config.spinbot_max_header_bytes)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        cycle = getattr(self, "cycle", None)
+        waiting = cycle is None or cycle.response_complete  # else a pipelined request's head is already here
+        if waiting and not self.transport.is_closing():
+            self._await_head()  # the next request on this keep-alive connection gets the same deadline
+
+    def _await_head(self) -> None:
+        self._head_arrived()
+        self._head_bytes = 0
+        self._head_timer = self.loop.call_later(self.config.spinbot_header_timeout, self._head_too_slow)
+
+    def _head_arrived(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        self._refuse("no complete request head within %gs", self.config.spinbot_header_timeout)
+
+    def _refuse(self, reason: str, limit: float) -> None:
+        self._head_arrived()
+        if not self.transport.is_closing():
+            peer = self.transport.get_extra_info("peername")
+            log.info("closing connection from %s: " + reason, peer, limit)
+            self.transport.close()
+
+
+class H11HeadDeadline(HeadDeadline, H11Protocol):
+    def handle_events(self) -> None:
+        super().handle_events()
+        # IDLE until a whole request line and headers are parsed (then SEND_BODY, DONE or an upgrade).
+        if self.conn.their_state is not h11.IDLE:
+            self._head_arrived()
+
+
+if HttpToolsProtocol is not None:
+
+    class HttpToolsHeadDeadline(HeadDeadline, HttpToolsProtocol):
+        def on_headers_complete(self) -> None:
+            self._head_arrived()
+            super().on_headers_complete()
+
+
+def protocol_class(name: str = "auto") -> type[asyncio.Protocol]:
+    """Our protocol for `name` ("h11", "httptools" or "auto": httptools when installed)."""
+    if name == "httptools" or (name == "auto" and HttpToolsProtocol is not None):
+        if HttpToolsProtocol is None:
+            raise RuntimeError("httptools is not installed")
+        return HttpToolsHeadDeadline
+    return H11HeadDeadline
+
+
+def server_config(
+    app: Any, settings: Settings, host: str, port: int, http: str = "auto", **extra: Any
+) -> uvicorn.Config:
+    """uvicorn's Config for the API with the connection limits from settings."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol_class(http),
+        timeout_keep_alive=settings.api_keep_alive_seconds,
+        limit_concurrency=settings.api_max_connections,
+        h11_max_incomplete_event_size=settings.api_max_header_bytes,
+        **extra,
+    )
+    # Read by HeadDeadline through the protocol's `config`.
+    config.spinbot_header_timeout = settings.api_header_timeout_seconds  # type: ignore[attr-defined]
+    config.spinbot_max_header_bytes = settings.api_max_header_bytes  # type: ignore[attr-defined]
+    return config
