@@ -50,3 +50,12 @@ def activities_by_queue(contracts: Contracts, resources: Resources) -> dict[str,
     for cap in contracts.capabilities["capabilities"]:
         queues[runtimes[cap["id"]].task_queue].append(_as_activity(cap["id"], _handler(cap), resources))
     return dict(queues)
+
+
+def slots_by_queue(contracts: Contracts) -> dict[str, int]:
+    """Activity slots a worker opens on each task queue: the `runtime.concurrency` of the services polled there."""
+    slots: dict[str, int] = defaultdict(int)
+    runtimes = service_runtimes(contracts)
+    for cap in contracts.capabilities["capabilities"]:
+        slots[runtimes[cap["id"]].task_queue] += int(cap["runtime"]["concurrency"])
+    return dict(slots)

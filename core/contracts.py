@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 
 from config import CONFIG_DIR, SCHEMA_DIR
+from core.settings import settings
 from workflows.inputs import ServiceRuntime
 from workflows.names import ACTIVITY_QUEUE
 
@@ -62,8 +63,20 @@ def check(doc: Any, schema_file: str, definition: str | None = None) -> Any:
     return doc
 
 
-def load_config(name: str, schema_file: str, directory: Path = CONFIG_DIR) -> dict:
+# Files a SPINBOT_CONFIG_DIR must hold; the others, when absent there, are the shipped ones.
+OWN_FILES = ("capabilities.json", "pipelines.json")
+
+
+def config_path(name: str, directory: Path = CONFIG_DIR) -> Path:
+    """Where config file `name` is read from: `directory`, or the shipped folder for an optional file it lacks."""
     path = directory / name
+    if name not in OWN_FILES and not path.exists():
+        return CONFIG_DIR / name
+    return path
+
+
+def load_config(name: str, schema_file: str, directory: Path = CONFIG_DIR) -> dict:
+    path = config_path(name, directory)
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
@@ -174,6 +187,11 @@ class Contracts:
     python_capabilities: dict
     pipelines: dict
     bridge: Bridge
+    directory: Path = field(default=CONFIG_DIR, compare=False)
+
+    def path(self, name: str) -> Path:
+        """The file `name` was read from, for messages that name it."""
+        return config_path(name, self.directory)
 
     def services(self, plane: str) -> dict[str, dict]:
         manifest = self.capabilities if plane == "node" else self.python_capabilities
@@ -182,27 +200,31 @@ class Contracts:
 
 def load_contracts(directory: Path = CONFIG_DIR) -> Contracts:
     """Load and validate every config file; raises ConfigError naming the file and field."""
+    if not directory.is_dir():
+        raise ConfigError(
+            f"{directory}: not a folder (SPINBOT_CONFIG_DIR must name one holding {', '.join(OWN_FILES)})"
+        )
     node = load_config("capabilities.json", "plane-manifest.schema.json", directory)
     python = load_config("python-capabilities.json", "plane-manifest.schema.json", directory)
     for name, manifest, plane in (("capabilities.json", node, "node"), ("python-capabilities.json", python, "python")):
         for i, cap in enumerate(manifest["capabilities"]):
             if cap["plane"] != plane:
-                raise ConfigError(f"{directory / name}: capabilities/{i}/plane: must be {plane!r}")
+                raise ConfigError(f"{config_path(name, directory)}: capabilities/{i}/plane: must be {plane!r}")
             if plane == "node" and cap["runtime"]["timeoutSeconds"] == -1:
                 # Node-plane services run as Temporal activities, which need a time limit.
                 raise ConfigError(
-                    f"{directory / name}: capabilities/{i}/runtime/timeoutSeconds: the node plane needs a limit "
-                    "in seconds (-1, no limit, is for the data plane's manifest only)"
+                    f"{config_path(name, directory)}: capabilities/{i}/runtime/timeoutSeconds: the node plane "
+                    "needs a limit in seconds (-1, no limit, is for the data plane's manifest only)"
                 )
     pipelines = load_config("pipelines.json", "pipelines.schema.json", directory)
     bridge = load_config("redis.bridge.json", "redis-bridge.schema.json", directory)
-    return Contracts(node, python, pipelines["pipelines"], Bridge.from_doc(bridge))
+    return Contracts(node, python, pipelines["pipelines"], Bridge.from_doc(bridge), directory)
 
 
 @cache
 def contracts() -> Contracts:
-    """The shipped config, loaded once per process."""
-    return load_contracts()
+    """The config of this process, loaded once: SPINBOT_CONFIG_DIR when set, else the shipped files."""
+    return load_contracts(settings().config_dir or CONFIG_DIR)
 
 
 def service_runtimes(contracts: Contracts) -> dict[str, ServiceRuntime]:
@@ -210,9 +232,9 @@ def service_runtimes(contracts: Contracts) -> dict[str, ServiceRuntime]:
     runtimes = {}
     for cap in contracts.capabilities["capabilities"]:
         runtime = cap["runtime"]
-        retry = runtime.get("retry", {})
+        retry = runtime.get("retry") or {}
         runtimes[cap["id"]] = ServiceRuntime(
-            task_queue=runtime.get("taskQueue", ACTIVITY_QUEUE),
+            task_queue=runtime.get("taskQueue") or ACTIVITY_QUEUE,
             timeout_seconds=float(runtime["timeoutSeconds"]),
             max_attempts=retry.get("maxAttempts", 3),
             initial_interval_seconds=retry.get("initialIntervalSeconds", 1.0),

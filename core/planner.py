@@ -287,4 +287,4 @@ def check_templates(contracts: Contracts, llm_defaults: dict) -> None:
                 complete=False,
             )
         except PlanningError as exc:
-            raise ConfigError(f"pipelines.json: pipelines/{variant}: {exc}") from None
+            raise ConfigError(f"{contracts.path('pipelines.json')}: pipelines/{variant}: {exc}") from None

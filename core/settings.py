@@ -24,6 +24,9 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     log_format: Literal["auto", "json", "text"] = "auto"
+    # A folder with capabilities.json and pipelines.json (and, optionally, python-capabilities.json and
+    # redis.bridge.json; those it lacks are the shipped ones), validated at start-up like the shipped files.
+    config_dir: Path | None = None
 
     # Unset: the Temporal SDK's environment configuration (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY,
     # TEMPORAL_TLS_*, TEMPORAL_PROFILE), else 127.0.0.1:7233 / default. Set, these two win over it.

@@ -17,7 +17,7 @@ from temporalio.worker.workflow_sandbox import (
 )
 
 from activities.bridge import BridgeActivities
-from activities.registry import activities_by_queue
+from activities.registry import activities_by_queue, slots_by_queue
 from activities.resources import Resources
 from core.contracts import contracts
 from core.redis import redis_client
@@ -59,6 +59,7 @@ async def running_workers(client: Client, settings: Settings, roles: WorkerRoles
         )
     if roles.activities:
         resources = Resources(settings, spec, redis, http)
+        slots = slots_by_queue(spec)
         for queue, acts in activities_by_queue(spec, resources).items():
             if not roles.queues or queue in roles.queues:
                 # Heartbeats go out at least every second, so a cancel reaches the activity within about a second.
@@ -67,7 +68,7 @@ async def running_workers(client: Client, settings: Settings, roles: WorkerRoles
                         client,
                         task_queue=queue,
                         activities=acts,
-                        max_concurrent_activities=64,
+                        max_concurrent_activities=slots[queue],
                         max_heartbeat_throttle_interval=timedelta(seconds=1),
                     )
                 )
