@@ -18,7 +18,10 @@ from api.hub import Hub
 from api.middleware import BodyLimit, RequestMetrics
 from api.models import Health
 from api.openapi import error_response, install_openapi
+from api.routes_artifacts import download_router
+from api.routes_artifacts import router as artifacts_router
 from api.routes_capabilities import router as capabilities_router
+from api.routes_catalog import router as catalog_router
 from api.routes_control import router as control_router
 from api.routes_jobs import router as jobs_router
 from api.routes_uploads import router as uploads_router
@@ -115,11 +118,12 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         await refresh_shared_gauges(app.state.backend)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    for router in (jobs_router, control_router, capabilities_router, uploads_router):
+    for router in (jobs_router, control_router, capabilities_router, uploads_router, catalog_router, artifacts_router):
         app.include_router(
             router, dependencies=[Depends(require_key)], responses={401: error_response("Missing or invalid API key")}
         )
     app.include_router(ws_router)
+    app.include_router(download_router)
     install_openapi(app)
     install_docs(app)
     return app

@@ -51,11 +51,13 @@ class JobSummary(BaseModel):
     status: str
     progress: float
     created: int = Field(description="Milliseconds since epoch")
+    pipeline: str | None = Field(default=None, description="The pipeline (variant) the job runs")
 
 
 class Pagination(BaseModel):
     limit: int
     offset: int
+    total: int = Field(description="How many jobs match the filters, over all pages")
 
 
 class JobList(BaseModel):
@@ -114,3 +116,30 @@ class CombinedManifest(BaseModel):
     generatedAt: str
     capabilities: list[dict[str, Any]]
     sources: dict[str, ManifestSource]
+
+
+class Pipeline(BaseModel):
+    name: str
+    nodes: list[dict[str, Any]] = Field(description="{id, name, service, plane, progressWeight, params} per node")
+    edges: list[dict[str, Any]] = Field(description="{from, to, kind} per edge")
+    weights: dict[str, float] = Field(description="Each node's progressWeight, by node id")
+
+
+class PipelineList(BaseModel):
+    pipelines: list[Pipeline]
+
+
+class Artifact(BaseModel):
+    nodeId: str
+    name: str = Field(description="Where the node's output holds it, e.g. videoArtifact or objects.report.txt")
+    bucket: str
+    key: str
+    contentType: str | None = None
+    sizeBytes: int | None = None
+    url: str | None = Field(description="A short-lived download link; null when the object is not in storage")
+    expiresAt: int | None = Field(description="When `url` stops working, in milliseconds since epoch")
+
+
+class ArtifactList(BaseModel):
+    jobId: str
+    artifacts: list[Artifact]

@@ -19,6 +19,8 @@ from api.models import (
     PlanningRequest,
 )
 from core.store import is_job_id, millis
+from workflows.names import CAPABILITIES_PIPELINE
+from workflows.status import JobStatus as JobStatusName
 
 router = APIRouter(prefix="/api", tags=["jobs"], responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}})
 
@@ -64,15 +66,35 @@ async def list_jobs(
     store: StoreDep,
     limit: Annotated[str | None, Query(description="1..100 (default 20); out of range is clamped")] = None,
     offset: Annotated[str | None, Query(description=">= 0 (default 0); out of range is clamped")] = None,
+    status: Annotated[str | None, Query(description="Only jobs in this status (400 if not a job status)")] = None,
+    pipeline: Annotated[str | None, Query(max_length=200, description="Only jobs of this pipeline")] = None,
+    include: Annotated[
+        str | None, Query(max_length=200, description="`capabilities`: also list capabilities look-ups")
+    ] = None,
 ):
-    """Jobs, newest first; `pagination` shows the limit and offset actually used."""
+    """Jobs, newest first; `pagination` shows the limit and offset actually used and how many jobs match."""
     limit_used, offset_used = clamped(limit, 20, 1, 100), clamped(offset, 0, 0, MAX_OFFSET)
-    rows = await store.list_jobs(limit_used, offset_used)
+    if status is not None and status not in set(JobStatusName):
+        raise ApiError(400, f"status {status[:50]!r} is not a job status (one of: {', '.join(JobStatusName)})")
+    shown = {part.strip() for part in (include or "").split(",") if part.strip()}
+    if unknown := shown - {CAPABILITIES_PIPELINE}:
+        raise ApiError(400, f"include: unknown {', '.join(sorted(unknown))[:100]!r} (known: {CAPABILITIES_PIPELINE})")
+    # Capabilities look-ups are internal jobs: listed only when asked for.
+    show_lookups = CAPABILITIES_PIPELINE in shown or pipeline == CAPABILITIES_PIPELINE
+    rows, total = await store.list_jobs(
+        limit_used, offset_used, status, pipeline, () if show_lookups else (CAPABILITIES_PIPELINE,)
+    )
     jobs = [
-        {"jobId": str(r["job_id"]), "status": r["status"], "progress": r["progress"], "created": millis(r["created"])}
+        {
+            "jobId": str(r["job_id"]),
+            "status": r["status"],
+            "progress": r["progress"],
+            "created": millis(r["created"]),
+            "pipeline": r["pipeline"],
+        }
         for r in rows
     ]
-    return {"jobs": jobs, "pagination": {"limit": limit_used, "offset": offset_used}}
+    return {"jobs": jobs, "pagination": {"limit": limit_used, "offset": offset_used, "total": total}}
 
 
 @router.get("/jobs/{job_id}", response_model=JobWithEvents)

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     )
     minio_secure: bool = False
     artifacts_dir: Path = Path(".data/objects")
+    # Download links of GET /api/jobs/{id}/artifacts stay valid this long.
+    artifact_url_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    # Signs the folder store's download links; unset, each API process makes its own (links then work only on
+    # the replica that made them). MinIO/S3 links are presigned with the MinIO credentials instead.
+    artifact_url_secret: str | None = None
 
     worker_metrics_port: int | None = None
     # Address the metrics ports of workers, relays and the data plane bind to; 0.0.0.0 in containers.

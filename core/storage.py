@@ -6,7 +6,9 @@ import asyncio
 import io
 import os
 import re
+import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
@@ -16,6 +18,7 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from core.settings import Settings
+from core.signed_urls import DownloadSigner
 from core.timestamps import iso_now
 
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -67,6 +70,10 @@ class ObjectStore(Protocol):
 
     async def get(self, bucket: str, key: str) -> bytes:
         """The object's bytes; raises ObjectNotFound when it (or its bucket) does not exist."""
+
+    async def download_url(self, bucket: str, key: str, expires: int) -> str:
+        """A link that fetches the object until `expires` (Unix seconds): absolute (presigned S3), or a path
+        on this API (the folder store)."""
 
 
 def check_bucket(bucket: str) -> None:
@@ -176,6 +183,12 @@ class MinioStore:
         check_key(key)
         return await self._call(f"get {bucket}/{key}", self._read, bucket, key)
 
+    async def download_url(self, bucket: str, key: str, expires: int) -> str:
+        check_bucket(bucket)
+        check_key(key)
+        lifetime = timedelta(seconds=max(1, expires - int(time.time())))
+        return await self._call(f"presign {bucket}/{key}", self.client.presigned_get_object, bucket, key, lifetime)
+
     def _read(self, bucket: str, key: str) -> bytes:
         response = self.client.get_object(bucket, key)
         try:
@@ -188,8 +201,9 @@ class MinioStore:
 class LocalStore:
     """A folder laid out as <root>/<bucket>/<key>, behind the same interface, for the dev stack."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, signer: DownloadSigner | None = None):
         self.root = Path(root)
+        self.signer = signer or DownloadSigner(None)
 
     def _path(self, bucket: str, key: str | None = None) -> Path:
         check_bucket(bucket)
@@ -232,6 +246,14 @@ class LocalStore:
         path = self._path(bucket, key)
         return await self._call(f"get {bucket}/{key}", path.read_bytes)
 
+    async def download_url(self, bucket: str, key: str, expires: int) -> str:
+        self._path(bucket, key)
+        return self.signer.link(bucket, key, expires)
+
+    def file_path(self, bucket: str, key: str) -> Path:
+        """Where an object lives on disk (checked to stay inside the store)."""
+        return self._path(bucket, key)
+
 
 def _write_exactly(path: Path, stream: BinaryIO, length: int) -> None:
     """Copy `length` bytes into `path` through a temporary file, so readers never see half an object."""
@@ -259,4 +281,4 @@ def object_store(settings: Settings) -> ObjectStore:
         return MinioStore(
             settings.minio_endpoint, settings.minio_access_key, settings.minio_secret_key, settings.minio_secure
         )
-    return LocalStore(settings.artifacts_dir)
+    return LocalStore(settings.artifacts_dir, DownloadSigner(settings.artifact_url_secret))

@@ -159,10 +159,21 @@ class Store:
         rows = await self.pool.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status")
         return {row["status"]: row["n"] for row in rows}
 
-    async def list_jobs(self, limit: int, offset: int) -> list[dict]:
-        rows = await self.pool.fetch(
-            "SELECT job_id, status, progress, created FROM jobs ORDER BY created DESC, job_id LIMIT $1 OFFSET $2",
-            limit,
-            offset,
-        )
-        return [dict(r) for r in rows]
+    async def list_jobs(
+        self, limit: int, offset: int, status: str | None = None, pipeline: str | None = None, hidden: tuple = ()
+    ) -> tuple[list[dict], int]:
+        """A page of jobs, newest first, and how many match in all; `hidden` pipelines are left out."""
+        where = """($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR pipeline = $2)
+                   AND (pipeline IS NULL OR NOT pipeline = ANY($3::text[]))"""
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(
+                f"""SELECT job_id, status, progress, pipeline, created FROM jobs WHERE {where}
+                    ORDER BY created DESC, job_id LIMIT $4 OFFSET $5""",
+                status,
+                pipeline,
+                list(hidden),
+                limit,
+                offset,
+            )
+            total = await conn.fetchval(f"SELECT count(*) FROM jobs WHERE {where}", status, pipeline, list(hidden))
+        return [dict(r) for r in rows], total
