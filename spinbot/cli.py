@@ -16,8 +16,10 @@ from core.contracts import ConfigError, contracts
 from core.logs import setup_logging
 from core.metrics import serve_metrics
 from core.settings import settings
+from spinbot.cli_jobs import register_job_commands
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="MySpinBot control plane on Temporal.")
+register_job_commands(app)
 
 
 def _start(role: str, temporal: bool = False):
