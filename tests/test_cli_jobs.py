@@ -55,7 +55,7 @@ def one_clear_line(run: Run) -> str:
 
 
 def graph_file(tmp_path, pipeline: str, fail: bool = False) -> str:
-    nodes = [{"id": "script", "service": "llm.generate_script", "plane": "node", "status": "pending"}]
+    nodes: list[dict] = [{"id": "script", "service": "llm.generate_script", "plane": "node", "status": "pending"}]
     edges = []
     if fail:
         nodes.append(
