@@ -16,6 +16,7 @@ from core.failures import job_error
 from core.metrics import JOB_SECONDS, JOBS_FINISHED
 from core.store import Store
 from core.timestamps import now_ms
+from workflows.graph import progress_ceiling
 from workflows.inputs import JobSnapshot
 from workflows.names import SYNC_JOB
 from workflows.status import JobStatus
@@ -46,7 +47,7 @@ class BridgeActivities:
         graph_json = json.dumps(snap.graph, separators=(",", ":"))
         pipe = self.redis.pipeline(transaction=False)
         jobkeys.set_graph(pipe, bridge, job_id, graph_json, created)
-        jobkeys.set_state(pipe, bridge, job_id, snap.status, snap.progress)
+        jobkeys.set_state(pipe, bridge, job_id, snap.status, snap.progress, progress_ceiling(snap.graph))
         segment, first_script = None, len(pipe)  # the scripts' replies are read back by position
         if snap.push:
             tag = (snap.graph.get("metadata") or {}).get("handoff") or {}

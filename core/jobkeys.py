@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from redis.asyncio.client import Pipeline
 
 from core.contracts import Bridge
@@ -9,7 +11,7 @@ from workflows.status import FINISHED_JOB
 
 TERMINAL = FINISHED_JOB
 
-# Progress never moves backwards, whoever reports it.
+# Only ever up: the API's first 0, and a snapshot that names no ceiling.
 _RAISE_PROGRESS = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
 if tonumber(ARGV[1]) > current then
@@ -28,14 +30,89 @@ return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 """
 
 
+# The most progress the job may show until the workflow's next change, kept in the job:<id> hash.
+CEILING_FIELD = "progressCeiling"
+
+# The workflow's snapshot is authoritative: progress lands in [its progress, its ceiling], so a value
+# reported too high (or left from an earlier run) cannot stick; within that range it never moves back.
+_SNAPSHOT_PROGRESS = """
+local floor_text, ceiling_text = ARGV[1], ARGV[2]
+local floor, ceiling = tonumber(floor_text), tonumber(ceiling_text)
+if ceiling < floor then
+  ceiling, ceiling_text = floor, floor_text
+end
+redis.call('HSET', KEYS[2], ARGV[4], ceiling_text)
+local text = redis.call('GET', KEYS[1])
+local current = tonumber(text or '')
+if not current or current < floor then
+  text = floor_text
+elseif current > ceiling then
+  text = ceiling_text
+end
+return redis.call('SET', KEYS[1], text, 'EX', ARGV[3])
+"""
+
+# Progress reported on pub/sub (by either plane) only rises, and never past the job's ceiling; a job
+# without one (unknown, expired, not started) is not given any.
+_REPORT_PROGRESS = """
+local ceiling_text = redis.call('HGET', KEYS[2], ARGV[3])
+local ceiling = tonumber(ceiling_text or '')
+if not ceiling then
+  return 0
+end
+local text, value = ARGV[1], tonumber(ARGV[1])
+if value > ceiling then
+  text, value = ceiling_text, ceiling
+end
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
+if value > current then
+  return redis.call('SET', KEYS[1], text, 'EX', ARGV[2])
+end
+return 0
+"""
+
+
 def format_progress(progress: float) -> str:
     return f"{progress:.6f}".rstrip("0").rstrip(".") or "0"
 
 
-def set_state(pipe: Pipeline, bridge: Bridge, job_id: str, status: str, progress: float) -> None:
-    """The workflow's own state: its status wins; progress still only moves forward."""
+def _sane(progress: float) -> bool:
+    return isinstance(progress, (int, float)) and math.isfinite(progress) and 0.0 <= progress <= 1.0
+
+
+def set_state(
+    pipe: Pipeline, bridge: Bridge, job_id: str, status: str, progress: float, ceiling: float | None = None
+) -> None:
+    """The workflow's own state: its status wins; progress is set within [progress, ceiling] when the
+    ceiling is given (see `_SNAPSHOT_PROGRESS`), else only moves forward."""
     pipe.set(bridge.status_key(job_id), status, ex=bridge.ttl)
-    raise_progress(pipe, bridge, job_id, progress)
+    if ceiling is None or not _sane(ceiling):
+        raise_progress(pipe, bridge, job_id, progress)
+    elif _sane(progress):
+        pipe.eval(
+            _SNAPSHOT_PROGRESS,
+            2,
+            bridge.progress_key(job_id),
+            bridge.job_key(job_id),
+            format_progress(progress),
+            format_progress(ceiling),
+            bridge.ttl,
+            CEILING_FIELD,
+        )
+
+
+def report_progress(pipe: Pipeline, bridge: Bridge, job_id: str, progress: float) -> None:
+    """Progress a plane published: raised up to the job's ceiling, never past it, never for an unknown job."""
+    if _sane(progress):
+        pipe.eval(
+            _REPORT_PROGRESS,
+            2,
+            bridge.progress_key(job_id),
+            bridge.job_key(job_id),
+            format_progress(progress),
+            bridge.ttl,
+            CEILING_FIELD,
+        )
 
 
 def advance_status(pipe: Pipeline, bridge: Bridge, job_id: str, status: str) -> None:
@@ -43,6 +120,8 @@ def advance_status(pipe: Pipeline, bridge: Bridge, job_id: str, status: str) -> 
 
 
 def raise_progress(pipe: Pipeline, bridge: Bridge, job_id: str, progress: float) -> None:
+    if not _sane(progress):
+        return
     pipe.eval(_RAISE_PROGRESS, 1, bridge.progress_key(job_id), format_progress(progress), bridge.ttl)
 
 

@@ -11,6 +11,7 @@ import asyncpg
 
 from core import jobkeys
 from core.retry import call_with_retry
+from workflows.graph import progress_ceiling
 
 COMMAND_TIMEOUT = 30.0  # seconds; no query may hang a relay or a request for ever
 
@@ -77,13 +78,20 @@ class Store:
         return millis(row["created"])
 
     async def save_snapshot(self, job_id: str, status: str, progress: float, graph: dict) -> datetime:
-        """The workflow's authoritative state after each change; returns when the job was created."""
+        """The workflow's authoritative state after each change; returns when the job was created.
+
+        Progress lands in [the workflow's progress, the graph's ceiling]: reported progress within the
+        open work is kept, anything above it (or left from an earlier run) is corrected.
+        """
+        ceiling = max(progress, progress_ceiling(graph))
         return await self.pool.fetchval(
             """
-            INSERT INTO jobs (job_id, status, progress, pipeline, last_graph)
-            VALUES ($1, $2, $3, $4::jsonb->'context'->>'pipeline', $4::jsonb)
+            INSERT INTO jobs (job_id, status, progress, progress_ceiling, pipeline, last_graph)
+            VALUES ($1, $2, $3, $5, $4::jsonb->'context'->>'pipeline', $4::jsonb)
             ON CONFLICT (job_id) DO UPDATE
-               SET status = EXCLUDED.status, progress = GREATEST(jobs.progress, EXCLUDED.progress),
+               SET status = EXCLUDED.status,
+                   progress = LEAST(GREATEST(jobs.progress, EXCLUDED.progress), EXCLUDED.progress_ceiling),
+                   progress_ceiling = EXCLUDED.progress_ceiling,
                    last_graph = EXCLUDED.last_graph, updated = now()
             RETURNING created
             """,
@@ -91,10 +99,16 @@ class Store:
             status,
             progress,
             graph,
+            ceiling,
         )
 
     async def apply_event(self, event: Event) -> bool:
-        """Record one pub/sub message once, and fold it into the job row. False if skipped."""
+        """Record one pub/sub message once. False if skipped.
+
+        Only the workflow decides a job's status (its snapshots): a status message is history, never the job's
+        fate. Reported progress raises the job's, up to its ceiling, while the job is not finished.
+        """
+        progress = event.progress if event.progress is not None and 0.0 <= event.progress <= 1.0 else None
         row = await self.pool.fetchrow(
             """
             WITH ev AS (
@@ -105,18 +119,16 @@ class Store:
                 RETURNING event_id
             ), up AS (
                 UPDATE jobs SET
-                    -- 'advertised' is only ever the first status; a late copy must not undo 'running'.
-                    status = CASE WHEN $2::text IS NULL OR $2 = 'advertised' OR status = ANY($7::text[])
-                                  THEN status ELSE $2 END,
-                    progress = GREATEST(progress, coalesce($3, progress)),
+                    progress = GREATEST(progress, LEAST($3, coalesce(progress_ceiling, progress))),
                     updated = now()
-                WHERE job_id = $1 AND EXISTS (SELECT 1 FROM ev)
+                WHERE job_id = $1 AND $3::float8 IS NOT NULL AND NOT status = ANY($7::text[])
+                      AND EXISTS (SELECT 1 FROM ev)
             )
             SELECT event_id FROM ev
             """,
             uuid.UUID(event.job_id),
             event.status,
-            event.progress,
+            progress,
             event.data,
             event.fingerprint,
             event.created,

@@ -52,13 +52,12 @@ class EventListener:
             await self._detect_dataplane_failure(event.job_id)
 
     async def _update_keys(self, event: JobEvent) -> None:
-        if event.kind == "data":
+        # A status message never sets job:<id>:status: only the workflow decides a job's fate (its snapshots
+        # write the key). Reported progress rises, clamped to what the job's open work can reach.
+        if event.progress is None:
             return
         pipe = self.redis.pipeline(transaction=False)
-        if event.status:
-            jobkeys.advance_status(pipe, self.bridge, event.job_id, event.status)
-        if event.progress is not None:
-            jobkeys.raise_progress(pipe, self.bridge, event.job_id, event.progress)
+        jobkeys.report_progress(pipe, self.bridge, event.job_id, event.progress)
         await pipe.execute()
 
     async def _detect_dataplane_failure(self, job_id: str) -> None:

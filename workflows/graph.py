@@ -70,6 +70,41 @@ def job_progress(graph: dict, also_done: Iterable[str] = ()) -> float:
     return clamp_progress(done / total)
 
 
+def progress_ceiling(graph: dict) -> float:
+    """The most progress the job can honestly reach before the workflow's next change: completed nodes, node-plane
+    nodes running, and python-plane nodes the data plane can still run without waiting on the node plane.
+
+    Reported progress (either plane's pub/sub) is clamped to it; not used by the workflow itself.
+    """
+    weights, total = _weights(graph)
+    by_id = nodes_by_id(graph)
+    parents: dict[str, list[str]] = {node_id: [] for node_id in by_id}
+    children: dict[str, list[str]] = {node_id: [] for node_id in by_id}
+    for edge in graph["edges"]:
+        parents[edge["to"]].append(edge["from"])
+        children[edge["from"]].append(edge["to"])
+    waiting = {node_id: len(ups) for node_id, ups in parents.items()}
+    order = [node_id for node_id, count in waiting.items() if count == 0]
+    for node_id in order:  # topological: grows as parents are visited
+        for child in children[node_id]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                order.append(child)
+    reachable: set[str] = set()
+    for node_id in order:
+        node = by_id[node_id]
+        if node["status"] == NodeStatus.COMPLETED or (node["plane"] == "node" and node["status"] == NodeStatus.RUNNING):
+            reachable.add(node_id)
+        elif node["plane"] == "python" and node["status"] in (*RUNNABLE, NodeStatus.RUNNING):
+            ups = parents[node_id]
+            if all(
+                by_id[up]["status"] == NodeStatus.COMPLETED or (up in reachable and by_id[up]["plane"] == "python")
+                for up in ups
+            ):
+                reachable.add(node_id)
+    return clamp_progress(sum(weights[node_id] for node_id in reachable) / total)
+
+
 def clamp_progress(value: Any) -> float:
     """A progress figure as a float in [0, 1]; numeric strings accepted, garbage is 0."""
     try:
