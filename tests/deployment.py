@@ -62,6 +62,7 @@ def spinbot_params(args: list[str]) -> dict:
     """Parse `spinbot ARGS` exactly as the CLI would (command, options, values converted) without running it;
     raises on an unknown command, option or a bad value."""
     group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
     root = group.context_class(group, info_name="spinbot")
     assert args, "no command"
     command = group.get_command(root, args[0])

@@ -269,11 +269,12 @@ def test_role_healthchecks_ask_a_port_the_role_opens(services):
         if name in ONE_SHOTS:
             continue
         url = spinbot_params(healthcheck_argv(service["healthcheck"]["test"])[1:])["url"]
-        port = int(re.search(r"127\.0\.0\.1:(\d+)/", url).group(1))
+        port = re.search(r"127\.0\.0\.1:(\d+)/", url)
+        assert port, f"{name} checks {url}, not a port of its own"
         opened = set(_metrics_ports(service["command"]).values()) | (
             {Settings().api_port} if service["command"][0] == "api" else set()
         )
-        assert port in opened, f"{name} checks :{port} but opens {sorted(opened)}"
+        assert int(port.group(1)) in opened, f"{name} checks {url} but opens {sorted(opened)}"
 
 
 def test_the_metrics_endpoints_bind_for_other_containers(services):

@@ -40,7 +40,7 @@ def our_series() -> dict[str, set[str]]:
     return {
         name + suffix: set(metric._labelnames)
         for name, metric in our_metrics().items()
-        for suffix in SUFFIXES[metric._type]
+        for suffix in SUFFIXES[str(metric._type)]
     }
 
 
