@@ -133,8 +133,11 @@ def worker(
         runtime = make_runtime(sdk_metrics_port or config.worker_metrics_port, config.metrics_host)
         client = await connect(config.temporal_address, config.temporal_namespace, runtime)
         await _ensure_search_attributes(client)
-        async with running_workers(client, config, roles):
-            await asyncio.Event().wait()
+        stopped = asyncio.Event()
+        async with running_workers(client, config, roles, stopped):
+            await stopped.wait()
+        # A worker that stops polling must take the process down, so that it is restarted, not left idle.
+        raise RuntimeError("a Temporal worker stopped (see the log above); exiting")
 
     _run(main())
 

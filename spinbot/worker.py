@@ -19,7 +19,7 @@ from temporalio.worker.workflow_sandbox import (
 from activities.bridge import BridgeActivities
 from activities.registry import activities_by_queue, slots_by_queue
 from activities.resources import Resources
-from core.contracts import contracts
+from core.contracts import contracts, service_runtimes
 from core.redis import redis_client
 from core.settings import Settings
 from core.store import Store, connect_pool
@@ -37,9 +37,16 @@ class WorkerRoles:
 
 
 @contextlib.asynccontextmanager
-async def running_workers(client: Client, settings: Settings, roles: WorkerRoles = WorkerRoles()):
-    """Start the requested workers on `client`; stop them (and their clients) on exit."""
+async def running_workers(
+    client: Client, settings: Settings, roles: WorkerRoles = WorkerRoles(), stopped: asyncio.Event | None = None
+):
+    """Start the requested workers on `client`; stop them (and their clients) on exit. `stopped` is set as soon
+    as any of them stops by itself (a fatal error), so the process can end and be restarted, not idle healthy."""
     spec = contracts()
+    queues = {runtime.task_queue for runtime in service_runtimes(spec).values()}
+    if unknown := set(roles.queues) - queues:
+        asked, known = ", ".join(sorted(unknown)), ", ".join(sorted(queues))
+        raise RuntimeError(f"no node-plane service runs on queue {asked}; the manifest's queues: {known}")
     redis = redis_client(settings.redis_url)
     http = httpx.AsyncClient()
     pool = await connect_pool(settings.database_url) if roles.workflows else None
@@ -73,6 +80,9 @@ async def running_workers(client: Client, settings: Settings, roles: WorkerRoles
                     )
                 )
     tasks = [asyncio.create_task(worker.run()) for worker in workers]
+    if stopped:
+        for task in tasks:
+            task.add_done_callback(lambda _: stopped.set())
     log.info("workers polling: %s", ", ".join(w.task_queue for w in workers))
     try:
         yield workers

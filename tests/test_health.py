@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import os
 import socket
@@ -9,10 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pytest
+from temporalio.client import Client
 
+from core.settings import Settings
 from spinbot.services import free_port, popen
+from spinbot.worker import WorkerRoles, running_workers
 
 # 127.0.0.2 is loopback too, but a socket bound to 127.0.0.1 does not answer there; one bound to 0.0.0.0 does.
 # So it stands in for "another container" without leaving this machine.
@@ -142,3 +147,23 @@ def test_metrics_stay_on_loopback_by_default(database_url, services):
         assert not _answers(OTHER_ADDRESS, port)
     finally:
         _stop(proc)
+
+
+def test_worker_refuses_a_queue_no_service_runs_on(services):
+    """A typo in `--queue` would leave a healthy-looking process polling nothing."""
+    proc = _role(["worker", "--activities", "--queue", "spinbot.nope"], services)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 1
+    assert b"no node-plane service runs on queue spinbot.nope" in stderr and b"Traceback" not in stderr
+
+
+async def test_a_worker_that_stops_by_itself_is_signalled(services):
+    """The worker command ends when a worker stops (here: its namespace does not exist), so it gets restarted."""
+    client = await Client.connect(services.temporal_address, namespace=f"absent-{uuid.uuid4()}")
+    settings = Settings(redis_url=services.redis_url, database_url=services.database_url)
+    stopped = asyncio.Event()
+    async with running_workers(client, settings, WorkerRoles(workflows=False, activities=True), stopped):
+        await asyncio.wait_for(stopped.wait(), 30)
