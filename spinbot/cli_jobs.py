@@ -22,6 +22,7 @@ ApiKey = Annotated[
     str | None, typer.Option("--api-key", envvar="SPINBOT_API_KEY", help="Sent as Bearer (and ?key= on /ws)")
 ]
 PIPED_WIDTH = 200
+SCRIPT_SERVICE = "llm.generate_script"
 JobArg = Annotated[str, typer.Argument(help="A job id, or enough of its start to be unique")]
 
 console = Console(highlight=False)
@@ -93,9 +94,33 @@ def _merge_into_graph(request: dict, pairs: list[tuple[str, str, Any]], target: 
         nodes[node].setdefault("params", {})[key] = value
 
 
+def set_prompt(client: SpinbotClient, request: dict, prompt: str) -> None:
+    """Give every script-writing node `prompt`, where its params do not name one already."""
+    if request.get("mode") == "fixed_graph":
+        pipelines = {p["name"]: p for p in client.pipelines()["pipelines"]}
+        template = pipelines.get(request.get("variant"))
+        if template is None:
+            known = ", ".join(pipelines)
+            raise CliError(f"unknown pipeline {request.get('variant')!r} (known: {known})", EXIT_BAD_REQUEST)
+        params = request.setdefault("params", {})
+        targets = [params.setdefault(n["id"], {}) for n in template["nodes"] if n["service"] == SCRIPT_SERVICE]
+    else:
+        graph = request.get("graph")
+        graph = graph if isinstance(graph, dict) else {}
+        nodes = [n for n in graph.get("nodes", []) if isinstance(n, dict) and n.get("service") == SCRIPT_SERVICE]
+        targets = [node.setdefault("params", {}) for node in nodes]
+    if not targets:
+        raise CliError(f"--prompt: this job has no {SCRIPT_SERVICE} node", EXIT_BAD_REQUEST)
+    for params in targets:
+        params.setdefault("prompt", prompt)
+
+
 def submit(
     target: Annotated[str, typer.Argument(help="A pipeline name (see `spinbot pipelines`) or a graph .json file")],
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="NODE.KEY=VALUE (repeatable)")] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help=f"The prompt of every {SCRIPT_SERVICE} node (unless --param sets it)")
+    ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow the job to its end")] = False,
     api: ApiUrl = DEFAULT_API,
     api_key: ApiKey = None,
@@ -103,6 +128,8 @@ def submit(
     """Submit a job; prints its id. With --follow: exit 0 when it completes, 1 when it fails."""
     request = planning_request(target, param or [])
     with SpinbotClient(api, api_key) as client:
+        if prompt is not None:
+            set_prompt(client, request, prompt)
         job_id = client.submit(request)["jobId"]
         console.print(job_id)
         if follow:

@@ -75,7 +75,7 @@ def graph_file(tmp_path, pipeline: str, fail: bool = False) -> str:
 
 
 async def test_submit_follow_exits_0_when_the_job_completes(stack, llm):
-    run = await spinbot(stack.api_url, "submit", "sadtalker", "--param", "script.prompt=a fox explains DNS", "--follow")
+    run = await spinbot(stack.api_url, "submit", "sadtalker", "--prompt", "a fox explains DNS", "--follow")
     assert run.code == 0, run.out + run.err
     lines = run.out.splitlines()
     job_id = lines[0]
@@ -117,7 +117,7 @@ async def test_a_data_plane_failure_is_named_too_and_follow_resolves_a_prefix(st
 
 async def test_jobs_filters_and_show_by_prefix(stack, llm, tmp_path):
     pipeline = f"cli-{uuid.uuid4().hex[:8]}"
-    done = await spinbot(stack.api_url, "submit", graph_file(tmp_path, pipeline), "-p", "script.prompt=x", "-f")
+    done = await spinbot(stack.api_url, "submit", graph_file(tmp_path, pipeline), "--prompt", "x", "-f")
     failed = await spinbot(stack.api_url, "submit", graph_file(tmp_path, pipeline, fail=True), "-p", "script.prompt=x")
     assert done.code == 0 and failed.code == 0, done.err + failed.err
     done_id, failed_id = done.out.splitlines()[0], failed.out.splitlines()[0]
@@ -167,6 +167,10 @@ async def test_api_down_and_refused_requests_are_one_line_each(stack):
     assert unknown.code == 2 and "400 unknown variant" in one_clear_line(unknown) and "no_such_pipeline" in unknown.err
     bad_param = await spinbot(stack.api_url, "submit", "sadtalker", "-p", "prompt")
     assert bad_param.code == 2 and "expected NODE.KEY=VALUE" in one_clear_line(bad_param)
+    no_prompt = await spinbot(stack.api_url, "submit", "sadtalker")
+    assert no_prompt.code == 2 and "params.prompt" in one_clear_line(no_prompt)
+    unknown_with_prompt = await spinbot(stack.api_url, "submit", "nope", "--prompt", "x")
+    assert unknown_with_prompt.code == 2 and "unknown pipeline 'nope'" in one_clear_line(unknown_with_prompt)
     not_running = await spinbot(stack.api_url, "retry", str(uuid.uuid4()))
     assert not_running.code == 2 and "404" in one_clear_line(not_running)
 
