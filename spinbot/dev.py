@@ -1,4 +1,5 @@
-"""`spinbot dev`: the embedded services plus every role as a child process, stopped cleanly together."""
+"""`spinbot dev`: the embedded services plus every role as a child process, each restarted when it dies, all
+stopped cleanly together."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -16,14 +18,15 @@ from core.migrate import migrate_url
 from core.settings import settings
 from spinbot.services import (
     Child,
-    Postgres,
     ServiceError,
     popen,
     refuse_taken,
+    start_postgres,
     start_redis,
     start_temporal,
     wait_for_port,
 )
+from spinbot.supervisor import Supervisor, lock_data_dir
 
 
 @dataclass
@@ -59,9 +62,78 @@ def _llm_answers(endpoint: str) -> bool:
         return False
 
 
+def _roles(options: DevOptions) -> list[tuple[str, list[str]]]:
+    """(name, spinbot arguments) of each role, the API last."""
+    metrics = options.metrics_ports
+    roles = [
+        (
+            "worker",
+            [
+                "worker",
+                "--metrics-port",
+                str(metrics["worker metrics"]),
+                "--sdk-metrics-port",
+                str(metrics["Temporal SDK metrics"]),
+            ],
+        ),
+        ("relay", ["relay", "--metrics-port", str(metrics["relay metrics"])]),
+    ]
+    if options.dataplane:
+        simulate = "--simulate" if options.simulate else "--no-simulate"
+        roles.append(("dataplane", ["dataplane", simulate, "--sim-seconds", str(options.sim_seconds)]))
+    return [*roles, ("api", ["api"])]
+
+
+def _start_stack(options: DevOptions, supervisor: Supervisor) -> dict[str, Child]:
+    """Every service and role, each supervised; raises ServiceError/OSError/RuntimeError when the stack cannot start."""
+    data = options.data_dir
+    temporal = supervisor.start(
+        "temporal",
+        lambda: start_temporal(data / "temporal", options.temporal_port, options.ui_port, data / "temporal.log"),
+    )
+    redis = supervisor.start("redis", lambda: start_redis(data / "redis", options.redis_port))
+    postgres = supervisor.start("postgres", lambda: start_postgres(data / "pg"))
+    asyncio.run(migrate_url(postgres.url))
+    env = dict(
+        os.environ,
+        SPINBOT_TEMPORAL_ADDRESS=temporal.url,
+        SPINBOT_REDIS_URL=redis.url,
+        SPINBOT_DATABASE_URL=postgres.url,
+        SPINBOT_API_PORT=str(options.api_port),
+        SPINBOT_ARTIFACTS_DIR=str(data / "objects"),
+    )
+    children = {"temporal": temporal, "redis": redis, "postgres": postgres}
+    for name, args in _roles(options):
+        children[name] = supervisor.start(name, partial(_spawn, name, args, env))
+    wait_for_port(options.api_port, children["api"].proc, "API", timeout=60)
+    return children
+
+
+def _print_urls(options: DevOptions, children: dict[str, Child]) -> None:
+    base = f"http://127.0.0.1:{options.api_port}"
+    _say(f"API           {base}")
+    _say(f"OpenAPI docs  {base}/docs")
+    _say(f"Temporal UI   {children['temporal'].extra['ui']}")
+    _say(f"Temporal gRPC {children['temporal'].url}")
+    _say(f"Redis         {children['redis'].url}  (attach a data-plane worker here)")
+    _say(f"PostgreSQL    {children['postgres'].url}")
+    _say(
+        f"Metrics       {base}/metrics, " + ", ".join(f"{name} :{port}" for name, port in options.metrics_ports.items())
+    )
+    if options.dataplane and options.simulate:
+        _say("data plane: reference worker in SIMULATOR mode (no real generation)")
+    elif not options.dataplane:
+        _say("data plane: none started; attach a worker to Redis (group 'workers' on process:data)")
+    endpoint = settings().llm_endpoint
+    if not _llm_answers(endpoint):
+        _say(f"warning: no LLM answers at {endpoint}; script nodes will fail until Ollama runs there")
+    _say("ready; a child that dies is restarted; Ctrl-C stops everything")
+
+
 def run_dev(options: DevOptions) -> int:
-    config = settings()
+    """Run the stack until Ctrl-C/SIGTERM; 0 after a clean stop, 1 when it was refused or could not start."""
     try:
+        lock = lock_data_dir(options.data_dir)
         refuse_taken(
             {
                 "API": options.api_port,
@@ -71,12 +143,9 @@ def run_dev(options: DevOptions) -> int:
                 **options.metrics_ports,
             }
         )
-    except ServiceError as exc:
+    except (ServiceError, OSError) as exc:
         _say(f"cannot start: {exc}")
         return 1
-    data = options.data_dir
-    services: list = []
-    roles: list[Child] = []
     stopping = False
 
     def stop(*_):
@@ -85,85 +154,17 @@ def run_dev(options: DevOptions) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    supervisor = Supervisor(_say)
+    code = 0
     try:
-        temporal = start_temporal(data / "temporal", options.temporal_port, options.ui_port, data / "temporal.log")
-        services.append(temporal)
-        redis = start_redis(data / "redis", options.redis_port)
-        services.append(redis)
-        postgres = Postgres(data / "pg")
-        services.append(postgres)
-        asyncio.run(migrate_url(postgres.url))
-        env = dict(
-            os.environ,
-            SPINBOT_TEMPORAL_ADDRESS=temporal.url,
-            SPINBOT_REDIS_URL=redis.url,
-            SPINBOT_DATABASE_URL=postgres.url,
-            SPINBOT_API_PORT=str(options.api_port),
-            SPINBOT_ARTIFACTS_DIR=str(data / "objects"),
-        )
-        metrics = options.metrics_ports
-        roles.append(
-            _spawn(
-                "worker",
-                [
-                    "worker",
-                    "--metrics-port",
-                    str(metrics["worker metrics"]),
-                    "--sdk-metrics-port",
-                    str(metrics["Temporal SDK metrics"]),
-                ],
-                env,
-            )
-        )
-        roles.append(_spawn("relay", ["relay", "--metrics-port", str(metrics["relay metrics"])], env))
-        if options.dataplane:
-            roles.append(
-                _spawn(
-                    "dataplane",
-                    [
-                        "dataplane",
-                        "--simulate" if options.simulate else "--no-simulate",
-                        "--sim-seconds",
-                        str(options.sim_seconds),
-                    ],
-                    env,
-                )
-            )
-        api = _spawn("api", ["api"], env)
-        roles.append(api)
-        wait_for_port(options.api_port, api.proc, "API", timeout=60)
+        _print_urls(options, _start_stack(options, supervisor))
     except (ServiceError, OSError, RuntimeError) as exc:
         _say(f"cannot start: {exc}")
-        stopping = True
-    else:
-        base = f"http://127.0.0.1:{options.api_port}"
-        _say(f"API           {base}")
-        _say(f"OpenAPI docs  {base}/docs")
-        _say(f"Temporal UI   {temporal.extra['ui']}")
-        _say(f"Temporal gRPC {temporal.url}")
-        _say(f"Redis         {redis.url}  (attach a data-plane worker here)")
-        _say(f"PostgreSQL    {postgres.url}")
-        _say(
-            f"Metrics       {base}/metrics, "
-            + ", ".join(f"{name} :{port}" for name, port in options.metrics_ports.items())
-        )
-        if options.dataplane and options.simulate:
-            _say("data plane: reference worker in SIMULATOR mode (no real generation)")
-        elif not options.dataplane:
-            _say("data plane: none started; attach a worker to Redis (group 'workers' on process:data)")
-        if not _llm_answers(config.llm_endpoint):
-            _say(f"warning: no LLM answers at {config.llm_endpoint}; script nodes will fail until Ollama runs there")
-        _say("ready; Ctrl-C stops everything")
-    failed = None
+        stopping, code = True, 1
     while not stopping:
-        failed = next((child for child in roles if child.proc.poll() is not None), None)
-        if failed:
-            _say(f"{failed.name} exited with code {failed.proc.returncode}; stopping everything")
-            break
+        supervisor.tick()
         time.sleep(0.2)
-    for child in reversed(roles):
-        child.stop()
-    for service in reversed(services):
-        service.stop()
+    supervisor.stop_all()
+    lock.close()
     _say("stopped")
-    return 1 if failed else 0
+    return code

@@ -7,7 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -68,6 +70,24 @@ def _run_job(api: httpx.Client) -> str:
         assert time.monotonic() < deadline, api.get(f"/api/jobs/{job_id}").text
         time.sleep(0.05)
     return job_id
+
+
+def _run_job_after_a_restart(api: httpx.Client, timeout: float = 90) -> str:
+    """Like _run_job, but a dependency that has just restarted may answer a few requests late or not at all."""
+    deadline = time.monotonic() + timeout
+    body = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "after a restart"}}}
+    job_id = None
+    while True:
+        assert time.monotonic() < deadline, f"no completed job within {timeout}s (job {job_id})"
+        try:
+            if job_id is None:
+                reply = api.post("/api/jobs", json=body)
+                job_id = reply.json()["jobId"] if reply.status_code == 200 else None
+            elif api.get(f"/api/status/{job_id}").json().get("status") == "completed":
+                return job_id
+        except (httpx.TransportError, ValueError):
+            pass
+        time.sleep(0.1)
 
 
 def _ports() -> dict:
@@ -132,3 +152,130 @@ def test_dev_stack_refuses_a_taken_port(tmp_path, ollama):
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert f"API port {ports['api']}" in out and "already in use" in out
+
+
+# --- the supervisor (issue 8) -------------------------------------------------------------------------------
+
+
+class Output:
+    """Everything `spinbot dev` prints, read on a thread so its pipe never fills."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout or ():
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 90, after: int = 0) -> int:
+        """The index of the first line from `after` on that contains `text`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for index in range(after, len(self.lines)):
+                if text in self.lines[index]:
+                    return index
+            time.sleep(0.05)
+        raise AssertionError(f"no line with {text!r} within {timeout}s:\n" + "".join(self.lines[-40:]))
+
+
+def _children(pid: int) -> dict[str, int]:
+    """The direct children of `pid` by role: worker, relay, dataplane, api, temporal, redis, postgres."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid != pid:
+            continue
+        program = Path(cmdline[0].split(" ")[0]).name  # redis-server rewrites its title: "redis-server host:port"
+        name = cmdline[3] if "spinbot" in cmdline[:3] and len(cmdline) > 3 else program.replace("-server", "")
+        found[name] = int(entry.name)
+    return found
+
+
+def _processes_using(path: Path) -> list[int]:
+    """Processes whose command line names `path` (e.g. a postmaster's -D folder)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(path).encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _kill_child(proc: subprocess.Popen, output: Output, name: str) -> None:
+    """kill -9 one child of the dev stack and wait until the supervisor has started it again."""
+    pid = _children(proc.pid)[name]
+    mark = len(output.lines)
+    os.kill(pid, signal.SIGKILL)
+    output.wait_for(f"{name} exited with code -9; restarting in", 10, after=mark)
+    output.wait_for(f"{name} restarted", 60, after=mark)
+    assert _children(proc.pid)[name] != pid
+
+
+def test_dev_stack_restarts_a_killed_role_and_each_killed_service(tmp_path, ollama):
+    ports = _ports()
+    proc = _start(tmp_path / "data", ports, ollama.url)
+    output = Output(proc)
+    try:
+        output.wait_for("ready;")
+        assert set(_children(proc.pid)) >= {"worker", "relay", "dataplane", "api", "temporal", "redis", "postgres"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{ports['api']}", timeout=10) as api:
+            for name in ("worker", "relay", "redis", "postgres", "temporal"):
+                _kill_child(proc, output, name)
+                _run_job_after_a_restart(api)  # the stack still runs jobs, on the same ports and data
+    finally:
+        code = _stop(proc)
+    assert code == 0, "".join(output.lines[-40:])
+
+
+def test_a_second_dev_on_the_same_folder_is_refused_and_kill_9_leaves_no_postgres(tmp_path, ollama):
+    ports, data = _ports(), tmp_path / "data"
+    proc = _start(data, ports, ollama.url)
+    output = Output(proc)
+    try:
+        output.wait_for("ready;")
+        second = _start(data, _ports(), ollama.url)
+        out, _ = second.communicate(timeout=60)
+        assert second.returncode == 1, out
+        assert f"another spinbot dev (pid {proc.pid}) is using {data}" in out
+        with httpx.Client(base_url=f"http://127.0.0.1:{ports['api']}", timeout=10) as api:
+            job_id = _run_job(api)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    deadline = time.monotonic() + 30
+    while _processes_using(data) or any(_taken(ports[name]) for name in ("api", "redis", "temporal")):
+        assert time.monotonic() < deadline, f"left behind: {_processes_using(data)}"
+        time.sleep(0.1)
+
+    proc = _start(data, ports, ollama.url)
+    output = Output(proc)
+    try:
+        output.wait_for("ready;")
+        with httpx.Client(base_url=f"http://127.0.0.1:{ports['api']}", timeout=10) as api:
+            assert api.get(f"/api/jobs/{job_id}").json()["job"]["status"] == "completed"
+            _run_job(api)
+    finally:
+        assert _stop(proc) == 0
+
+
+def test_a_stack_that_cannot_start_exits_non_zero(tmp_path, ollama):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "pg").write_text("not a folder")  # PostgreSQL cannot start here, after Temporal and Redis did
+    ports = _ports()
+    proc = _start(data, ports, ollama.url)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 1, out
+    assert "cannot start" in out
+    assert not any(_taken(ports[name]) for name in ("redis", "temporal")), "a service outlived the refusal"
