@@ -41,6 +41,8 @@ KEYWORDS = (
     "maxLength",
     "pattern",
     "items",
+    "minItems",
+    "maxItems",
 )
 
 
@@ -63,6 +65,9 @@ def check_node_params(node: dict, capability: dict, require: bool = True) -> Non
                 raise PlanningError(f"{where}: required by {capability['id']}, missing")
             continue
         problem = next(iter(_validator(json.dumps(declared, sort_keys=True)).iter_errors(value)), None)
+        if problem is not None and problem.path:  # inside the value: jsonschema's words, cut short
+            inner = "/".join(str(part) for part in problem.path)
+            raise PlanningError(f"{where}/{inner}: {problem.message[:200]}")
         if problem is not None:
             raise PlanningError(f"{where}: {_explain(problem.validator, declared, value)}")
 
@@ -88,6 +93,8 @@ def _explain(keyword: Any, declared: dict, value: Any) -> str:
         "exclusiveMaximum": f"must be < {declared.get('exclusiveMaximum')}",
         "minLength": f"must have at least {declared.get('minLength')} characters",
         "maxLength": f"must have at most {declared.get('maxLength')} characters",
+        "minItems": f"must have at least {declared.get('minItems')} items",
+        "maxItems": f"must have at most {declared.get('maxItems')} items",
         "pattern": "must not be blank"
         if declared.get("pattern") == NOT_BLANK
         else f"must match {show(declared.get('pattern'))}",

@@ -514,6 +514,21 @@ def script_request(**params) -> dict:
             custom([task("a", params={"preset": {"x": 1}})], []),
             'node "a": params.preset: must be of type string, got {"x": 1}',
         ),
+        (
+            custom([{"id": "u", "service": "artifacts.upload_artifact", "plane": "node"}], []),
+            'node "u": params.files: required by artifacts.upload_artifact, missing',
+        ),
+        (
+            custom([{"id": "u", "service": "artifacts.upload_artifact", "plane": "node", "params": {"files": []}}], []),
+            'node "u": params.files: must have at least 1 items, got []',
+        ),
+        (
+            custom(
+                [{"id": "u", "service": "artifacts.upload_artifact", "plane": "node", "params": {"files": [{}, 7]}}],
+                [],
+            ),
+            "node \"u\": params.files/1: 7 is not of type 'object'",
+        ),
     ],
 )
 def test_params_are_checked_against_the_manifest(request_, expected, contracts):
