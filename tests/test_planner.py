@@ -573,8 +573,8 @@ def test_a_caller_chosen_llm_endpoint_is_rejected(endpoint, contracts):
 
 
 def test_a_caller_graph_cannot_name_an_endpoint_either(contracts):
-    script = {"id": "s", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "p"}}
-    script["params"]["endpoint"] = "http://10.0.0.1:11434"
+    params = {"prompt": "p", "endpoint": "http://10.0.0.1:11434"}
+    script = {"id": "s", "service": "llm.generate_script", "plane": "node", "params": params}
     assert "not an allowed LLM endpoint" in rejection(custom([script], []), contracts)
 
 
