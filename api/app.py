@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 from fastapi import Depends, FastAPI, Response
@@ -14,10 +13,11 @@ from api.cors import JsonErrorCORSMiddleware
 from api.deps import Backend
 from api.docs import install_docs
 from api.errors import install_error_handlers
-from api.hub import Hub
+from api.hub import HUB_LISTENER, Hub
 from api.middleware import BodyLimit, RequestMetrics
 from api.models import Health
 from api.openapi import error_response, install_openapi
+from api.readiness import router as readiness_router
 from api.routes_artifacts import download_router
 from api.routes_artifacts import router as artifacts_router
 from api.routes_capabilities import router as capabilities_router
@@ -33,6 +33,7 @@ from core.redis import redis_client
 from core.settings import Settings
 from core.storage import object_store
 from core.store import Store, connect_pool
+from core.supervise import Supervisor, TaskHealth
 from core.temporal import connect
 from workflows.status import JobStatus
 
@@ -62,18 +63,21 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         redis = redis_client(settings.redis_url)
         pool = await connect_pool(settings.database_url)
         client = temporal or await connect(settings.temporal_address, settings.temporal_namespace)
-        hub = Hub(spec.bridge, redis)
-        listening = asyncio.Event()
-        relay = asyncio.create_task(subscribe_forever(settings.redis_url, hub.patterns, hub.on_message, listening))
+        hub = Hub(spec.bridge, redis, settings.max_entry_bytes)
+        tasks = Supervisor()
+
+        async def push_updates(health: TaskHealth) -> None:
+            await subscribe_forever(settings.redis_url, hub.patterns, hub.on_message, health, hub.catch_up)
+
+        tasks.start(HUB_LISTENER, push_updates)
         app.state.backend = Backend(
-            settings, spec, redis, Store(pool), client, service_runtimes(spec), hub, object_store(settings)
+            settings, spec, redis, Store(pool), client, service_runtimes(spec), hub, object_store(settings), tasks
         )
-        await asyncio.wait_for(listening.wait(), 30)
+        await tasks.wait_up(30)
         try:
             yield
         finally:
-            relay.cancel()
-            await asyncio.gather(relay, return_exceptions=True)
+            await tasks.stop()
             await redis.aclose()
             await pool.close()
 
@@ -123,6 +127,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
             router, dependencies=[Depends(require_key)], responses={401: error_response("Missing or invalid API key")}
         )
     app.include_router(ws_router)
+    app.include_router(readiness_router)
     app.include_router(download_router)
     install_openapi(app)
     install_docs(app)

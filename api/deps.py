@@ -15,6 +15,7 @@ from core.contracts import Contracts
 from core.settings import Settings
 from core.storage import ObjectStore
 from core.store import Store
+from core.supervise import Supervisor
 from workflows.inputs import ServiceRuntime
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class Backend:
     runtimes: dict[str, ServiceRuntime]
     hub: Hub
     storage: ObjectStore
+    tasks: Supervisor = field(default_factory=Supervisor)  # background tasks, restarted when they die
     capabilities: CapabilitiesCache | None = field(default=None)
 
 

@@ -20,11 +20,15 @@ from core.contracts import Bridge, ContractError
 from core.failures import UNKNOWN_CODE, job_error_from_json
 from core.messages import parse_event
 from core.metrics import WS_ERRORS, WS_SENT
+from core.wire import WireLimits
+from workflows.graph import clamp_progress
 from workflows.status import JobStatus
 
 log = logging.getLogger(__name__)
 
+HUB_LISTENER = "hub-listener"  # the supervised task that feeds the hub from pub/sub
 QUEUE_LIMIT = 256
+CATCH_UP_CHUNK = 500  # jobs whose keys one round trip reads when catching up after a resubscribe
 SEND_TIMEOUT = 10.0
 SLOW_CLIENT_CLOSE = 1013  # "try again later": it fell too far behind
 
@@ -77,9 +81,9 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self, bridge: Bridge, redis: aioredis.Redis | None = None):
-        self.bridge = bridge
-        self.redis = redis  # to read why a job failed when its `failed` status does not say
+    def __init__(self, bridge: Bridge, redis: aioredis.Redis | None = None, max_bytes: int = WireLimits.max_bytes):
+        self.bridge, self.max_bytes = bridge, max_bytes
+        self.redis = redis  # to read why a job failed when its `failed` status does not say, and to catch up
         self.subscribers: dict[str, set[Subscriber]] = {}
         self.views: dict[str, JobView] = {}
 
@@ -122,13 +126,14 @@ class Hub:
             log.warning("cannot read why job %s failed: %s", job_id, exc)
             return None
 
-    async def on_message(self, channel: str, raw: str) -> None:
+    async def on_message(self, channel: bytes | str, raw: bytes | str) -> None:
+        """One pub/sub message as read (bytes); garbage is ignored here (the relay dead-letters it)."""
         if not self.subscribers:
             return
         try:
-            event = parse_event(self.bridge, channel, raw)
+            event = parse_event(self.bridge, channel, raw, self.max_bytes)
         except ContractError:
-            return  # the relay sets garbage aside; clients never see it
+            return
         watchers = self.subscribers.get(event.job_id)
         if not watchers:
             return
@@ -144,10 +149,39 @@ class Hub:
                 return  # the initial state is still being read; it will carry this progress
         else:
             return  # progress that would move backwards (or repeat) is not news
-        message = json.dumps(view.update(event.job_id))
-        for client in list(watchers):
+        self._push(event.job_id, view)
+        # Let senders drain between messages: a burst read in one go must not fill a reading client's queue.
+        await asyncio.sleep(0)
+
+    def _push(self, job_id: str, view: JobView) -> None:
+        message = json.dumps(view.update(job_id))
+        for client in list(self.subscribers.get(job_id, ())):
             if not client.offer(message):
                 WS_ERRORS.labels(kind="slow_client").inc()
                 self.leave(client)
-        # Let senders drain between messages: a burst read in one go must not fill a reading client's queue.
-        await asyncio.sleep(0)
+
+    async def catch_up(self) -> None:
+        """After (re)subscribing: push what changed while no message could arrive (a Redis restart, say)."""
+        if self.redis is None:
+            return
+        jobs = list(self.subscribers)
+        for start in range(0, len(jobs), CATCH_UP_CHUNK):
+            chunk = jobs[start : start + CATCH_UP_CHUNK]
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in chunk:
+                pipe.mget(self.bridge.status_key(job_id), self.bridge.progress_key(job_id))
+            for job_id, (status, progress) in zip(chunk, await pipe.execute(), strict=True):
+                await self._catch_up_job(job_id, status, progress)
+
+    async def _catch_up_job(self, job_id: str, status: str | None, progress: str | None) -> None:
+        view = self.views.get(job_id)
+        if view is None or view.status is None or job_id not in self.subscribers:
+            return  # unsubscribed meanwhile, or its initial state is still being read
+        stored = clamp_progress(progress) if progress is not None else view.progress
+        if (status is None or status == view.status) and stored <= view.progress:
+            return
+        if status and status != view.status:
+            view.status = status
+            view.error = await self._failure(job_id) if status == JobStatus.FAILED else None
+        view.progress = max(view.progress, stored)
+        self._push(job_id, view)

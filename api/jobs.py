@@ -20,10 +20,11 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api.deps import Backend
-from api.errors import ApiError
+from api.errors import ApiError, unavailable
 from core import jobkeys
 from core.failures import UNKNOWN_CODE, job_error, job_error_from_json
 from core.metrics import JOBS_SUBMITTED
+from core.outages import POSTGRES_DOWN, REDIS, REDIS_DOWN
 from core.planner import PlanningError, plan
 from core.store import is_job_id, millis
 from core.temporal import RPC_TIMEOUT
@@ -40,6 +41,9 @@ from workflows.names import (
 from workflows.status import JobStatus
 
 log = logging.getLogger(__name__)
+
+# Redis down, or the data plane wrote bytes that are not text: the graph is read from PostgreSQL instead.
+GRAPH_UNREADABLE: tuple[type[BaseException], ...] = (*REDIS_DOWN, UnicodeDecodeError)
 
 # Idempotency keys map to job ids deterministically, so a repeated submission finds the same job.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b1b07a0-0000-4000-8000-000000000001")
@@ -170,14 +174,26 @@ def accepted(job_id: str, created: datetime | int) -> dict:
 
 
 async def job_status(backend: Backend, job_id: str) -> dict:
-    """Status from the Redis keys (fast path), else from PostgreSQL; 404 when unknown."""
+    """Status from the Redis keys (fast path), else from PostgreSQL, also while Redis is down; 404 when unknown."""
     bridge = backend.contracts.bridge
-    status, progress = await backend.redis.mget(bridge.status_key(job_id), bridge.progress_key(job_id))
+    redis_down = False
+    try:
+        status, progress = await backend.redis.mget(bridge.status_key(job_id), bridge.progress_key(job_id))
+    except REDIS_DOWN as exc:
+        log.warning("status of job %s from PostgreSQL: Redis unavailable (%s)", job_id, exc)
+        status, progress, redis_down = None, None, True
     if status is None and is_job_id(job_id):
-        row = await backend.store.job_status(job_id)
+        try:
+            row = await backend.store.job_status(job_id)
+        except POSTGRES_DOWN:
+            if redis_down:
+                raise ApiError(503, "Redis and PostgreSQL unavailable; try again shortly") from None
+            raise
         if row:
             status, progress = row["status"], row["progress"]
     if status is None:
+        if redis_down:
+            raise unavailable(REDIS)  # only Redis knows jobs whose id PostgreSQL cannot hold
         raise ApiError(404, f"job {job_id} not found")
     state: dict[str, object] = {"jobId": job_id, "status": status, "progress": float(progress or 0)}
     if status == JobStatus.FAILED:
@@ -187,7 +203,10 @@ async def job_status(backend: Backend, job_id: str) -> dict:
 
 async def failure_of(backend: Backend, job_id: str) -> dict:
     """Why a failed job failed, from its latest graph: Redis job:<id> first, else PostgreSQL's last_graph."""
-    graph_json = await backend.redis.hget(backend.contracts.bridge.job_key(job_id), "graph")
+    try:
+        graph_json = await backend.redis.hget(backend.contracts.bridge.job_key(job_id), "graph")
+    except GRAPH_UNREADABLE:
+        graph_json = None
     error = job_error_from_json(graph_json)
     if error is None and is_job_id(job_id):
         row = await backend.store.job(job_id)

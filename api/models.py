@@ -95,6 +95,13 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class Readiness(BaseModel):
+    """Each check is {ok, error?} for a dependency, {ok, state, restarts, forSeconds} for a background task."""
+
+    status: Literal["ready"] = "ready"
+    checks: dict[str, dict[str, Any]]
+
+
 class JobControl(BaseModel):
     jobId: str
     message: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 
 from fastapi import APIRouter, WebSocket
@@ -15,6 +16,7 @@ from api.deps import Backend, get_backend
 from api.errors import ApiError
 from api.hub import SEND_TIMEOUT, SLOW_CLIENT_CLOSE, Subscriber
 from api.jobs import job_status
+from core.contracts import ContractError
 from core.metrics import (
     WS_CONNECTED,
     WS_CONNECTIONS,
@@ -22,13 +24,16 @@ from core.metrics import (
     WS_LIFETIME,
     WS_RECEIVED,
 )
+from core.wire import load_json, text_of
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 MAX_MESSAGE = 4096
 MAX_SUBSCRIPTIONS = 1000
 AUTH_TIMEOUT = 10.0
 POLICY_VIOLATION = 1008
+INTERNAL_ERROR = 1011
 FAILED = json.dumps({"action": "response", "message": "failed"})
 
 
@@ -37,12 +42,12 @@ def _response(message: str, job_id: str) -> str:
 
 
 def _parse(text: str) -> dict | None:
-    """A client message with a string `action`, or None when it is not one."""
+    """A client message with a string `action`, or None when it is not one (deep, huge or not JSON included)."""
     if len(text) > MAX_MESSAGE:
         return None
     try:
-        message = json.loads(text)
-    except json.JSONDecodeError:
+        message = load_json(text, "message")
+    except ContractError:
         return None
     if not isinstance(message, dict) or not isinstance(message.get("action"), str):
         return None
@@ -67,7 +72,9 @@ async def _authorised(socket: WebSocket, keys: list[str]) -> bool:
 async def _initial_state(backend: Backend, job_id: str) -> tuple[str, float, dict | None]:
     try:
         state = await job_status(backend, job_id)
-    except ApiError:
+    except ApiError as exc:
+        if exc.status != 404:
+            raise  # an outage is no answer: the socket is closed with 1011 and the client reconnects
         return "not_found", 0.0, None
     return state["status"], state["progress"], state.get("error")
 
@@ -85,23 +92,48 @@ async def websocket(socket: WebSocket):
     WS_CONNECTIONS.inc()
     WS_CONNECTED.inc()
     started = time.monotonic()
+    receiving = asyncio.create_task(_receive_forever(backend, client))
+    dropped = asyncio.create_task(client.dropped.wait())
     try:
-        receiving = asyncio.create_task(_receive_forever(backend, client))
-        dropped = asyncio.create_task(client.dropped.wait())
-        done, pending = await asyncio.wait({sender, receiving, dropped}, return_when=asyncio.FIRST_COMPLETED)
-        if sender in done and not sender.cancelled() and sender.exception():
-            WS_ERRORS.labels(kind="send").inc()
+        _, pending = await asyncio.wait({sender, receiving, dropped}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         await asyncio.wait(pending, timeout=SEND_TIMEOUT)
     finally:
         hub.leave(client)
-        sender.cancel()
+        for task in (sender, receiving, dropped):
+            task.cancel()
         WS_CONNECTED.dec()
         WS_LIFETIME.observe(time.monotonic() - started)
-        if client.dropped.is_set() and socket.client_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(socket.close(code=SLOW_CLIENT_CLOSE, reason="client too slow"), 2)
+        await _close(socket, client, _failure(receiving), _failure(sender))
+
+
+def _failure(task: asyncio.Task) -> BaseException | None:
+    """What a finished task raised; reading it here is what keeps "Task exception was never retrieved" away."""
+    if not task.done() or task.cancelled():
+        return None
+    return task.exception()
+
+
+async def _close(socket: WebSocket, client: Subscriber, serving: BaseException | None, sending: BaseException | None):
+    """End the connection with the code that says why: 1011 after an error, 1013 for a client left behind."""
+    if serving is not None:
+        WS_ERRORS.labels(kind="server").inc()
+        log.error("WebSocket client %s: serving failed; closing with 1011", socket.client, exc_info=serving)
+        code, reason = INTERNAL_ERROR, "internal error"
+    elif sending is not None:
+        WS_ERRORS.labels(kind="send").inc()
+        log.warning(
+            "WebSocket client %s: sending failed (%s: %s); closing", socket.client, type(sending).__name__, sending
+        )
+        code, reason = INTERNAL_ERROR, "send failed"
+    elif client.dropped.is_set():
+        code, reason = SLOW_CLIENT_CLOSE, "client too slow"
+    else:
+        return  # the client left
+    if socket.client_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(socket.close(code=code, reason=reason), 2)
 
 
 async def _receive_forever(backend: Backend, client: Subscriber) -> None:
@@ -111,10 +143,10 @@ async def _receive_forever(backend: Backend, client: Subscriber) -> None:
         if frame["type"] == "websocket.disconnect":
             return
         WS_RECEIVED.inc()
-        text = frame.get("text")
-        if text is None:
-            text = (frame.get("bytes") or b"").decode("utf-8", errors="replace")
-        message = _parse(text)
+        try:
+            message = _parse(text_of(frame["bytes"], "frame") if frame.get("text") is None else frame["text"])
+        except ContractError:  # a binary frame that is not UTF-8
+            message = None
         job_id = message.get("jobId") if message else None
         if not message or not isinstance(job_id, str) or not job_id or len(job_id) > 200:
             WS_ERRORS.labels(kind="bad_message").inc()

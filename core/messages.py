@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from core.contracts import Bridge, ContractError, check, first_error
 from core.failures import clean_error
+from core.wire import WireLimits, load_json, text_of
 from workflows.graph import clamp_progress, drop_nulls
 
 
 def parse_graph_entry(fields: dict) -> tuple[str, dict]:
     """(jobId, graph) of a stream entry; nulls in the graph mean absent. Raises ContractError."""
     check(fields, "stream-entry.schema.json")
-    try:
-        graph = json.loads(fields["graph"])
-    except json.JSONDecodeError as exc:
-        raise ContractError(f"graph: not valid JSON ({exc.msg})") from None
+    graph = load_json(fields["graph"], "graph")
     if not isinstance(graph, dict):
         raise ContractError("graph: must be a JSON object")
     graph = drop_nulls(graph)
@@ -54,8 +52,14 @@ class JobEvent:
     error: dict | None = None  # a `failed` status may say why: {nodeId, message, code}
 
 
-def parse_event(bridge: Bridge, channel: str, raw: str) -> JobEvent:
-    """A pub/sub message as a JobEvent. Raises ContractError for anything off-contract."""
+def parse_event(
+    bridge: Bridge, channel: bytes | str, raw: bytes | str, max_bytes: int = WireLimits.max_bytes
+) -> JobEvent:
+    """A pub/sub message (as read, bytes or text) as a JobEvent. Raises ContractError for anything off-contract."""
+    channel = text_of(channel, "channel")
+    if len(raw) > max_bytes:
+        raise ContractError(f"{channel}: message of {len(raw)} bytes is over the limit of {max_bytes}")
+    raw = text_of(raw, channel)
     for kind in ("status", "progress", "data"):
         prefix = bridge.channel(kind, "")
         if channel.startswith(prefix):
@@ -63,10 +67,7 @@ def parse_event(bridge: Bridge, channel: str, raw: str) -> JobEvent:
             break
     else:
         raise ContractError(f"channel {channel!r}: not a job channel")
-    try:
-        payload = json.loads(raw)
-    except (json.JSONDecodeError, TypeError):
-        raise ContractError(f"{channel}: payload is not JSON") from None
+    payload = load_json(raw, channel)
     problem = first_error(payload, "pubsub.schema.json", kind)
     if problem:
         raise ContractError(f"{channel}: {problem}")
@@ -80,9 +81,20 @@ def parse_event(bridge: Bridge, channel: str, raw: str) -> JobEvent:
         kind=kind,
         job_id=job_id,
         status=payload.get("status"),
-        progress=clamp_progress(payload["progress"]) if kind == "progress" else None,
+        progress=_progress(channel, payload["progress"]) if kind == "progress" else None,
         data=payload.get("data"),
         created=created,
         fingerprint=hashlib.sha1(f"{channel}\n{raw}".encode()).hexdigest(),
         error=clean_error(payload.get("error")) if kind == "status" else None,
     )
+
+
+def _progress(channel: str, value: float | str) -> float:
+    """A reported progress clamped to [0, 1] (PROTOCOL §1); Infinity (a string may spell one, "1e999") is refused."""
+    try:
+        finite = math.isfinite(float(value))
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        raise ContractError(f"{channel}: progress {str(value)[:40]!r} is not a finite number")
+    return clamp_progress(value)

@@ -10,6 +10,8 @@ HANDOFF_SECONDS = Histogram(
 )
 HANDBACKS = Counter("spinbot_handbacks_total", "Handbacks relayed to workflows", ["outcome"])
 PUBSUB_MESSAGES = Counter("spinbot_pubsub_messages_total", "Pub/sub messages handled by the relay", ["kind"])
+TASK_UP = Gauge("spinbot_task_up", "1 while a supervised background task is serving, else 0", ["task"])
+TASK_RESTARTS = Counter("spinbot_task_restarts_total", "Supervised background tasks restarted after dying", ["task"])
 SEGMENTS_WITHOUT_CONSUMER = Counter(
     "spinbot_segments_without_consumer_total", "Segments pushed while no live data-plane worker reads the stream"
 )

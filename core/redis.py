@@ -1,4 +1,4 @@
-"""Redis clients as every role opens them: command retries, health checks, and the errors worth retrying."""
+"""Redis clients as every role opens them: command retries, pools that wait, health checks, bytes on request."""
 
 from __future__ import annotations
 
@@ -14,21 +14,57 @@ from core.retry import redis_retry
 Entry = dict[FieldT, EncodableT]  # the fields of a stream entry, as redis-py's XADD takes them
 
 # What a restart or a network blip looks like from a client: retry these, never drop work for them.
+# (BusyLoadingError, a server still loading its data after a restart, and MaxConnectionsError are ConnectionErrors.)
 TRANSIENT: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 REDIS_PY_SOCKET_TIMEOUT = 5.0  # what redis-py (8.x) uses when the client is built without one
 
+# One pool per client. Commands are short (blocking reads and pub/sub have connections of their own), so a few
+# dozen connections serve thousands of requests and sockets; past that a command waits for a free one rather
+# than failing, and only gives up (a ConnectionError) after POOL_WAIT seconds.
+POOL_SIZE = 64
+POOL_WAIT = 10.0
+CONNECT_TIMEOUT = 5.0
+HEALTH_CHECK_SECONDS = 10  # an idle connection is PINGed before use after this long, so a dead one is replaced
 
-def redis_client(url: str, block_ms: int | None = None) -> aioredis.Redis:
-    """A client for `url`; with `block_ms`, its socket timeout outlasts blocking reads of that length."""
+
+def redis_client(
+    url: str, block_ms: int | None = None, *, raw: bool = False, pool_size: int = POOL_SIZE
+) -> aioredis.Redis:
+    """A client for `url`; with `block_ms`, its socket timeout outlasts blocking reads of that length.
+
+    `raw` keeps replies as bytes: for consumers of what other programs wrote, which decode it themselves.
+    """
     socket_timeout = block_ms / 1000 + 5 if block_ms else None
-    return aioredis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
-        decode_responses=True,
-        health_check_interval=30,
+        max_connections=pool_size,
+        timeout=POOL_WAIT,
+        decode_responses=not raw,
+        health_check_interval=HEALTH_CHECK_SECONDS,
         socket_timeout=socket_timeout,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_keepalive=True,
         retry=redis_retry(),
-        retry_on_error=[RedisConnectionError],
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return aioredis.Redis.from_pool(pool)
+
+
+def bytes_twin(client: aioredis.Redis) -> aioredis.Redis:
+    """A client of the same server with the same options and pool kind, whose replies stay bytes.
+
+    Stream consumers read through one: bytes that are not UTF-8 then reach our own decoding (a contract
+    error for that one entry) instead of raising inside redis-py, which would lose the whole reply.
+    """
+    pool = client.connection_pool
+    options = {**pool.connection_kwargs, "decode_responses": False}
+    size, kind = pool.max_connections, pool.connection_class
+    twin: aioredis.ConnectionPool
+    if isinstance(pool, aioredis.BlockingConnectionPool):
+        twin = aioredis.BlockingConnectionPool(size, pool.timeout, kind, **options)
+    else:
+        twin = aioredis.ConnectionPool(kind, size, **options)
+    return aioredis.Redis.from_pool(twin)
 
 
 def raise_if_cancelled() -> None:

@@ -38,6 +38,9 @@ class ResettingBackoff(wait_base):
         self.last_failure = float("-inf")
 
     def __call__(self, retry_state: RetryCallState) -> float:
+        return self.next_delay()
+
+    def next_delay(self) -> float:
         now = time.monotonic()
         healthy = now - self.last_failure > self.delay + HEALTHY_SPELL
         self.delay = self.first if healthy else min(self.delay * 2, self.cap)
@@ -45,22 +48,31 @@ class ResettingBackoff(wait_base):
         return self.delay
 
 
-def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+def _log_retry(what: str, on_retry: Callable[[BaseException], None] | None) -> Callable[[RetryCallState], None]:
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         log.warning("%s failed (%s: %s); retrying in %.1fs", what, type(error).__name__, error, delay)
+        if on_retry is not None and error is not None:
+            on_retry(error)
 
     return before_sleep
 
 
-def retrying(what: str, errors: tuple[type[BaseException], ...], timeout: float | None = None) -> AsyncRetrying:
-    """Retry on `errors` with backoff, for ever or until `timeout` seconds have passed (then re-raise)."""
+def retrying(
+    what: str,
+    errors: tuple[type[BaseException], ...],
+    timeout: float | None = None,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> AsyncRetrying:
+    """Retry on `errors` with backoff, for ever or until `timeout` seconds have passed (then re-raise).
+
+    `on_retry` hears of each failure before its wait (a task reporting itself down, say)."""
     return AsyncRetrying(
         retry=retry_if_exception_type(errors),
         wait=ResettingBackoff(),
         stop=stop_after_delay(timeout) if timeout is not None else stop_never,
-        before_sleep=_log_retry(what),
+        before_sleep=_log_retry(what, on_retry),
         reraise=True,
     )
 

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     llm_timeout_ms: int = 60_000
 
     segment_timeout_seconds: float = 6 * 3600
+    # Stream entries and pub/sub messages larger than this are contract errors (dead-lettered, never parsed).
+    max_entry_bytes: int = Field(default=4 << 20, gt=0)
+    # A stream entry whose handling failed this many times (crashes, not outages) is dead-lettered.
+    max_deliveries: int = Field(default=5, ge=1)
+    # Temporal's limit on one payload (its blob size limit, 2 MiB by default): larger handbacks cannot be signalled.
+    temporal_payload_limit_bytes: int = Field(default=2 << 20, gt=0)
     capabilities_timeout_seconds: float = 10.0
     capabilities_cache_seconds: float = 60.0
 

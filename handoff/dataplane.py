@@ -19,13 +19,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from core import jobkeys
-from core.contracts import Bridge, ContractError, contracts
+from core.contracts import Bridge, contracts
 from core.messages import parse_graph_entry
 from core.redis import TRANSIENT, Entry, redis_client
 from core.retry import call_with_retry
 from core.settings import Settings
+from core.supervise import Supervisor, TaskHealth
 from core.timestamps import now_ms
-from handoff.streams import StreamConsumer, dead_letter
+from core.wire import WireLimits
+from handoff.streams import StreamConsumer
 from workflows.graph import (
     OPTIONAL_NODE_FIELDS,
     clamp_progress,
@@ -126,6 +128,7 @@ class DataPlaneWorker:
         consumer: str,
         handback_failures: bool = False,
         concurrency: int = 8,
+        limits: WireLimits = WireLimits(),
     ):
         self.redis, self.bridge, self.manifest, self.consumer = redis, bridge, manifest, consumer
         self.handback_failures = handback_failures
@@ -141,6 +144,8 @@ class DataPlaneWorker:
             batch=bridge.batch_size,
             claim_idle_ms=None,
             concurrency=concurrency,
+            limits=limits,
+            dead_stream=bridge.dead_letter(bridge.data_stream),
         )
         self.handlers: dict[str, Handler] = {"info.get_capabilities": self.worker_capabilities}
         if simulator:
@@ -149,7 +154,7 @@ class DataPlaneWorker:
     async def worker_capabilities(self, call: NodeCall) -> dict:
         return {"workerCaps": json.dumps(self.manifest)}
 
-    async def run(self) -> None:
+    async def run(self, health: TaskHealth | None = None) -> None:
         """Serve until cancelled; entries in flight are cancelled too and stay pending (unacked)."""
         log.info(
             "data-plane worker %s serving %s (group %s): %s",
@@ -158,20 +163,14 @@ class DataPlaneWorker:
             self.bridge.workers_group,
             ", ".join(sorted(self.handlers)),
         )
-        await self.stream.run()
+        await self.stream.run(health)
 
-    async def serve_entry(self, entry_id: str, fields: dict) -> None:
-        """Run one pushed graph, then hand it back (or record its failure) and ack; invalid entries go aside."""
+    async def serve_entry(self, entry_id: str, fields: dict[str, str]) -> None:
+        """Run one pushed graph, then hand it back (or record its failure) and ack.
+
+        An invalid entry raises ContractError, and the stream consumer sets it aside (dead letter, ack)."""
         stream = self.bridge.data_stream
-        try:
-            job_id, graph = parse_graph_entry(fields)
-        except ContractError as exc:
-            reason = str(exc)
-            await self._persist(
-                lambda: dead_letter(self.redis, stream, self.bridge.dead_letter(stream), fields, reason)
-            )
-            await self._persist(lambda: self.redis.xack(stream, self.bridge.workers_group, entry_id))
-            return
+        job_id, graph = parse_graph_entry(fields)
         await publish_event(self.redis, self.bridge, "status", job_id, {"status": JobStatus.RUNNING})
         completed = await self.run_graph(job_id, graph)
         if completed or self.handback_failures:
@@ -255,8 +254,12 @@ async def run_dataplane(
         Simulator(sim_seconds) if simulate else None,
         consumer,
         handback_failures,
+        limits=WireLimits.of(settings),
     )
+    tasks = Supervisor()
+    tasks.start("dataplane-consumer", worker.run)
     try:
-        await worker.run()
+        await asyncio.gather(*tasks.tasks)
     finally:
+        await tasks.stop()
         await redis.aclose()

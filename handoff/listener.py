@@ -19,6 +19,7 @@ from core.messages import JobEvent, parse_event
 from core.metrics import PUBSUB_MESSAGES
 from core.store import Event, Store, is_job_id
 from core.temporal import RPC_TIMEOUT
+from core.wire import WireLimits
 from handoff.streams import dead_letter
 from workflows.graph import drop_nulls, failed_nodes
 from workflows.inputs import Handback
@@ -29,12 +30,17 @@ log = logging.getLogger(__name__)
 
 
 class EventListener:
-    def __init__(self, redis: aioredis.Redis, store: Store, client: Client, bridge: Bridge):
-        self.redis, self.store, self.client, self.bridge = redis, store, client, bridge
+    def __init__(
+        self, redis: aioredis.Redis, store: Store, client: Client, bridge: Bridge, limits: WireLimits = WireLimits()
+    ):
+        self.redis, self.store, self.client, self.bridge, self.limits = redis, store, client, bridge, limits
 
-    async def on_message(self, channel: str, raw: str) -> None:
+    async def on_message(self, channel: bytes | str, raw: bytes | str) -> None:
+        """One message as read (bytes): recorded, or set aside as a dead letter when it breaks the contract."""
         try:
-            event = parse_event(self.bridge, channel, raw)
+            event = parse_event(self.bridge, channel, raw, self.limits.max_bytes)
+            if not is_job_id(event.job_id):
+                raise ContractError(f"{event.job_id!r} is not a job id (unknown job)")
         except ContractError as exc:
             PUBSUB_MESSAGES.labels(kind="invalid").inc()
             source = self.bridge.pubsub_source
@@ -44,10 +50,9 @@ class EventListener:
             return
         PUBSUB_MESSAGES.labels(kind=event.kind).inc()
         await self._update_keys(event)
-        if is_job_id(event.job_id):
-            await self.store.apply_event(
-                Event(event.job_id, event.fingerprint, event.status, event.progress, event.data, event.created)
-            )
+        await self.store.apply_event(
+            Event(event.job_id, event.fingerprint, event.status, event.progress, event.data, event.created)
+        )
         if event.status == JobStatus.FAILED:
             await self._detect_dataplane_failure(event.job_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -12,17 +13,28 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.contracts import Bridge, ContractError
 from core.messages import parse_graph_entry
 from core.metrics import HANDBACKS, HANDOFF_SECONDS
+from core.retry import call_with_retry
+from core.supervise import TaskHealth
 from core.temporal import RPC_TIMEOUT
-from handoff.streams import StreamConsumer, dead_letter
+from core.wire import WireLimits
+from handoff.streams import StreamConsumer
 from workflows.inputs import Handback
 from workflows.names import HANDBACK
 
 log = logging.getLogger(__name__)
 
+ENVELOPE_BYTES = 1024  # what a signal adds around the graph (payload metadata, the Handback wrapper)
+
+
+class SignalNotDelivered(Exception):
+    """Temporal did not take the signal for a reason that passes (unavailable, overloaded, timed out)."""
+
 
 class HandbackRelay:
-    def __init__(self, redis: aioredis.Redis, client: Client, bridge: Bridge, consumer: str):
-        self.redis, self.client, self.bridge = redis, client, bridge
+    def __init__(
+        self, redis: aioredis.Redis, client: Client, bridge: Bridge, consumer: str, limits: WireLimits = WireLimits()
+    ):
+        self.redis, self.client, self.bridge, self.limits = redis, client, bridge, limits
         self.consumer = StreamConsumer(
             redis,
             bridge.control_stream,
@@ -32,32 +44,44 @@ class HandbackRelay:
             block_ms=bridge.block_ms,
             batch=bridge.batch_size,
             claim_idle_ms=bridge.claim_idle_ms,
+            limits=limits,
+            dead_stream=bridge.dead_letter(bridge.control_stream),
         )
 
-    async def run(self) -> None:
-        await self.consumer.run()
+    async def run(self, health: TaskHealth | None = None) -> None:
+        await self.consumer.run(health)
 
-    async def relay(self, entry_id: str, fields: dict) -> None:
+    async def relay(self, entry_id: str, fields: dict[str, str]) -> None:
+        """Signal the handback to its job's workflow, then ack; contract errors are set aside by the consumer."""
         try:
             job_id, graph = parse_graph_entry(fields)
-        except ContractError as exc:
-            await self._set_aside(entry_id, fields, str(exc))
-            return
-        received_ms = int(time.time() * 1000)
-        try:
-            await self.client.get_workflow_handle(job_id).signal(HANDBACK, Handback(graph), rpc_timeout=RPC_TIMEOUT)
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise  # Temporal unavailable: leave pending, to be reclaimed and retried
-            await self._set_aside(entry_id, fields, f"no running job {job_id}")
-            return
+            self._check_size(graph)
+            received_ms = int(time.time() * 1000)
+            # Through an outage of Temporal the entry stays in hand (and is kept from peers) until delivered.
+            await call_with_retry(
+                f"signalling a handback to job {job_id}", (SignalNotDelivered,), lambda: self._signal(job_id, graph)
+            )
+        except ContractError:
+            HANDBACKS.labels(outcome="dead_letter").inc()
+            raise
         await self.consumer.ack(entry_id)
         HANDBACKS.labels(outcome="signalled").inc()
         if fields.get("created", "").isdigit():
             HANDOFF_SECONDS.observe(max(0.0, received_ms / 1000 - int(fields["created"]) / 1000))
 
-    async def _set_aside(self, entry_id: str, fields: dict, error: str) -> None:
-        stream = self.bridge.control_stream
-        await dead_letter(self.redis, stream, self.bridge.dead_letter(stream), fields, error)
-        await self.consumer.ack(entry_id)
-        HANDBACKS.labels(outcome="dead_letter").inc()
+    def _check_size(self, graph: dict) -> None:
+        size = len(json.dumps(graph, separators=(",", ":")).encode())
+        if size + ENVELOPE_BYTES > self.limits.signal_bytes:
+            raise ContractError(
+                f"graph of {size} bytes is over Temporal's payload limit ({self.limits.signal_bytes} bytes)"
+            )
+
+    async def _signal(self, job_id: str, graph: dict) -> None:
+        try:
+            await self.client.get_workflow_handle(job_id).signal(HANDBACK, Handback(graph), rpc_timeout=RPC_TIMEOUT)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise ContractError(f"no running job {job_id}") from None
+            if exc.status == RPCStatusCode.INVALID_ARGUMENT:
+                raise ContractError(f"Temporal refused the handback of job {job_id}: {exc.message}") from None
+            raise SignalNotDelivered(f"{exc.status.name if exc.status else 'error'}: {exc.message}") from exc

@@ -13,25 +13,39 @@ from core.pubsub import subscribe_forever
 from core.redis import redis_client
 from core.settings import Settings
 from core.store import Store, connect_pool
+from core.supervise import Supervisor, TaskHealth
+from core.wire import WireLimits
 from handoff.listener import EventListener
 from handoff.relay import HandbackRelay
+
+START_TIMEOUT = 30.0
 
 
 async def run_relay(
     settings: Settings, client: Client, consumer: str | None = None, ready: asyncio.Event | None = None
 ) -> None:
+    """Both loops, each supervised (restarted with backoff when it dies); `ready` is set once both serve."""
     spec = contracts()
+    limits = WireLimits.of(settings)
     # Blocking stream reads need a socket timeout longer than their BLOCK.
     redis = redis_client(settings.redis_url, block_ms=spec.bridge.block_ms)
     pool = await connect_pool(settings.database_url)
     consumer = consumer or f"relay-{socket.gethostname()}-{os.getpid()}"
-    relay = HandbackRelay(redis, client, spec.bridge, consumer)
-    listener = EventListener(redis, Store(pool), client, spec.bridge)
+    relay = HandbackRelay(redis, client, spec.bridge, consumer, limits)
+    listener = EventListener(redis, Store(pool), client, spec.bridge, limits)
+
+    async def listen(health: TaskHealth) -> None:
+        await subscribe_forever(settings.redis_url, spec.bridge.channel_patterns, listener.on_message, health)
+
+    tasks = Supervisor()
+    tasks.start("handback-relay", relay.run)
+    tasks.start("event-listener", listen)
     try:
-        await asyncio.gather(
-            relay.run(),
-            subscribe_forever(settings.redis_url, spec.bridge.channel_patterns, listener.on_message, ready),
-        )
+        if ready:
+            await tasks.wait_up(START_TIMEOUT)
+            ready.set()
+        await asyncio.gather(*tasks.tasks)
     finally:
+        await tasks.stop()
         await redis.aclose()
         await pool.close()

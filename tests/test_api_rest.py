@@ -11,7 +11,7 @@ import pytest
 from fastapi.routing import APIRoute
 from prometheus_client.parser import text_string_to_metric_families
 
-from api import routes_capabilities, routes_control, routes_jobs, routes_uploads
+from api import readiness, routes_capabilities, routes_control, routes_jobs, routes_uploads
 from api.app import create_app
 from core.contracts import contracts
 from tests.e2e import BRIDGE, graph_request, outcome, submit, wait_for
@@ -375,6 +375,7 @@ async def test_metrics_are_prometheus_text(stack, llm):
 # The REST contract as OpenAPI must show it: (method, path) -> (success status, response model).
 DOCUMENTED = {
     ("get", "/health"): ("200", "Health"),
+    ("get", "/ready"): ("200", "Readiness"),
     ("get", "/metrics"): ("200", None),
     ("post", "/api/jobs"): ("200", "AcceptedJob"),
     ("get", "/api/jobs"): ("200", "JobList"),
@@ -388,7 +389,7 @@ DOCUMENTED = {
 }
 
 
-ROUTER_MODULES = (routes_jobs, routes_control, routes_capabilities, routes_uploads)
+ROUTER_MODULES = (routes_jobs, routes_control, routes_capabilities, routes_uploads, readiness)
 
 
 async def _openapi(stack) -> dict:
