@@ -18,7 +18,7 @@ from core.store import Store
 from core.timestamps import now_ms
 from workflows.graph import progress_ceiling
 from workflows.inputs import JobSnapshot
-from workflows.names import SYNC_JOB
+from workflows.names import CONTROL_SOURCE, SYNC_JOB
 from workflows.status import JobStatus
 
 
@@ -43,7 +43,10 @@ class BridgeActivities:
         return outcome
 
     async def _redis(self, snap: JobSnapshot) -> dict | None:
-        bridge, job_id, created = self.bridge, snap.job_id, now_ms()
+        # The workflow's own time of the change: a re-run of this step publishes byte-identical messages,
+        # which the event log (keyed by a fingerprint of each message) records once.
+        bridge, job_id = self.bridge, snap.job_id
+        created = str(snap.at_ms) if snap.at_ms else now_ms()
         graph_json = json.dumps(snap.graph, separators=(",", ":"))
         pipe = self.redis.pipeline(transaction=False)
         jobkeys.set_graph(pipe, bridge, job_id, graph_json, created)
@@ -66,7 +69,7 @@ class BridgeActivities:
                 json.dumps({"jobId": job_id, "progress": snap.progress, "created": created}),
             )
         if snap.announce_status:
-            status: dict = {"jobId": job_id, "status": snap.status, "created": created}
+            status: dict = {"jobId": job_id, "status": snap.status, "created": created, "source": CONTROL_SOURCE}
             if snap.status == JobStatus.FAILED:
                 status["error"] = job_error(snap.graph)  # clients learn why without another look-up
             pipe.publish(bridge.channel("status", job_id), json.dumps(status))

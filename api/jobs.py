@@ -22,6 +22,7 @@ from temporalio.service import RPCError
 from api.deps import Backend
 from api.errors import ApiError, unavailable
 from core import jobkeys
+from core.contracts import python_timeouts
 from core.failures import UNKNOWN_CODE, job_error, job_error_from_json
 from core.metrics import JOBS_SUBMITTED
 from core.outages import POSTGRES_DOWN, REDIS, REDIS_DOWN
@@ -99,7 +100,8 @@ async def start_job(
     job_id, pipeline = graph["workflowId"], graph["context"]["pipeline"]
     if attempt > 1:
         await _reset_for_attempt(backend, graph)
-    job = JobInput(graph, backend.runtimes, segment_timeout or backend.settings.segment_timeout_seconds, attempt)
+    ceiling = segment_timeout or backend.settings.segment_timeout_seconds
+    job = JobInput(graph, backend.runtimes, ceiling, attempt, python_timeouts(backend.contracts))
     try:
         await backend.temporal.start_workflow(
             JOB_WORKFLOW,
@@ -121,7 +123,7 @@ async def start_job(
     except RPCError as exc:
         if attempt > 1:
             await _record_status(backend, job_id, JobStatus.FAILED)  # the retry never started: still failed
-        raise ApiError(503, f"workflow service unavailable: {exc.message}") from None
+        raise ApiError(503, f"Temporal unavailable: {exc.message}") from None
     if pipeline != CAPABILITIES_PIPELINE:
         JOBS_SUBMITTED.labels(pipeline=pipeline).inc()
     created_ms = int(now_ms())

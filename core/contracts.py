@@ -144,6 +144,11 @@ class Bridge:
         return stream + self.dead_suffix
 
     @property
+    def events_backlog(self) -> str:
+        """Our own stream (not the data plane's): events waiting for PostgreSQL to come back."""
+        return f"{self.key_prefix}events:backlog"
+
+    @property
     def dead_letter_streams(self) -> list[str]:
         return [self.dead_letter(name) for name in (self.data_stream, self.control_stream, self.pubsub_source)]
 
@@ -225,6 +230,11 @@ def load_contracts(directory: Path = CONFIG_DIR) -> Contracts:
 def contracts() -> Contracts:
     """The config of this process, loaded once: SPINBOT_CONFIG_DIR when set, else the shipped files."""
     return load_contracts(settings().config_dir or CONFIG_DIR)
+
+
+def python_timeouts(contracts: Contracts) -> dict[str, float]:
+    """`runtime.timeoutSeconds` of each python-plane service; -1 (or below) means no limit of its own."""
+    return {cap["id"]: float(cap["runtime"]["timeoutSeconds"]) for cap in contracts.python_capabilities["capabilities"]}
 
 
 def service_runtimes(contracts: Contracts) -> dict[str, ServiceRuntime]:

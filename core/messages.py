@@ -50,6 +50,7 @@ class JobEvent:
     created: datetime | None
     fingerprint: str
     error: dict | None = None  # a `failed` status may say why: {nodeId, message, code}
+    source: str | None = None  # "control-plane" on the workflow's own status messages
 
 
 def parse_event(
@@ -86,6 +87,7 @@ def parse_event(
         created=created,
         fingerprint=hashlib.sha1(f"{channel}\n{raw}".encode()).hexdigest(),
         error=clean_error(payload.get("error")) if kind == "status" else None,
+        source=payload["source"] if kind == "status" and isinstance(payload.get("source"), str) else None,
     )
 
 

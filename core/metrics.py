@@ -9,6 +9,9 @@ HANDOFF_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 120, 600, 3600),
 )
 HANDBACKS = Counter("spinbot_handbacks_total", "Handbacks relayed to workflows", ["outcome"])
+EVENTS_DELAYED = Counter(
+    "spinbot_events_delayed_total", "Events kept in the backlog stream while PostgreSQL was unavailable"
+)
 PUBSUB_MESSAGES = Counter("spinbot_pubsub_messages_total", "Pub/sub messages handled by the relay", ["kind"])
 TASK_UP = Gauge("spinbot_task_up", "1 while a supervised background task is serving, else 0", ["task"])
 TASK_RESTARTS = Counter("spinbot_task_restarts_total", "Supervised background tasks restarted after dying", ["task"])

@@ -40,9 +40,6 @@ class Settings(BaseSettings):
     api_keys: CommaList = []
     cors_origins: CommaList = ["http://localhost:3001", "http://127.0.0.1:3001", "https://ui.myspinbot.local"]
     max_body_bytes: int = 1 << 20
-    upload_max_bytes: int = 50 << 20
-
-    llm_endpoint: str = "http://localhost:11434"
     # Slow clients cannot pin connections: a request head must arrive whole within this time and size,
     # an idle keep-alive connection is closed after api_keep_alive_seconds, and past api_max_connections
     # (connections plus requests in progress, WebSockets included) new requests are answered 503.
@@ -50,13 +47,17 @@ class Settings(BaseSettings):
     api_keep_alive_seconds: int = Field(default=5, ge=1)
     api_max_connections: int = Field(default=4096, ge=1)
     api_max_header_bytes: int = Field(default=64 << 10, ge=1024)
+    upload_max_bytes: int = 50 << 20
+
+    llm_endpoint: str = "http://localhost:11434"
     # Further LLM URLs a job's script node may name in params.endpoint; no other URL is ever called.
     llm_endpoints: CommaList = []
     llm_model: str = "llama3"
     llm_temperature: float = 0.7
     llm_timeout_ms: int = 60_000
 
-    segment_timeout_seconds: float = 6 * 3600
+    # The ceiling of one wait for the data plane; each wait is the segment's own declared time when shorter.
+    segment_timeout_seconds: float = 2 * 3600
     # Stream entries and pub/sub messages larger than this are contract errors (dead-lettered, never parsed).
     max_entry_bytes: int = Field(default=4 << 20, gt=0)
     # A stream entry whose handling failed this many times (crashes, not outages) is dead-lettered.

@@ -13,6 +13,15 @@ from core import jobkeys
 from core.retry import call_with_retry
 from workflows.graph import progress_ceiling
 
+# What PostgreSQL being down or restarting looks like from asyncpg: worth waiting out, never a lost write.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
 COMMAND_TIMEOUT = 30.0  # seconds; no query may hang a relay or a request for ever
 
 

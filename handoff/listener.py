@@ -17,23 +17,26 @@ from core import jobkeys
 from core.contracts import Bridge, ContractError, first_error
 from core.messages import JobEvent, parse_event
 from core.metrics import PUBSUB_MESSAGES
-from core.store import Event, Store, is_job_id
+from core.store import is_job_id
 from core.temporal import RPC_TIMEOUT
 from core.wire import WireLimits
+from handoff.event_log import EventLog
 from handoff.streams import dead_letter
-from workflows.graph import drop_nulls, failed_nodes
+from workflows.graph import drop_nulls, failed_nodes, python_part
 from workflows.inputs import Handback
-from workflows.names import DATAPLANE_FAILED
+from workflows.names import CONTROL_SOURCE, DATAPLANE_FAILED
 from workflows.status import JobStatus
 
 log = logging.getLogger(__name__)
 
+UNREADABLE_FAILURE = "the data plane reported the job failed; the failed node's own error could not be read"
+
 
 class EventListener:
     def __init__(
-        self, redis: aioredis.Redis, store: Store, client: Client, bridge: Bridge, limits: WireLimits = WireLimits()
+        self, redis: aioredis.Redis, events: EventLog, client: Client, bridge: Bridge, limits: WireLimits = WireLimits()
     ):
-        self.redis, self.store, self.client, self.bridge, self.limits = redis, store, client, bridge, limits
+        self.redis, self.events, self.client, self.bridge, self.limits = redis, events, client, bridge, limits
 
     async def on_message(self, channel: bytes | str, raw: bytes | str) -> None:
         """One message as read (bytes): recorded, or set aside as a dead letter when it breaks the contract."""
@@ -50,10 +53,10 @@ class EventListener:
             return
         PUBSUB_MESSAGES.labels(kind=event.kind).inc()
         await self._update_keys(event)
-        await self.store.apply_event(
-            Event(event.job_id, event.fingerprint, event.status, event.progress, event.data, event.created)
-        )
-        if event.status == JobStatus.FAILED:
+        recorded = await self.events.record(channel, raw, event)
+        # Only the data plane's failures need a signal (never the workflow's own), and only from the relay
+        # that recorded the message first: several relays hear every message.
+        if event.status == JobStatus.FAILED and event.source != CONTROL_SOURCE and recorded is not False:
             await self._detect_dataplane_failure(event.job_id)
 
     async def _update_keys(self, event: JobEvent) -> None:
@@ -74,11 +77,14 @@ class EventListener:
             graph = None
         if not isinstance(graph, dict) or first_error(graph, "graph.schema.json"):
             return  # nothing usable: the segment timeout still ends the wait
-        if not any(node["plane"] == "python" for node in failed_nodes(graph)):
-            return
+        if any(node["plane"] == "python" for node in failed_nodes(graph)):
+            handback = Handback(python_part(graph))
+        else:
+            # The node's own error was overwritten (a node-plane branch wrote job:<id> meanwhile): the failure
+            # still ends the segment now, with what we know, instead of waiting for its timeout.
+            metadata = {"handoff": (graph.get("metadata") or {}).get("handoff")}
+            handback = Handback({"metadata": metadata, "nodes": []}, reason=UNREADABLE_FAILURE)
         try:
-            await self.client.get_workflow_handle(job_id).signal(
-                DATAPLANE_FAILED, Handback(graph), rpc_timeout=RPC_TIMEOUT
-            )
+            await self.client.get_workflow_handle(job_id).signal(DATAPLANE_FAILED, handback, rpc_timeout=RPC_TIMEOUT)
         except RPCError as exc:
             log.info("job %s not waiting for a data-plane failure (%s)", job_id, exc.message)

@@ -7,6 +7,7 @@ import logging
 import time
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -18,6 +19,7 @@ from core.supervise import TaskHealth
 from core.temporal import RPC_TIMEOUT
 from core.wire import WireLimits
 from handoff.streams import StreamConsumer
+from workflows.graph import python_part
 from workflows.inputs import Handback
 from workflows.names import HANDBACK
 
@@ -55,6 +57,7 @@ class HandbackRelay:
         """Signal the handback to its job's workflow, then ack; contract errors are set aside by the consumer."""
         try:
             job_id, graph = parse_graph_entry(fields)
+            graph = python_part(graph, await self._known_graph(job_id))
             self._check_size(graph)
             received_ms = int(time.time() * 1000)
             # Through an outage of Temporal the entry stays in hand (and is kept from peers) until delivered.
@@ -68,6 +71,19 @@ class HandbackRelay:
         HANDBACKS.labels(outcome="signalled").inc()
         if fields.get("created", "").isdigit():
             HANDOFF_SECONDS.observe(max(0.0, received_ms / 1000 - int(fields["created"]) / 1000))
+
+    async def _known_graph(self, job_id: str) -> dict | None:
+        """The job's graph as its workflow last recorded it, so a handback carries only what changed since.
+
+        Signals stay small (a 500-node job's history grows with its work, not with the square of its size);
+        without a readable record every python-plane node goes, which is merely bigger.
+        """
+        try:
+            raw = await self.redis.hget(self.bridge.job_key(job_id), "graph")
+            known = json.loads(raw) if raw else None
+        except (RedisError, ValueError):
+            return None
+        return known if isinstance(known, dict) and isinstance(known.get("nodes"), list) else None
 
     def _check_size(self, graph: dict) -> None:
         size = len(json.dumps(graph, separators=(",", ":")).encode())

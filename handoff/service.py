@@ -15,6 +15,7 @@ from core.settings import Settings
 from core.store import Store, connect_pool
 from core.supervise import Supervisor, TaskHealth
 from core.wire import WireLimits
+from handoff.event_log import EventLog
 from handoff.listener import EventListener
 from handoff.relay import HandbackRelay
 
@@ -32,7 +33,8 @@ async def run_relay(
     pool = await connect_pool(settings.database_url)
     consumer = consumer or f"relay-{socket.gethostname()}-{os.getpid()}"
     relay = HandbackRelay(redis, client, spec.bridge, consumer, limits)
-    listener = EventListener(redis, Store(pool), client, spec.bridge, limits)
+    events = EventLog(redis, Store(pool), spec.bridge, consumer)
+    listener = EventListener(redis, events, client, spec.bridge, limits)
 
     async def listen(health: TaskHealth) -> None:
         await subscribe_forever(settings.redis_url, spec.bridge.channel_patterns, listener.on_message, health)
@@ -40,6 +42,7 @@ async def run_relay(
     tasks = Supervisor()
     tasks.start("handback-relay", relay.run)
     tasks.start("event-listener", listen)
+    tasks.start("event-backlog", events.run)
     try:
         if ready:
             await tasks.wait_up(START_TIMEOUT)

@@ -144,6 +144,20 @@ def merge_handback(graph: dict, handback: dict) -> dict:
     return merged
 
 
+def python_part(graph: dict, known: dict | None = None) -> dict:
+    """What a handback may change, and no more: its segment tag and the python-plane nodes that differ from
+    `known` (the job's last recorded graph), or all python-plane nodes when nothing is known."""
+    known_nodes = nodes_by_id(known) if known else {}
+    nodes = [
+        node for node in graph["nodes"] if node["plane"] == "python" and _changed(node, known_nodes.get(node["id"]))
+    ]
+    return {"metadata": {"handoff": (graph.get("metadata") or {}).get("handoff")}, "nodes": nodes}
+
+
+def _changed(node: dict, before: dict | None) -> bool:
+    return before is None or any(node.get(field) != before.get(field) for field in WORKER_FIELDS)
+
+
 def skip_unreachable(graph: dict) -> list[str]:
     """Mark every node still waiting as skipped; returns their ids.
 

@@ -20,8 +20,10 @@ class ServiceRuntime:
 class JobInput:
     graph: dict
     runtimes: dict[str, ServiceRuntime]
-    segment_timeout_seconds: float
+    segment_timeout_seconds: float  # the ceiling of any one wait for the data plane
     attempt: int = 1
+    # `runtime.timeoutSeconds` of each python-plane service (-1: no limit of its own), from its manifest.
+    python_timeouts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,3 +62,5 @@ class Handback:
     """A graph the data plane handed back (or left in job:<id> when it failed without handing back)."""
 
     graph: dict
+    # A failure the data plane reported without a readable graph: the segment fails with this reason.
+    reason: str = ""

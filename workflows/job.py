@@ -12,12 +12,12 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from workflows import graph as g
+    from workflows.activity_calls import failure_message, retry_policy
     from workflows.inputs import (
         Handback,
         JobInput,
         JobSnapshot,
         NodeTask,
-        ServiceRuntime,
     )
     from workflows.names import (
         DATAPLANE_FAILED,
@@ -35,23 +35,8 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=20)
 # workflow.patched ids: changes to the command sequence, kept until no run from before them remains.
 CLEAR_WAKEUP_BEFORE_SYNC = "clear-wakeup-before-sync"
 SEGMENT_TAG_WITHOUT_RUN_ID = "segment-tag-without-run-id"  # node-plane activities heartbeat every second
-NON_RETRYABLE = ["ContractError", "InvalidParams", "InvalidManifest"]
-
-
-def _retry_policy(runtime: ServiceRuntime) -> RetryPolicy:
-    return RetryPolicy(
-        initial_interval=timedelta(seconds=runtime.initial_interval_seconds),
-        backoff_coefficient=runtime.backoff_coefficient,
-        maximum_attempts=runtime.max_attempts,
-        non_retryable_error_types=NON_RETRYABLE,
-    )
-
-
-def _failure_message(error: BaseException) -> tuple[str, str]:
-    """The root cause of an activity failure as (message, code)."""
-    cause = error.cause if isinstance(error, ActivityError) and error.cause else error
-    code = getattr(cause, "type", None) or type(cause).__name__
-    return str(cause.message if hasattr(cause, "message") else cause), code
+SEGMENT_TIMEOUT_FROM_MANIFEST = "segment-timeout-from-manifest"
+FAILURE_WITHOUT_GRAPH = "dataplane-failure-without-graph"
 
 
 @workflow.defn(name=JOB_WORKFLOW)
@@ -65,6 +50,7 @@ class JobWorkflow:
         self.open_segment: dict | None = None  # the tag of the segment the data plane holds
         self.segment_ready: list[str] = []  # python nodes that were ready when the open segment was pushed
         self.segment_deadline: datetime | None = None
+        self.segment_seconds = 0.0
         self.changed = False  # wakes the main loop
         self._dirty = False  # something to persist and publish
         self.outputs: list[dict] = []  # node outputs to announce on channel:data at the next sync
@@ -154,11 +140,11 @@ class JobWorkflow:
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 # On cancel, wait until the activity has acknowledged it before the job is recorded as cancelled.
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                retry_policy=_retry_policy(runtime),
+                retry_policy=retry_policy(runtime),
                 summary=node.get("name") or node["id"],
             )
         except ActivityError as error:
-            message, code = _failure_message(error)
+            message, code = failure_message(error)
             node["status"] = NodeStatus.FAILED
             node["error"] = {"message": message, "code": code}
         else:
@@ -183,9 +169,21 @@ class JobWorkflow:
             # rebuilds on replay the very tag it already pushed, and accepts that segment's handback.
             self.open_segment["runId"] = workflow.info().run_id
         self.segment_ready = [node["id"] for node in ready]
-        self.segment_deadline = workflow.now() + timedelta(seconds=self.job.segment_timeout_seconds)
+        self.segment_seconds = self._segment_budget()
+        self.segment_deadline = workflow.now() + timedelta(seconds=self.segment_seconds)
         self.graph.setdefault("metadata", {})["handoff"] = self.open_segment
         return True
+
+    def _segment_budget(self) -> float:
+        """The python-plane work still to do, by its declared `timeoutSeconds`, capped by the job's ceiling."""
+        ceiling = self.job.segment_timeout_seconds
+        if not self.job.python_timeouts or not workflow.patched(SEGMENT_TIMEOUT_FROM_MANIFEST):
+            return ceiling
+        waiting = [n for n in self.graph["nodes"] if n["plane"] == "python" and n["status"] in g.RUNNABLE]
+        declared = [self.job.python_timeouts.get(node["service"], -1.0) for node in waiting]
+        if any(seconds < 0 for seconds in declared):  # -1: no limit of its own
+            return ceiling
+        return min(ceiling, sum(declared))
 
     def _segment_time_left(self) -> timedelta | None:
         if self.open_segment is None:
@@ -196,8 +194,7 @@ class JobWorkflow:
     def _segment_timed_out(self) -> None:
         if self.open_segment is None:
             return
-        seconds = self.job.segment_timeout_seconds
-        message = f"data plane did not hand back segment {self.segment} within {seconds:g}s"
+        message = f"data plane did not hand back segment {self.segment} within {self.segment_seconds:g}s"
         self._fail_python_nodes(self.segment_ready, message, "SegmentTimeout")
         self.open_segment = None
 
@@ -210,6 +207,10 @@ class JobWorkflow:
                 continue
             merged = g.merge_handback(self.graph, handback.graph)
             if kind == DATAPLANE_FAILED and not g.failed_nodes(merged):
+                if handback.reason and workflow.patched(FAILURE_WITHOUT_GRAPH):
+                    # The data plane said the job failed but its graph was overwritten: fail the segment now.
+                    self._fail_python_nodes(self.segment_ready, handback.reason, "DataPlaneFailed")
+                    self.open_segment = None
                 continue  # the status said failed, but the graph shows no failed python node yet
             self.graph = merged
             self.open_segment = None
@@ -256,9 +257,11 @@ class JobWorkflow:
         g.skip_unreachable(self.graph)
         self.open_segment = None
         self.graph.setdefault("metadata", {})["failure"] = {"nodeId": None, "message": "cancelled"}
-        await self._sync(status=JobStatus.FAILED)
+        await self._sync(status=JobStatus.FAILED, withdraw=True)
 
-    async def _sync(self, status: str | None = None, progress: float | None = None, push: bool = False) -> None:
+    async def _sync(
+        self, status: str | None = None, progress: float | None = None, push: bool = False, withdraw: bool = False
+    ) -> None:
         """Persist and publish the state once per change (one local activity, batched side effects)."""
         new_progress = max(self.progress, progress if progress is not None else g.job_progress(self.graph))
         announce_status = status is not None and status != self.status
@@ -279,6 +282,8 @@ class JobWorkflow:
                 announce_progress=announce_progress,
                 data=outputs,
                 push=push,
+                at_ms=int(workflow.now().timestamp() * 1000),
+                withdraw=withdraw,
             ),
             start_to_close_timeout=SYNC_TIMEOUT,
             retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),

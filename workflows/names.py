@@ -12,6 +12,9 @@ CAPABILITIES_PIPELINE = "capabilities"
 HANDBACK = "handback"
 DATAPLANE_FAILED = "dataplane_failed"
 
+# `source` of the status messages the workflow publishes: the relay never mistakes them for the data plane's.
+CONTROL_SOURCE = "control-plane"
+
 # Queries
 STATE = "state"
 

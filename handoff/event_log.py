@@ -1,0 +1,73 @@
+"""The event log: each pub/sub message recorded once in PostgreSQL, none lost while PostgreSQL is down.
+
+A message is written straight away when PostgreSQL answers. When it does not, the message waits in a
+Redis stream (the backlog) that every relay drains, as a consumer group, once PostgreSQL is back. Each
+row is keyed by a fingerprint of its message, so a message heard by several relays, or written again
+after a crash, still lands once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+
+from core.contracts import Bridge, ContractError
+from core.messages import JobEvent, parse_event
+from core.metrics import EVENTS_DELAYED
+from core.retry import call_with_retry
+from core.store import UNAVAILABLE, Event, Store, is_job_id
+from core.supervise import TaskHealth
+from handoff.streams import StreamConsumer
+
+log = logging.getLogger(__name__)
+
+BACKLOG_GROUP = "recorders"
+
+
+def as_row(event: JobEvent) -> Event:
+    return Event(event.job_id, event.fingerprint, event.status, event.progress, event.data, event.created)
+
+
+class EventLog:
+    def __init__(self, redis: aioredis.Redis, store: Store, bridge: Bridge, consumer: str):
+        self.redis, self.store, self.bridge = redis, store, bridge
+        self.backlog = StreamConsumer(
+            redis,
+            bridge.events_backlog,
+            BACKLOG_GROUP,
+            consumer,
+            self._write_delayed,
+            block_ms=bridge.block_ms,
+            batch=bridge.batch_size,
+            claim_idle_ms=bridge.claim_idle_ms,
+            concurrency=4,
+        )
+
+    async def record(self, channel: str | bytes, raw: str | bytes, event: JobEvent) -> bool | None:
+        """True when this call wrote the event, False when it was already there (or has no job), None when
+        PostgreSQL is down and the event waits in the backlog."""
+        if not is_job_id(event.job_id):
+            return False
+        try:
+            return await self.store.apply_event(as_row(event))
+        except UNAVAILABLE as exc:
+            log.warning("PostgreSQL unavailable (%s); event for job %s kept in the backlog", exc, event.job_id)
+            await self.redis.xadd(self.bridge.events_backlog, {"channel": channel, "raw": raw})
+            EVENTS_DELAYED.inc()
+            return None
+
+    async def run(self, health: TaskHealth | None = None) -> None:
+        """Drain the backlog (this relay's share of it) until cancelled."""
+        await self.backlog.run(health)
+
+    async def _write_delayed(self, entry_id: str, fields: dict) -> None:
+        channel, raw = fields.get("channel"), fields.get("raw")
+        try:
+            event = parse_event(self.bridge, channel, raw) if channel is not None and raw is not None else None
+        except ContractError:
+            event = None  # it was valid when first read; nothing else could have written this stream
+        if event is not None:
+            await call_with_retry("writing a delayed event", UNAVAILABLE, lambda: self.store.apply_event(as_row(event)))
+        await self.backlog.ack(entry_id)
+        await self.redis.xdel(self.bridge.events_backlog, entry_id)

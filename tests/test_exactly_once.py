@@ -1,0 +1,170 @@
+"""Events once, failures noticed once and without races, waits bounded by declared time (issue 9)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import json
+import uuid
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.testing import ActivityEnvironment
+
+from activities.bridge import BridgeActivities
+from core.contracts import contracts, python_timeouts, service_runtimes
+from core.store import Store, connect_pool
+from handoff.event_log import EventLog
+from handoff.listener import UNREADABLE_FAILURE, EventListener
+from tests.e2e import BRIDGE, outcome, pushed_segment, wait_for
+from workflows.inputs import JobInput, JobSnapshot
+from workflows.names import CONTROL_SOURCE, DATAPLANE_FAILED, JOB_WORKFLOW, WORKFLOW_QUEUE
+
+SPEC = contracts()
+PYTHON_CHAIN = {
+    "schema": "langgraph.v1",
+    "context": {"pipeline": "custom"},
+    "metadata": {},
+    "nodes": [
+        {"id": f"py{i}", "service": "dummy.dummy_task", "plane": "python", "status": "pending", "progressWeight": 1}
+        for i in (1, 2, 3)
+    ],
+    "edges": [{"from": "py1", "to": "py2"}, {"from": "py2", "to": "py3"}],
+}
+
+
+async def start_python_job(stack, ceiling: float = 60.0, timeouts: dict | None = None) -> str:
+    """Three python-plane nodes started straight on Temporal (the test plays, or withholds, the data plane)."""
+    job_id = str(uuid.uuid4())
+    graph = {**copy.deepcopy(PYTHON_CHAIN), "workflowId": job_id}
+    job = JobInput(graph, service_runtimes(SPEC), ceiling, 1, python_timeouts(SPEC) if timeouts is None else timeouts)
+    await stack.temporal.start_workflow(JOB_WORKFLOW, job, id=job_id, task_queue=WORKFLOW_QUEUE)
+    return job_id
+
+
+async def signals(client: Client, job_id: str, name: str) -> int:
+    history = await client.get_workflow_handle(job_id).fetch_history()
+    return sum(
+        1
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+        and event.workflow_execution_signaled_event_attributes.signal_name == name
+    )
+
+
+def listener(stack, store: Store, consumer: str) -> EventListener:
+    return EventListener(stack.redis, EventLog(stack.redis, store, BRIDGE, consumer), stack.temporal, BRIDGE)
+
+
+def status_message(job_id: str, status: str, **extra) -> tuple[str, str]:
+    payload = {"jobId": job_id, "status": status, "created": "1700000000000", **extra}
+    return BRIDGE.channel("status", job_id), json.dumps(payload)
+
+
+async def fail_in_redis_like_the_worker(stack, job_id: str) -> None:
+    """What the existing worker does on a node failure: the graph, py1 failed, into job:<id>."""
+    graph = await pushed_segment(stack.redis, job_id)
+    graph["nodes"][0].update(status="failed", error={"message": "CUDA out of memory", "code": "OOM"})
+    await stack.redis.hset(BRIDGE.job_key(job_id), "graph", json.dumps(graph))
+
+
+async def test_a_re_run_sync_step_records_each_event_once(stack, store):
+    job_id = str(uuid.uuid4())
+    await store.create_job(job_id, {}, "custom")
+    bridge = BridgeActivities(stack.redis, store, BRIDGE)
+    graph = {**copy.deepcopy(PYTHON_CHAIN), "workflowId": job_id}
+    snap = JobSnapshot(job_id, graph, "running", 0.25, announce_status=True, announce_progress=True, at_ms=1234)
+    for _ in range(3):  # Temporal re-runs a local activity whose completion was not recorded
+        await ActivityEnvironment().run(bridge.sync_job, snap)
+
+    async def both_recorded():
+        events = await store.events(job_id)
+        return events if {e["status"] for e in events} >= {"running"} and any(e["progress"] for e in events) else None
+
+    await wait_for(both_recorded, what="the status and progress events")
+    events = await store.events(job_id)
+    assert sum(e["status"] == "running" for e in events) == 1
+    assert sum(e["progress"] == 0.25 for e in events) == 1
+
+
+async def test_the_workflows_own_failed_is_never_taken_for_the_data_planes(stack, store):
+    async with stack.no_dataplane():
+        job_id = await start_python_job(stack)
+        await fail_in_redis_like_the_worker(stack, job_id)
+        await listener(stack, store, "t1").on_message(*status_message(job_id, "failed", source=CONTROL_SOURCE))
+        assert await signals(stack.temporal, job_id, DATAPLANE_FAILED) == 0
+        description = await stack.temporal.get_workflow_handle(job_id).describe()
+        assert description.status == WorkflowExecutionStatus.RUNNING
+        await stack.temporal.get_workflow_handle(job_id).cancel()
+
+
+async def test_two_relays_hearing_one_failure_signal_it_once(stack, store):
+    async with stack.no_dataplane():
+        job_id = await start_python_job(stack)
+        await fail_in_redis_like_the_worker(stack, job_id)
+        channel, raw = status_message(job_id, "failed")
+        for relay in (listener(stack, store, "relay-a"), listener(stack, store, "relay-b")):
+            await relay.on_message(channel, raw)
+        state, message = await outcome(stack, job_id, timeout=10)
+    assert state == "failed" and message and "CUDA out of memory" in message
+    assert await signals(stack.temporal, job_id, DATAPLANE_FAILED) == 1
+
+
+async def test_a_failure_whose_graph_was_overwritten_still_ends_the_wait(stack, store):
+    """The worker's failed graph in job:<id> was replaced by ours before the relay read it."""
+    async with stack.no_dataplane():
+        job_id = await start_python_job(stack, ceiling=600)
+        await pushed_segment(stack.redis, job_id)  # job:<id> holds the workflow's graph: nothing failed in it
+        await listener(stack, store, "t1").on_message(*status_message(job_id, "failed"))
+        state, message = await outcome(stack, job_id, timeout=10)
+    assert state == "failed" and message and UNREADABLE_FAILURE in message
+
+
+@pytest.mark.parametrize(
+    "timeouts, expected",
+    [({"dummy.dummy_task": 0.3}, "within 0.9s"), ({"dummy.dummy_task": -1.0}, "within 1.5s")],
+    ids=["declared", "no-limit-takes-the-ceiling"],
+)
+async def test_a_segment_waits_as_long_as_its_nodes_declare(stack, timeouts, expected):
+    async with stack.no_dataplane():
+        job_id = await start_python_job(stack, ceiling=1.5, timeouts=timeouts)
+        state, message = await outcome(stack, job_id, timeout=20)
+    assert state == "failed" and message and expected in message
+
+
+async def test_events_published_while_postgresql_is_down_are_recorded_when_it_returns(stack, tmp_path):
+    from core.migrate import migrate_url
+    from spinbot.services import Postgres
+
+    pg = Postgres(tmp_path / "pg")
+    await migrate_url(pg.url)
+    pool = await connect_pool(pg.url)
+    store = Store(pool)
+    job_id = str(uuid.uuid4())
+    await store.create_job(job_id, {}, "custom")
+    # A backlog of its own: the session's relays drain theirs into the session's database.
+    bridge = dataclasses.replace(BRIDGE, key_prefix=f"t:{uuid.uuid4().hex}:")
+    log = EventLog(stack.redis, store, bridge, "outage-test")
+    relay = EventListener(stack.redis, log, stack.temporal, bridge)
+    try:
+        pg.stop()
+        for progress in (0.1, 0.2, 0.3, 0.4, 0.5):
+            channel = BRIDGE.channel("progress", job_id)
+            await relay.on_message(channel, json.dumps({"jobId": job_id, "progress": progress, "created": "1"}))
+        pg = Postgres(tmp_path / "pg")  # the same data folder, started again
+        draining = asyncio.create_task(log.run())
+        try:
+
+            async def all_five():
+                events = await store.events(job_id)
+                return events if len(events) == 5 else None
+
+            events = await wait_for(all_five, timeout=30, what="the five delayed events")
+        finally:
+            draining.cancel()
+        assert sorted(e["progress"] for e in events) == [0.1, 0.2, 0.3, 0.4, 0.5]
+    finally:
+        await pool.close()
+        pg.stop()
