@@ -21,25 +21,30 @@ from redis.exceptions import RedisError
 from core import jobkeys
 from core.contracts import Bridge, contracts
 from core.messages import parse_graph_entry
-from core.redis import TRANSIENT, Entry, redis_client
+from core.redis import TRANSIENT, Entry, raise_if_cancelled, redis_client
 from core.retry import call_with_retry
 from core.settings import Settings
 from core.supervise import Supervisor, TaskHealth
 from core.timestamps import now_ms
 from core.wire import WireLimits
 from handoff.streams import StreamConsumer
+from handoff.takeover import Liveness
 from workflows.graph import (
     OPTIONAL_NODE_FIELDS,
     clamp_progress,
     merged_input,
     ready_nodes,
 )
-from workflows.status import JobStatus, NodeStatus
+from workflows.status import FINISHED_JOB, JobStatus, NodeStatus
 
 if TYPE_CHECKING:
     from handoff.simulator import Simulator
 
 log = logging.getLogger(__name__)
+
+
+class JobFinished(Exception):
+    """The job ended (cancelled, failed, timed out) while its segment waited or ran: stop spending on it."""
 
 
 class NodeFailure(Exception):
@@ -147,6 +152,7 @@ class DataPlaneWorker:
             limits=limits,
             dead_stream=bridge.dead_letter(bridge.data_stream),
         )
+        self.liveness = Liveness(redis, bridge, consumer, self.stream)
         self.handlers: dict[str, Handler] = {"info.get_capabilities": self.worker_capabilities}
         if simulator:
             self.handlers.update(simulator.handlers())
@@ -163,7 +169,11 @@ class DataPlaneWorker:
             self.bridge.workers_group,
             ", ".join(sorted(self.handlers)),
         )
-        await self.stream.run(health)
+        left_over = await self.liveness.start()
+        raise_if_cancelled()  # a stop that redis-py swallowed during start-up
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.stream.run(health))
+            group.create_task(self.liveness.run(left_over))
 
     async def serve_entry(self, entry_id: str, fields: dict[str, str]) -> None:
         """Run one pushed graph, then hand it back (or record its failure) and ack.
@@ -171,22 +181,43 @@ class DataPlaneWorker:
         An invalid entry raises ContractError, and the stream consumer sets it aside (dead letter, ack)."""
         stream = self.bridge.data_stream
         job_id, graph = parse_graph_entry(fields)
-        await publish_event(self.redis, self.bridge, "status", job_id, {"status": JobStatus.RUNNING})
-        completed = await self.run_graph(job_id, graph)
-        if completed or self.handback_failures:
-            await self._persist(lambda: self.hand_back(job_id, graph))
+        try:
+            await self.stop_if_finished(job_id)
+            await publish_event(self.redis, self.bridge, "status", job_id, {"status": JobStatus.RUNNING})
+            completed = await self.run_graph(job_id, graph)
+            await self.stop_if_finished(job_id)
+        except JobFinished as finished:
+            log.info(
+                "job %s is %s: its remaining nodes are skipped, nothing handed back (%s)", job_id, finished, entry_id
+            )
         else:
-            await self._persist(lambda: self.record_failure(job_id, graph))
+            if completed or self.handback_failures:
+                await self._persist(lambda: self.hand_back(job_id, graph))
+            else:
+                await self._persist(lambda: self.record_failure(job_id, graph))
         await self._persist(lambda: self.redis.xack(stream, self.bridge.workers_group, entry_id))
 
     async def run_graph(self, job_id: str, graph: dict) -> bool:
         """Run ready python nodes, each wave concurrently, until none is ready; False once a node fails."""
         progress = JobProgress(self.redis, self.bridge, job_id)
         while ready := ready_nodes(graph, "python"):
+            await self.stop_if_finished(job_id)
             outcomes = await asyncio.gather(*(self.run_node(job_id, graph, node, progress) for node in ready))
             if not all(outcomes):
                 return False  # the job has failed: spend no more GPU time on it
         return True
+
+    async def stop_if_finished(self, job_id: str) -> None:
+        """Raise JobFinished if job:<id>:status says the job has ended; a Redis error keeps the work going."""
+        try:
+            status = await self.redis.get(self.bridge.status_key(job_id))
+        except TRANSIENT as exc:
+            log.warning("could not read the status of job %s (%s); carrying on", job_id, exc)
+            return
+        finally:
+            raise_if_cancelled()
+        if status in FINISHED_JOB:
+            raise JobFinished(status)
 
     async def run_node(self, job_id: str, graph: dict, node: dict, progress: JobProgress) -> bool:
         """Run one node by its service, recording output or error on it; True when it completed."""

@@ -93,6 +93,30 @@ class StreamConsumer:
     async def ack(self, entry_id: str) -> None:
         await self.redis.xack(self.stream, self.group, entry_id)
 
+    @property
+    def free_slots(self) -> int:
+        """How many more entries this consumer can take on now."""
+        return max(0, self.concurrency - len(self.tasks))
+
+    async def serve_claimed(self, entry_ids: list[str]) -> None:
+        """Serve entries claimed for this consumer outside its own reads (a dead peer's, taken over by
+        handoff/takeover.py): one already in hand is skipped, one deleted since is acked."""
+        reader = bytes_twin(self.redis)
+        try:
+            ids = [raw for raw in (entry_id.encode("ascii") for entry_id in entry_ids) if raw not in self.in_hand]
+            pipe = reader.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.xrange(self.stream, entry_id, entry_id)
+            found = await pipe.execute()
+            deliveries = await self._delivery_counts(reader, ids)
+        finally:
+            await reader.aclose()
+        for entry_id, rows in zip(ids, found, strict=True):
+            if rows:
+                await self._dispatch(entry_id, rows[0][1], deliveries.get(entry_id, 1))
+            else:
+                await self.ack(entry_id.decode("ascii"))
+
     async def set_aside(self, entry_id: str, fields: Mapping[Any, Any], reason: str) -> None:
         """Dead-letter the entry with `reason`, then ack it; both retried until Redis takes them."""
         await call_with_retry(

@@ -31,13 +31,13 @@ class Stack:
     dataplane_options: dict = field(default_factory=dict)
     dataplane_task: asyncio.Task | None = None
 
-    def start_dataplane(self, **options) -> None:
+    def start_dataplane(self, sim_seconds: float = 0.0, **options) -> None:
         spec = contracts()
         worker = DataPlaneWorker(
             self.redis,
             spec.bridge,
             spec.python_capabilities,
-            Simulator(seconds=0.0),
+            Simulator(seconds=sim_seconds),
             consumer="test-dataplane",
             **options,
         )
