@@ -71,7 +71,9 @@ async def served(redis, stream: str, group: str, entry_id: str) -> bool:
     """The group has been handed the entry and acked it."""
     info = {g["name"]: g for g in await redis.xinfo_groups(stream)}.get(group)
     pending = await redis.xpending_range(stream, group, entry_id, entry_id, 1)
-    return bool(info) and _entry_order(info["last-delivered-id"]) >= _entry_order(entry_id) and not pending
+    if info is None:
+        return False
+    return _entry_order(info["last-delivered-id"]) >= _entry_order(entry_id) and not pending
 
 
 def data_nodes(seen) -> list[str]:
