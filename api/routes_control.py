@@ -36,7 +36,7 @@ async def _workflow_status(backend: Backend, job_id: str) -> WorkflowExecutionSt
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return None
-        raise ApiError(503, f"workflow service unavailable: {exc.message}") from None
+        raise ApiError(503, f"Temporal unavailable: {exc.message}") from None
 
 
 @router.post("/{job_id}/cancel", response_model=JobControl, status_code=202)
@@ -48,7 +48,7 @@ async def cancel_job(backend: BackendDep, job_id: str):
     try:
         await backend.temporal.get_workflow_handle(job_id).cancel(rpc_timeout=RPC_TIMEOUT)
     except RPCError as exc:
-        raise ApiError(503, f"workflow service unavailable: {exc.message}") from None
+        raise ApiError(503, f"Temporal unavailable: {exc.message}") from None
     return {"jobId": job_id, "message": "cancellation requested"}
 
 
@@ -75,5 +75,5 @@ async def live_graph(backend: BackendDep, job_id: str):
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise ApiError(404, f"job {job_id} has no workflow") from None
-        raise ApiError(503, f"workflow query failed: {exc.message}") from None
+        raise ApiError(503, f"Temporal query failed: {exc.message}") from None
     return {"jobId": job_id, **state}

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import EqualJitterBackoff
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -87,6 +87,9 @@ async def call_with_retry(
     raise AssertionError("unreachable: tenacity either returns or re-raises")
 
 
-def redis_retry(retries: int = 6) -> Retry:
-    """Command-level retry for redis-py clients: a restarted server costs a short wait, not an error."""
-    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries)
+def redis_retry(retries: int = 10) -> Retry:
+    """Command-level retry for redis-py clients: a restarted server costs a short wait, not an error.
+
+    Equal jitter keeps half of each backoff, so the retries always span at least ~3.7 s (at most ~7.5 s):
+    a Redis restart within that is invisible to the caller."""
+    return Retry(EqualJitterBackoff(cap=1.0, base=0.05), retries)

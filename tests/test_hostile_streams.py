@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import itertools
 import json
 import uuid
@@ -18,6 +19,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from core.contracts import contracts
+from handoff.relay import HandbackRelay
+from handoff.streams import ensure_group
 from tests.e2e import BRIDGE, outcome, submit, wait_for
 from tests.ws_clients import ws_client
 
@@ -271,3 +274,30 @@ async def test_a_killed_pubsub_connection_is_replaced_and_pushes_resume(stack, l
     await job_completes_seen_by_a_client(stack, llm)
     ready = await stack.api.get("/ready")
     assert ready.status_code == 200, ready.text
+
+
+async def test_entries_left_pending_are_dead_lettered_when_bad_or_tried_too_often(stack, raw_redis):
+    """A relay taking over what dead relays left: an entry that is not UTF-8 (which used to kill each relay in
+    turn) and one already delivered to five relays that all died are both set aside; the relay keeps serving."""
+    bridge = dataclasses.replace(
+        BRIDGE, control_stream=f"t:{uuid.uuid4().hex}:control", claim_idle_ms=200, block_ms=200
+    )
+    stream, group, marker = bridge.control_stream, bridge.control_group, uuid.uuid4().hex
+    await ensure_group(stack.redis, stream, group)
+    job = str(uuid.uuid4())
+    await raw_redis.xadd(stream, {"jobId": job, "graph": b"\xff", "probe": marker})
+    tired = await raw_redis.xadd(stream, {"jobId": job, "graph": json.dumps(handback(job)), "probe": marker})
+    await raw_redis.xreadgroup(group, "dead-relay-1", {stream: ">"}, count=2)
+    for n in range(2, 6):  # four more relays took the second entry over, and died too
+        await raw_redis.xclaim(stream, group, f"dead-relay-{n}", 0, [tired])
+    relay = asyncio.create_task(HandbackRelay(stack.redis, stack.temporal, bridge, "live-relay").run())
+    try:
+        letters = await dead_letters(stack.redis, bridge.dead_letter(stream), marker, 2)
+        errors = sorted(letter["error"] for letter in letters)
+        assert "graph: not valid UTF-8" in errors[1] and "delivered 6 times" in errors[0], errors
+        assert (await raw_redis.xpending(stream, group))["pending"] == 0
+        assert not relay.done(), "the relay still serves"
+    finally:
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
+        await raw_redis.delete(stream, bridge.dead_letter(stream))
