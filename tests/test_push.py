@@ -194,3 +194,50 @@ async def test_a_cancelled_jobs_unread_segment_is_withdrawn(stack, llm, caplog):
     assert any("withdrawn" in r.getMessage() and job_id in r.getMessage() for r in caplog.records)
     results = [r for r in await _sync_results(stack, job_id) if r and r.get("withdraw")]
     assert results and results[-1]["withdraw"]["outcome"] == "withdrawn"
+
+
+async def _sync_markers(stack, job_id: str) -> list[tuple[dict, dict | None]]:
+    """(marker data, result) of every sync step in the job's history; the data holds the step's attempt."""
+    history = await stack.temporal.get_workflow_handle(job_id).fetch_history()
+    markers = []
+    for event in history.events:
+        details = event.marker_recorded_event_attributes.details
+        if event.HasField("marker_recorded_event_attributes") and "result" in details:
+            data = json.loads(details["data"].payloads[0].data)
+            result = details["result"].payloads
+            markers.append((data, json.loads(result[0].data) if result and result[0].data else None))
+    return markers
+
+
+async def test_a_real_jobs_push_step_re_run_pushes_once(stack, store, llm):
+    """The push step fails after its Redis writes (PostgreSQL refuses the snapshot once) and Temporal runs it
+    again: the job still has exactly one entry on process:data, and completes."""
+    marker = uuid.uuid4().hex
+    fault = f"fail_push_{marker}"
+    await store.pool.execute(
+        f"""
+        CREATE SEQUENCE {fault};
+        CREATE FUNCTION {fault}() RETURNS trigger AS $$
+        BEGIN
+          IF NEW.last_graph::text LIKE '%{marker}%' AND NEW.last_graph->'metadata' ? 'handoff'
+             AND nextval('{fault}') = 1 THEN
+            PERFORM pg_sleep(0.3);  -- the step's Redis pipeline (the push) has run by now
+            RAISE EXCEPTION 'injected: the snapshot of the push step is refused once';
+          END IF;
+          RETURN NEW;
+        END $$ LANGUAGE plpgsql;
+        CREATE TRIGGER {fault} BEFORE INSERT OR UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION {fault}();
+        """
+    )
+    try:
+        job_id = await submit(stack, {**SADTALKER, "params": {"script": {"prompt": f"re-run {marker}"}}})
+        assert await outcome(stack, job_id) == ("completed", None)
+        calls = await store.pool.fetchval(f"SELECT last_value FROM {fault}")
+    finally:
+        await store.pool.execute(f"DROP TRIGGER {fault} ON jobs; DROP FUNCTION {fault}(); DROP SEQUENCE {fault};")
+    entries = [f for _, f in await stack.redis.xrevrange(BRIDGE.data_stream, count=2000) if f["jobId"] == job_id]
+    assert len(entries) == 1, f"the segment was pushed {len(entries)} times"
+    pushes = [(data, result) for data, result in await _sync_markers(stack, job_id) if result and result.get("push")]
+    assert len(pushes) == 1 and pushes[0][0]["attempt"] == 2, "the push step ran twice (attempt 2 recorded)"
+    assert pushes[0][1]["push"]["repeated"] is True, "the second run found the first run's push and added none"
+    assert calls >= 2
