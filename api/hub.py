@@ -122,7 +122,7 @@ class Hub:
             return None
         try:
             return job_error_from_json(await self.redis.hget(self.bridge.job_key(job_id), "graph"))
-        except RedisError as exc:
+        except (RedisError, UnicodeDecodeError) as exc:  # down, or bytes the data plane wrote are not text
             log.warning("cannot read why job %s failed: %s", job_id, exc)
             return None
 
