@@ -35,15 +35,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # Redis's clock, not ours: workers on other machines may disagree about the time.
 _HEARTBEAT = _NOW_MS + "return redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])"
 
-# On a clean stop: forget this worker if it holds nothing, else mark it dead so its entries move at once.
-_RETIRE = """
-local summary = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
-if #summary == 0 then return redis.call('ZREM', KEYS[2], ARGV[2]) end
-return redis.call('ZADD', KEYS[2], 0, ARGV[2])
-"""
+# On a clean stop: dead as of now, so peers take over what it leaves pending at once.
+_RETIRE = _NOW_MS + "return redis.call('ZADD', KEYS[1], now, ARGV[1])"
 
-# Claim (for ARGV[2]) up to ARGV[3] entries held by consumers whose heartbeat has run out; forget dead
-# consumers that hold nothing any more. Atomic, so two workers never claim the same entry.
+# Claim (for ARGV[2]) up to ARGV[3] entries held by consumers whose heartbeat has run out; forget consumers
+# dead for longer than ARGV[4] ms that hold nothing (by then no read of theirs is still in flight), from the
+# liveness set and the group alike. Atomic, so two workers never claim the same entry.
 _CLAIM_FROM_DEAD = (
     _NOW_MS
     + """
@@ -71,7 +68,7 @@ for name, held in pairs(holders) do
     end
   end
 end
-for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, 100)) do
   if name ~= ARGV[2] and (holders[name] or 0) == 0 then
     redis.call('ZREM', KEYS[2], name)
     redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
@@ -138,7 +135,8 @@ class Liveness:
             return 0
         keys = (self.bridge.data_stream, self.bridge.liveness_key)
         try:
-            reply = await self.redis.eval(_CLAIM_FROM_DEAD, 2, *keys, self.bridge.workers_group, self.consumer, room)
+            args = (self.bridge.workers_group, self.consumer, room, self.bridge.liveness_ttl_ms)
+            reply = await self.redis.eval(_CLAIM_FROM_DEAD, 2, *keys, *args)
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
                 raise GroupVanished(str(exc)) from None
@@ -153,5 +151,4 @@ class Liveness:
         return len(pairs)
 
     async def retire(self) -> None:
-        keys = (self.bridge.data_stream, self.bridge.liveness_key)
-        await self.redis.eval(_RETIRE, 2, *keys, self.bridge.workers_group, self.consumer)
+        await self.redis.eval(_RETIRE, 1, self.bridge.liveness_key, self.consumer)

@@ -134,7 +134,7 @@ async def test_a_cancel_through_the_api_stops_the_data_plane_mid_segment(stack, 
             assert reply.status_code == 202, reply.text
             assert (await outcome(stack, job_id))[0] == "failed"
             entry_id = next(
-                i for i, f in await stack.redis.xrevrange(BRIDGE.data_stream, count=500) if f["jobId"] == job_id
+                i for i, f in await stack.redis.xrevrange(BRIDGE.data_stream, count=500) if f.get("jobId") == job_id
             )
             await wait_for(
                 lambda: served(stack.redis, BRIDGE.data_stream, BRIDGE.workers_group, entry_id),
@@ -144,5 +144,7 @@ async def test_a_cancel_through_the_api_stops_the_data_plane_mid_segment(stack, 
             seen += await _drain(channels)
     # generate_video was running at the cancel and finishes; postprocess_video never starts.
     assert data_nodes(seen) == ["train_voice", "generate_video"]
-    handbacks = [f for _, f in await stack.redis.xrevrange(BRIDGE.control_stream, count=500) if f["jobId"] == job_id]
+    handbacks = [
+        f for _, f in await stack.redis.xrevrange(BRIDGE.control_stream, count=500) if f.get("jobId") == job_id
+    ]
     assert handbacks == [], "the cancelled job was handed back"

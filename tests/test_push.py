@@ -189,7 +189,7 @@ async def test_a_cancelled_jobs_unread_segment_is_withdrawn(stack, llm, caplog):
             reply = await stack.api.post(f"/api/jobs/{job_id}/cancel")
             assert reply.status_code == 202, reply.text
             assert (await outcome(stack, job_id))[0] == "failed"
-        left = [f for _, f in await stack.redis.xrange(BRIDGE.data_stream) if f["jobId"] == job_id]
+        left = [f for _, f in await stack.redis.xrange(BRIDGE.data_stream) if f.get("jobId") == job_id]
         assert left == [], "the unread segment of the cancelled job is still on the stream"
     assert any("withdrawn" in r.getMessage() and job_id in r.getMessage() for r in caplog.records)
     results = [r for r in await _sync_results(stack, job_id) if r and r.get("withdraw")]
@@ -235,7 +235,7 @@ async def test_a_real_jobs_push_step_re_run_pushes_once(stack, store, llm):
         calls = await store.pool.fetchval(f"SELECT last_value FROM {fault}")
     finally:
         await store.pool.execute(f"DROP TRIGGER {fault} ON jobs; DROP FUNCTION {fault}(); DROP SEQUENCE {fault};")
-    entries = [f for _, f in await stack.redis.xrevrange(BRIDGE.data_stream, count=2000) if f["jobId"] == job_id]
+    entries = [f for _, f in await stack.redis.xrevrange(BRIDGE.data_stream, count=2000) if f.get("jobId") == job_id]
     assert len(entries) == 1, f"the segment was pushed {len(entries)} times"
     pushes = [(data, result) for data, result in await _sync_markers(stack, job_id) if result and result.get("push")]
     assert len(pushes) == 1 and pushes[0][0]["attempt"] == 2, "the push step ran twice (attempt 2 recorded)"
