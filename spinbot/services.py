@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import json
 import os
 import pwd
 import shutil
@@ -113,7 +114,12 @@ class Child:
 
 
 def start_temporal(
-    data_dir: Path, port: int, ui_port: int | None, log_path: Path | None = None, search_attributes: bool = True
+    data_dir: Path,
+    port: int,
+    ui_port: int | None,
+    log_path: Path | None = None,
+    search_attributes: bool = True,
+    dynamic_config: dict[str, object] | None = None,
 ) -> Child:
     """`temporal server start-dev` on a SQLite file, so jobs survive a restart; `search_attributes=False` starts it
     plain, like a cluster where spinbot's roles must register their search attributes themselves."""
@@ -139,6 +145,8 @@ def start_temporal(
     cmd += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
     for name in SEARCH_ATTRIBUTES if search_attributes else ():
         cmd += ["--search-attribute", f"{name}=Keyword"]
+    for key, value in (dynamic_config or {}).items():
+        cmd += ["--dynamic-config-value", f"{key}={json.dumps(value)}"]
     out = open(log_path or os.devnull, "ab")
     proc = popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     wait_for_port(port, proc, "Temporal dev server")

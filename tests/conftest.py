@@ -12,6 +12,8 @@ from core.migrate import migrate_url
 from core.store import Store, connect_pool
 from spinbot.services import Postgres, free_port, start_redis, start_temporal
 
+SUGGEST_CONTINUE_AS_NEW_AT = 400  # events; Temporal's default is 4,096
+
 
 @dataclass
 class Services:
@@ -23,7 +25,14 @@ class Services:
 @pytest.fixture(scope="session")
 def services(tmp_path_factory):
     base = tmp_path_factory.mktemp("services")
-    temporal = start_temporal(base / "temporal", free_port(), None, log_path=base / "temporal.log")
+    # Continue-as-new is suggested early here, so the big jobs of the suite prove their runs hand over.
+    temporal = start_temporal(
+        base / "temporal",
+        free_port(),
+        None,
+        log_path=base / "temporal.log",
+        dynamic_config={"limit.historyCount.suggestContinueAsNew": SUGGEST_CONTINUE_AS_NEW_AT},
+    )
     redis_server = start_redis(base / "redis", free_port(), persist=False)
     # Unix socket paths must stay short: keep PostgreSQL's folder near the root.
     pg = Postgres(base / "pg")

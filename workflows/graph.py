@@ -25,14 +25,13 @@ def upstream_ids(graph: dict, node_id: str) -> list[str]:
 
 
 def ready_nodes(graph: dict, plane: str | None = None) -> list[dict]:
-    """Nodes that are pending (or ready) and whose every upstream node is completed."""
-    by_id = nodes_by_id(graph)
+    """Nodes that are pending (or ready) and whose every upstream node is completed. O(nodes + edges)."""
+    status = {node["id"]: node["status"] for node in graph["nodes"]}
+    blocked = {edge["to"] for edge in graph["edges"] if status[edge["from"]] != NodeStatus.COMPLETED}
     return [
         node
         for node in graph["nodes"]
-        if node["status"] in RUNNABLE
-        and (plane is None or node["plane"] == plane)
-        and all(by_id[up]["status"] == NodeStatus.COMPLETED for up in upstream_ids(graph, node["id"]))
+        if node["status"] in RUNNABLE and (plane is None or node["plane"] == plane) and node["id"] not in blocked
     ]
 
 
@@ -156,6 +155,27 @@ def python_part(graph: dict, known: dict | None = None) -> dict:
 
 def _changed(node: dict, before: dict | None) -> bool:
     return before is None or any(node.get(field) != before.get(field) for field in WORKER_FIELDS)
+
+
+def fail_unfinished(graph: dict, node_ids: list[str], message: str, code: str) -> bool:
+    """Mark the given nodes failed with an error where they have not finished; True when any changed."""
+    by_id, changed = nodes_by_id(graph), False
+    for node_id in node_ids:
+        node = by_id[node_id]
+        if node["status"] in (NodeStatus.PENDING, NodeStatus.READY, NodeStatus.RUNNING):
+            node["status"] = NodeStatus.FAILED
+            node["error"] = {"message": message, "code": code}
+            changed = True
+    return changed
+
+
+def python_work_budget(graph: dict, timeouts: dict[str, float], ceiling: float) -> float:
+    """The python-plane work still to do, by its services' declared `timeoutSeconds`, capped by `ceiling`."""
+    waiting = [node for node in graph["nodes"] if node["plane"] == "python" and node["status"] in RUNNABLE]
+    declared = [timeouts.get(node["service"], -1.0) for node in waiting]
+    if any(seconds < 0 for seconds in declared):  # -1: no limit of its own
+        return ceiling
+    return min(ceiling, sum(declared))
 
 
 def skip_unreachable(graph: dict) -> list[str]:

@@ -24,6 +24,16 @@ class JobInput:
     attempt: int = 1
     # `runtime.timeoutSeconds` of each python-plane service (-1: no limit of its own), from its manifest.
     python_timeouts: dict[str, float] = field(default_factory=dict)
+    resumed: Resumed | None = None  # set when a run continues as new: where the previous run left off
+
+
+@dataclass
+class Resumed:
+    """What a job's previous run had reached when it continued as new (history stays bounded)."""
+
+    status: str
+    progress: float
+    segment: int
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -18,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
         JobInput,
         JobSnapshot,
         NodeTask,
+        Resumed,
     )
     from workflows.names import (
         DATAPLANE_FAILED,
@@ -37,6 +39,7 @@ CLEAR_WAKEUP_BEFORE_SYNC = "clear-wakeup-before-sync"
 SEGMENT_TAG_WITHOUT_RUN_ID = "segment-tag-without-run-id"  # node-plane activities heartbeat every second
 SEGMENT_TIMEOUT_FROM_MANIFEST = "segment-timeout-from-manifest"
 FAILURE_WITHOUT_GRAPH = "dataplane-failure-without-graph"
+CONTINUE_AS_NEW = "continue-as-new-when-suggested"
 
 
 @workflow.defn(name=JOB_WORKFLOW)
@@ -74,6 +77,8 @@ class JobWorkflow:
     async def run(self, job: JobInput) -> dict:
         self.graph = job.graph
         self.job = job
+        if job.resumed:
+            self.status, self.progress, self.segment = job.resumed.status, job.resumed.progress, job.resumed.segment
         try:
             await self._drive()
         except asyncio.CancelledError:
@@ -92,6 +97,8 @@ class JobWorkflow:
         while True:
             if early_clear:
                 self.changed = False  # cleared before the sync: a signal or completion during it must wake us
+            if self._continue_as_new_now():
+                await self._continue_as_new()
             self._start_ready_nodes()
             push = self._open_segment_if_ready()
             finished = not self.in_flight and self.open_segment is None
@@ -109,6 +116,18 @@ class JobWorkflow:
             except TimeoutError:
                 self._segment_timed_out()
             self._apply_inbox()
+
+    def _continue_as_new_now(self) -> bool:
+        """When Temporal suggests it and the job is between steps: nothing running, no segment out."""
+        quiet = not self.in_flight and self.open_segment is None and not self.inbox
+        return quiet and workflow.info().is_continue_as_new_suggested() and workflow.patched(CONTINUE_AS_NEW)
+
+    async def _continue_as_new(self) -> None:
+        if self._dirty or self.outputs:
+            await self._sync()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        resumed = Resumed(self.status, self.progress, self.segment)
+        workflow.continue_as_new(dataclasses.replace(self.job, graph=self.graph, resumed=resumed))
 
     # --- node plane -------------------------------------------------------------------------
 
@@ -175,15 +194,10 @@ class JobWorkflow:
         return True
 
     def _segment_budget(self) -> float:
-        """The python-plane work still to do, by its declared `timeoutSeconds`, capped by the job's ceiling."""
         ceiling = self.job.segment_timeout_seconds
         if not self.job.python_timeouts or not workflow.patched(SEGMENT_TIMEOUT_FROM_MANIFEST):
             return ceiling
-        waiting = [n for n in self.graph["nodes"] if n["plane"] == "python" and n["status"] in g.RUNNABLE]
-        declared = [self.job.python_timeouts.get(node["service"], -1.0) for node in waiting]
-        if any(seconds < 0 for seconds in declared):  # -1: no limit of its own
-            return ceiling
-        return min(ceiling, sum(declared))
+        return g.python_work_budget(self.graph, self.job.python_timeouts, ceiling)
 
     def _segment_time_left(self) -> timedelta | None:
         if self.open_segment is None:
@@ -220,13 +234,7 @@ class JobWorkflow:
             self._fail_python_nodes(untouched, "data plane handed back without running this node", "NotRun")
 
     def _fail_python_nodes(self, node_ids: list[str], message: str, code: str) -> None:
-        by_id = g.nodes_by_id(self.graph)
-        for node_id in node_ids:
-            node = by_id[node_id]
-            if node["status"] in (NodeStatus.PENDING, NodeStatus.READY, NodeStatus.RUNNING):
-                node["status"] = NodeStatus.FAILED
-                node["error"] = {"message": message, "code": code}
-                self._dirty = True
+        self._dirty = g.fail_unfinished(self.graph, node_ids, message, code) or self._dirty
 
     # --- endings and records ------------------------------------------------------------------
 
