@@ -10,6 +10,8 @@ import pytest
 from activities.registry import slots_by_queue
 from core.contracts import contracts
 from core.settings import Settings
+from core.temporal import connect
+from spinbot.services import free_port, start_temporal
 from spinbot.worker import WorkerRoles, running_workers
 from tests.e2e import outcome, submit
 
@@ -31,10 +33,16 @@ def test_slots_are_the_concurrency_of_the_services_on_each_queue():
     assert slots_by_queue(contracts())[_queue_of("llm.generate_script")] == 4  # config/capabilities.json
 
 
-async def test_each_activity_worker_opens_the_manifest_slots(temporal_client, redis_url):
-    settings = Settings(redis_url=redis_url)
-    async with running_workers(temporal_client, settings, WorkerRoles(workflows=False, activities=True)) as workers:
-        opened = {w.task_queue: w.config()["max_concurrent_activities"] for w in workers}
+async def test_each_activity_worker_opens_the_manifest_slots(tmp_path, redis_url):
+    # A Temporal of its own: the SDK allows one worker per task queue and client, and these must steal no tasks.
+    temporal = start_temporal(tmp_path / "temporal", free_port(), None)
+    try:
+        client = await connect(temporal.url)
+        roles = WorkerRoles(workflows=False, activities=True)
+        async with running_workers(client, Settings(redis_url=redis_url), roles) as workers:
+            opened = {w.task_queue: w.config()["max_concurrent_activities"] for w in workers}
+    finally:
+        temporal.stop()
     assert opened == slots_by_queue(contracts())
 
 
