@@ -84,7 +84,8 @@ async def test_cancel_a_running_job(stack, llm):
         return status if status["status"] == "failed" else None
 
     status = await wait_for(failed_status, what="status failed")
-    assert set(status) == {"jobId", "status", "progress"} and status["jobId"] == job_id
+    assert set(status) == {"jobId", "status", "progress", "error"} and status["jobId"] == job_id
+    assert status["error"] == {"nodeId": None, "message": "cancelled", "code": "Cancelled"}
     job = await job_detail(stack, job_id)
     assert job["status"] == "failed"
     nodes = by_id(job["lastGraph"])
