@@ -14,22 +14,10 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from workflows import graph as g
     from workflows.activity_calls import failure_message, retry_policy
-    from workflows.inputs import (
-        Handback,
-        JobInput,
-        JobSnapshot,
-        NodeTask,
-        Resumed,
-    )
-    from workflows.names import (
-        DATAPLANE_FAILED,
-        HANDBACK,
-        JOB_WORKFLOW,
-        STATE,
-        STATUS_ATTRIBUTE,
-        SYNC_JOB,
-    )
+    from workflows.inputs import Handback, JobInput, JobSnapshot, NodeTask, Resumed
+    from workflows.names import DATAPLANE_FAILED, HANDBACK, JOB_WORKFLOW, STATE, STATUS_ATTRIBUTE, SYNC_JOB
     from workflows.status import JobStatus, NodeStatus
+    from workflows.summaries import node_details, segment_summary, sync_summary
 
 STATUS_KEY = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
 SYNC_TIMEOUT = timedelta(seconds=30)
@@ -112,7 +100,10 @@ class JobWorkflow:
             if not early_clear:
                 self.changed = False  # histories recorded before the patch cleared it here
             try:
-                await workflow.wait_condition(lambda: self.changed, timeout=self._segment_time_left())
+                summary = segment_summary(self.graph, self.segment) if self.open_segment else None
+                await workflow.wait_condition(
+                    lambda: self.changed, timeout=self._segment_time_left(), timeout_summary=summary
+                )
             except TimeoutError:
                 self._segment_timed_out()
             self._apply_inbox()
@@ -279,6 +270,7 @@ class JobWorkflow:
             workflow.upsert_search_attributes([STATUS_KEY.value_set(status)])
         self.progress = new_progress
         outputs, self.outputs, self._dirty = self.outputs, [], False
+        workflow.set_current_details(node_details(self.graph))
         await workflow.execute_local_activity(
             SYNC_JOB,
             JobSnapshot(
@@ -295,4 +287,7 @@ class JobWorkflow:
             ),
             start_to_close_timeout=SYNC_TIMEOUT,
             retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),
+            summary=sync_summary(
+                status if announce_status else None, self.progress, self.segment if push else None, withdraw
+            ),
         )
