@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import redis.asyncio as aioredis
@@ -13,6 +14,7 @@ from activities.push import Segment, pushed, queue_push, queue_withdraw, withdra
 from core import jobkeys
 from core.contracts import Bridge
 from core.failures import job_error
+from core.logs import log_event
 from core.metrics import JOB_SECONDS, JOBS_FINISHED
 from core.store import Store
 from core.timestamps import now_ms
@@ -20,6 +22,8 @@ from workflows.graph import progress_ceiling
 from workflows.inputs import JobSnapshot
 from workflows.names import CONTROL_SOURCE, SYNC_JOB
 from workflows.status import JobStatus
+
+log = logging.getLogger(__name__)
 
 
 class BridgeActivities:
@@ -37,6 +41,7 @@ class BridgeActivities:
         created, outcome = await asyncio.gather(
             self.store.save_snapshot(snap.job_id, snap.status, snap.progress, snap.graph), self._redis(snap)
         )
+        _log_lifecycle(snap, outcome)
         if snap.announce_status and snap.status in jobkeys.TERMINAL:
             JOBS_FINISHED.labels(status=snap.status).inc()
             JOB_SECONDS.observe(max(0.0, time.time() - created.timestamp()))
@@ -80,3 +85,25 @@ class BridgeActivities:
         if snap.withdraw:
             outcome["withdraw"] = withdrawn(bridge, job_id, next(replies))
         return outcome or None
+
+
+def _log_lifecycle(snap: JobSnapshot, outcome: dict | None) -> None:
+    """One line per step of a job's life, with its id: status changes, node outputs, segments handed over."""
+    if snap.announce_status:
+        fields: dict = {"job_id": snap.job_id, "status": snap.status, "progress": round(snap.progress, 4)}
+        if snap.status == JobStatus.FAILED:
+            fields["error"] = job_error(snap.graph)
+        level = logging.WARNING if snap.status == JobStatus.FAILED else logging.INFO
+        log_event(log, f"job {snap.status}", level=level, **fields)
+    for item in snap.data:
+        log_event(log, "node output recorded", job_id=snap.job_id, node_id=item.get("nodeId"))
+    if snap.push:
+        tag = (snap.graph.get("metadata") or {}).get("handoff") or {}
+        log_event(
+            log,
+            "segment handed to the data plane",
+            job_id=snap.job_id,
+            segment=tag.get("segment"),
+            attempt=tag.get("attempt"),
+            outcome=(outcome or {}).get("push"),
+        )

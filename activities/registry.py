@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
@@ -13,11 +14,13 @@ from temporalio import activity
 
 from activities.resources import Resources
 from core.contracts import Contracts, service_runtimes
+from core.logs import log_event
 from core.metrics import NODE_SECONDS
 from workflows.inputs import NodeTask
 
 Handler = Callable[[NodeTask, Resources], Coroutine[Any, Any, dict]]
 HEARTBEAT_SECONDS = 1.0
+log = logging.getLogger(__name__)
 
 
 def _handler(cap: dict) -> Handler:
@@ -29,12 +32,23 @@ def _as_activity(service: str, handler: Handler, resources: Resources):
     @activity.defn(name=service)
     async def run_service(task: NodeTask) -> dict:
         started = time.perf_counter()
+        ids: dict[str, Any] = {"job_id": task.job_id, "node_id": task.node_id, "service": service}
+        attempt = activity.info().attempt
+        log_event(log, "node started", **ids, attempt=attempt)
         work = asyncio.create_task(handler(task, resources))
         try:
             # Heartbeats carry cancellation to us and let Temporal notice a dead worker long before the timeout.
             while not (await asyncio.wait({work}, timeout=HEARTBEAT_SECONDS))[0]:
                 activity.heartbeat()
-            return work.result()
+            output = work.result()
+        except Exception as exc:
+            seconds = round(time.perf_counter() - started, 3)
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            log_event(log, "node failed", level=logging.WARNING, **ids, attempt=attempt, seconds=seconds, error=reason)
+            raise
+        else:
+            log_event(log, "node completed", **ids, attempt=attempt, seconds=round(time.perf_counter() - started, 3))
+            return output
         finally:
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)

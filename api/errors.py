@@ -54,7 +54,9 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError):
+    async def _api_error(request: Request, exc: ApiError):
+        if exc.status >= 500:  # every 5xx leaves a line saying why
+            log.warning("%s %s answered %d: %s", request.method, request.url.path, exc.status, exc.message)
         return error(exc.status, exc.message)
 
     @app.exception_handler(RequestValidationError)

@@ -24,6 +24,7 @@ from api.errors import ApiError, unavailable
 from core import jobkeys
 from core.contracts import python_timeouts
 from core.failures import UNKNOWN_CODE, job_error, job_error_from_json
+from core.logs import log_event
 from core.metrics import JOBS_SUBMITTED
 from core.outages import POSTGRES_DOWN, REDIS, REDIS_DOWN
 from core.planner import PlanningError, plan
@@ -126,6 +127,7 @@ async def start_job(
         raise ApiError(503, f"Temporal unavailable: {exc.message}") from None
     if pipeline != CAPABILITIES_PIPELINE:
         JOBS_SUBMITTED.labels(pipeline=pipeline).inc()
+        log_event(log, "job submitted", job_id=job_id, pipeline=pipeline, attempt=attempt)
     created_ms = int(now_ms())
     try:
         created_ms = await backend.store.create_job(job_id, graph, pipeline, idempotency_key)

@@ -12,6 +12,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.contracts import Bridge, ContractError
+from core.logs import log_event
 from core.messages import parse_graph_entry
 from core.metrics import HANDBACKS, HANDOFF_SECONDS
 from core.retry import call_with_retry
@@ -69,6 +70,8 @@ class HandbackRelay:
             raise
         await self.consumer.ack(entry_id)
         HANDBACKS.labels(outcome="signalled").inc()
+        tag = (graph.get("metadata") or {}).get("handoff") or {}
+        log_event(log, "segment handed back", job_id=job_id, segment=tag.get("segment"), nodes=len(graph["nodes"]))
         if fields.get("created", "").isdigit():
             HANDOFF_SECONDS.observe(max(0.0, received_ms / 1000 - int(fields["created"]) / 1000))
 

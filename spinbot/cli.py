@@ -98,6 +98,7 @@ def api(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int 
             host or config.api_host,
             port or config.api_port,
             log_level="warning",
+            log_config=None,  # uvicorn logs through our handler and format (core/logs.py)
             ws_ping_interval=20,
             ws_ping_timeout=20,
         )
