@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from fastapi import Depends, FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import Depends, FastAPI
 from temporalio.client import Client
 
 from api.auth import require_key
@@ -14,6 +13,7 @@ from api.deps import Backend
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.hub import HUB_LISTENER, Hub
+from api.metrics import router as metrics_router
 from api.middleware import BodyLimit, RequestMetrics
 from api.models import Health
 from api.openapi import error_response, install_openapi
@@ -27,7 +27,6 @@ from api.routes_jobs import router as jobs_router
 from api.routes_uploads import router as uploads_router
 from api.routes_ws import router as ws_router
 from core.contracts import contracts, service_runtimes
-from core.metrics import DEAD_LETTER_BACKLOG, JOBS_BY_STATUS
 from core.pubsub import subscribe_forever
 from core.redis import redis_client
 from core.settings import Settings
@@ -35,23 +34,8 @@ from core.storage import object_store
 from core.store import Store, connect_pool
 from core.supervise import Supervisor, TaskHealth
 from core.temporal import connect
-from workflows.status import JobStatus
 
 UPLOAD_OVERHEAD = 1 << 20  # multipart framing and the `data` part, on top of two files
-
-
-async def refresh_shared_gauges(backend: Backend) -> None:
-    """Cluster-wide figures read at scrape time: jobs by status, dead letters waiting."""
-    bridge = backend.contracts.bridge
-    counts = await backend.store.count_by_status()
-    for status in {*JobStatus, *counts}:  # a status that emptied must read 0, not its last count
-        JOBS_BY_STATUS.labels(status=status).set(counts.get(status, 0))
-    streams = bridge.dead_letter_streams
-    pipe = backend.redis.pipeline(transaction=False)
-    for stream in streams:
-        pipe.xlen(stream)
-    for stream, length in zip(streams, await pipe.execute(), strict=False):
-        DEAD_LETTER_BACKLOG.labels(stream=stream).set(length)
 
 
 def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
@@ -108,26 +92,13 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     async def health():
         return {"status": "ok"}
 
-    @app.get(
-        "/metrics",
-        tags=["ops"],
-        response_class=Response,
-        dependencies=[Depends(require_key)],
-        responses={
-            200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
-            401: error_response("Missing or invalid API key"),
-        },
-    )
-    async def metrics():
-        await refresh_shared_gauges(app.state.backend)
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
     for router in (jobs_router, control_router, capabilities_router, uploads_router, catalog_router, artifacts_router):
         app.include_router(
             router, dependencies=[Depends(require_key)], responses={401: error_response("Missing or invalid API key")}
         )
     app.include_router(ws_router)
     app.include_router(readiness_router)
+    app.include_router(metrics_router)
     app.include_router(download_router)
     install_openapi(app)
     install_docs(app)

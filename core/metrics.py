@@ -1,6 +1,11 @@
-"""Prometheus metrics of every role, defined once so names never drift between processes."""
+"""Prometheus metrics of every role, defined once so names never drift between processes.
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+Every family lives in the process-wide default registry (tests read it); each role exports only its own
+families, through a registry of its own (`role_registry`), plus the process's own figures (CPU, memory).
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
+from prometheus_client.registry import Collector
 
 DEAD_LETTERS = Counter("spinbot_dead_letters_total", "Entries and messages set aside as invalid", ["source"])
 HANDOFF_SECONDS = Histogram(
@@ -60,9 +65,36 @@ NODE_SECONDS = Histogram(
 # Read at scrape time by the API from shared state, so every replica reports the cluster's figures.
 JOBS_BY_STATUS = Gauge("spinbot_jobs", "Jobs in PostgreSQL by status", ["status"])
 DEAD_LETTER_BACKLOG = Gauge("spinbot_dead_letter_entries", "Entries waiting in a dead-letter stream", ["stream"])
+DATA_BACKLOG = Gauge("spinbot_data_stream_entries", "Entries in the data-plane stream (process:data)")
+DATA_PENDING = Gauge("spinbot_data_stream_pending_entries", "Entries a data-plane worker has read and not yet acked")
+DATA_CONSUMERS = Gauge("spinbot_data_stream_consumers", "Consumers in the data-plane workers group")
+DATA_OLDEST_PENDING = Gauge(
+    "spinbot_data_stream_oldest_pending_seconds", "Time since the oldest unacked entry was delivered to a worker"
+)
+
+SHARED_TASKS: list[Collector] = [TASK_UP, TASK_RESTARTS]
+ROLE_FAMILIES: dict[str, list[Collector]] = {
+    "api": [
+        HTTP_REQUESTS, HTTP_SECONDS, WS_CONNECTED, WS_CONNECTIONS, WS_RECEIVED, WS_SENT, WS_LIFETIME, WS_ERRORS,
+        JOBS_SUBMITTED, JOBS_BY_STATUS, DEAD_LETTER_BACKLOG, DEAD_LETTERS,
+        DATA_BACKLOG, DATA_PENDING, DATA_CONSUMERS, DATA_OLDEST_PENDING, *SHARED_TASKS,
+    ],
+    "worker": [JOBS_FINISHED, JOB_SECONDS, NODE_SECONDS, SEGMENTS_WITHOUT_CONSUMER, SEGMENTS_WITHDRAWN],
+    "relay": [HANDBACKS, HANDOFF_SECONDS, PUBSUB_MESSAGES, DEAD_LETTERS, EVENTS_DELAYED, *SHARED_TASKS],
+    "dataplane": [DEAD_LETTERS, ENTRIES_TAKEN_OVER, *SHARED_TASKS],
+}  # fmt: skip
 
 
-def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
-    """Expose this process's metrics on their own port (roles other than the API)."""
+def role_registry(role: str) -> CollectorRegistry:
+    """The families one role exports, and its process figures; nothing of the other roles."""
+    registry = CollectorRegistry()
+    for family in ROLE_FAMILIES[role]:
+        registry.register(family)
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def serve_metrics(port: int | None, host: str, role: str) -> None:
+    """Expose this process's metrics on their own port (roles other than the API): the role's own families."""
     if port:
-        start_http_server(port, addr=host)
+        start_http_server(port, addr=host, registry=role_registry(role))

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = None
     # Address the metrics ports of workers, relays and the data plane bind to; 0.0.0.0 in containers.
     metrics_host: str = "127.0.0.1"
+    # Serve the API's GET /metrics without an API key (for Prometheus) while every other route needs one.
+    metrics_public: bool = False
 
     @model_validator(mode="before")
     @classmethod

@@ -128,7 +128,7 @@ def worker(
     both = not workflows and not activities
     roles = WorkerRoles(workflows=workflows or both, activities=activities or both, queues=tuple(queue or ()))
 
-    serve_metrics(metrics_port, config.metrics_host)
+    serve_metrics(metrics_port, config.metrics_host, "worker")
 
     async def main():
         runtime = make_runtime(sdk_metrics_port or config.worker_metrics_port, config.metrics_host)
@@ -154,7 +154,7 @@ def relay(
     from handoff.service import run_relay
 
     config = _start("relay", temporal=True)
-    serve_metrics(metrics_port, config.metrics_host)
+    serve_metrics(metrics_port, config.metrics_host, "relay")
 
     async def main():
         client = await connect(config.temporal_address, config.temporal_namespace)
@@ -178,7 +178,7 @@ def dataplane(
     from handoff.dataplane import run_dataplane
 
     config = _start("dataplane")
-    serve_metrics(metrics_port, config.metrics_host)
+    serve_metrics(metrics_port, config.metrics_host, "dataplane")
     _run(run_dataplane(config, simulate=simulate, sim_seconds=sim_seconds, handback_failures=handback_failures))
 
 

@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import (
+    metrics,
     readiness,
     routes_artifacts,
     routes_capabilities,
@@ -400,7 +401,7 @@ DOCUMENTED = {
 }
 
 
-ROUTER_MODULES = (routes_jobs, routes_control, routes_capabilities, routes_uploads, readiness, routes_catalog)
+ROUTER_MODULES = (routes_jobs, routes_control, routes_capabilities, routes_uploads, readiness, routes_catalog, metrics)
 ROUTERS = [*(module.router for module in ROUTER_MODULES), routes_artifacts.router, routes_artifacts.download_router]
 
 
