@@ -40,7 +40,7 @@ pytestmark = pytest.mark.timeout(180)
 
 BRIDGE = contracts().bridge
 ACTIVITY_QUEUES = sorted(slots_by_queue(contracts()))  # spinbot.activities, spinbot.activities.llm
-JOBS = 16
+JOBS = 12  # submitted before the data plane's kill; more follow until it dies holding an entry
 KILL_AFTER = 6  # jobs submitted before one replica of each role is killed
 SADTALKER = {"mode": "fixed_graph", "variant": "sadtalker"}
 
@@ -75,13 +75,14 @@ class Deployment:
 
 
 def _config_dir(tmp_path: Path) -> Path:
-    """The deployment's own config: the shipped files, with relay take-over times short enough for a test."""
+    """The deployment's own config: the shipped files, with take-over times short enough for a test."""
     folder = tmp_path / "config"
     folder.mkdir()
     for name in ("capabilities.json", "pipelines.json"):
         shutil.copy(CONFIG_DIR / name, folder / name)
     bridge = json.loads((CONFIG_DIR / "redis.bridge.json").read_text())
     bridge["relay"].update(blockMs=1000, claimIdleMs=2000)
+    bridge.setdefault("dataplane", {}).update(heartbeatMs=500, livenessTtlMs=3000)
     (folder / "redis.bridge.json").write_text(json.dumps(bridge))
     return folder
 
@@ -151,7 +152,7 @@ async def _ready(deployment: Deployment, logs: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def production(tmp_path: Path, database_url: str, s3_endpoint: str, llm_url: str, sim_seconds: float = 0.05):
+async def production(tmp_path: Path, database_url: str, s3_endpoint: str, llm_url: str, sim_seconds: float = 0.2):
     logs = tmp_path / "logs"
     logs.mkdir()
     temporal = start_temporal(tmp_path / "temporal", free_port(), None, logs / "temporal-server.log", False)
@@ -241,33 +242,42 @@ async def test_two_of_every_role_one_of_each_killed_mid_run_every_job_completes(
                 await watcher.subscribe(job_id)
                 await asyncio.sleep(0.1)
 
-            # Mid-run: jobs in flight on every role. One replica of each role (but the data plane) dies hard.
+            # Mid-run: jobs in flight on every role. One replica of each role (the data plane later) dies hard.
             in_flight = [job_id for job_id, _ in submitted if not await _finished(deployment.temporal, job_id)]
             for kind in deployment.roles:
                 if kind != "dataplane":
                     deployment.kill(kind)
             killed_at = time.monotonic()
             llm.delay = 0.3
-            for i in range(KILL_AFTER, JOBS - 4):
+            for i in range(KILL_AFTER, JOBS):
                 job_id = await _submit(api_two, f"production job {i}")  # the balancer now sends all to the survivor
                 submitted.append((job_id, api_two))
                 await watcher.subscribe(job_id)
                 await asyncio.sleep(0.1)
             await _all_complete(deployment, [job_id for job_id, _ in submitted], logs)
-            recovered = time.monotonic() - killed_at
+            recovered, first_wave = time.monotonic() - killed_at, len(submitted)
 
-            # The data plane is killed between its entries: nothing of it is pending, and the four jobs just
-            # submitted sit in their LLM step (2 s), so no segment can reach it before it dies.
-            llm.delay = 2.0
-            last = [await _submit(api_two, f"production job {i}") for i in range(JOBS - 4, JOBS)]
-            assert await _pending_of(deployment, 0) == 0
+            # The data plane dies holding an entry; the live replica takes it over once the dead one's heartbeat
+            # has run out (dataplane.livenessTtlMs, short in this deployment's config). Jobs keep coming meanwhile.
+            stop_feeding = asyncio.Event()
+
+            async def feed() -> None:
+                for i in range(len(submitted), len(submitted) + 20):
+                    if stop_feeding.is_set():
+                        return
+                    job_id = await _submit(api_two, f"production job {i}")
+                    submitted.append((job_id, api_two))
+                    await watcher.subscribe(job_id)
+                    await asyncio.sleep(0.25)
+
+            feeding = asyncio.create_task(feed())
+            held = await _stopped_holding(deployment, 0)
             deployment.kill("dataplane")
-            assert await _pending_of(deployment, 0) == 0, "the killed data-plane worker held an entry"
-            llm.delay = 0.3
-            for job_id in last:
-                submitted.append((job_id, api_two))
-                await watcher.subscribe(job_id)
+            dataplane_killed_at = time.monotonic()
+            stop_feeding.set()
+            await feeding
             await _all_complete(deployment, [job_id for job_id, _ in submitted], logs)
+            taken_over = time.monotonic() - dataplane_killed_at
 
             async with httpx.AsyncClient(base_url=api_two, timeout=10) as http:
                 for job_id, _ in submitted:
@@ -285,8 +295,9 @@ async def test_two_of_every_role_one_of_each_killed_mid_run_every_job_completes(
         print(
             f"\nproduction shape: {len(submitted)} jobs ({len(through_one)} through API 1, the rest through API 2), "
             f"replicas {replicas}, killed -9: {', '.join(deployment.killed)} "
-            f"({len(in_flight)} jobs in flight at the kill; the first {JOBS - 4} jobs all completed "
-            f"{recovered:.1f}s after it), all {len(submitted)} completed, "
+            f"({len(in_flight)} jobs in flight at the kill; the first {first_wave} jobs all completed "
+            f"{recovered:.1f}s after it; the data-plane replica died holding {held} entry(ies), every job done "
+            f"{taken_over:.1f}s after), all {len(submitted)} completed, "
             f"WebSocket on API 2 saw all {len(through_one)} jobs of API 1 complete; "
             f"ready in {ready_seconds:.1f}s, {elapsed:.1f}s in all"
         )
@@ -300,6 +311,19 @@ async def _true(value: bool) -> bool:
 async def _finished(client: Client, job_id: str) -> bool:
     description = await client.get_workflow_handle(job_id).describe()
     return description.status is not None and description.status.name != "RUNNING"
+
+
+async def _stopped_holding(deployment: Deployment, index: int, timeout: float = 30) -> int:
+    """Freeze data-plane replica `index` (SIGSTOP) at a moment it holds entries; how many it holds."""
+    pid, deadline = deployment.roles["dataplane"][index].pid, time.monotonic() + timeout
+    while True:
+        if await _pending_of(deployment, index):
+            os.kill(pid, signal.SIGSTOP)  # a stopped worker cannot ack: what it holds now, it holds at the kill
+            if held := await _pending_of(deployment, index):
+                return held
+            os.kill(pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, f"data-plane replica {index + 1} was never seen holding an entry"
+        await asyncio.sleep(0.02)
 
 
 async def _pending_of(deployment: Deployment, index: int) -> int:
