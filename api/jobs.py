@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -65,14 +66,11 @@ async def submit_job(backend: Backend, request: dict, idempotency_key: str | Non
     if idempotency_key and (existing := await job_for_key(backend, idempotency_key)):
         return existing
     job_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key)) if idempotency_key else str(uuid.uuid4())
+    settings = backend.settings
+    args = (request, job_id, backend.contracts, settings.llm_defaults, settings.llm_allowed_endpoints)
     try:
-        graph = plan(
-            request,
-            job_id,
-            backend.contracts,
-            backend.settings.llm_defaults,
-            backend.settings.llm_allowed_endpoints,
-        )
+        # A caller's graph may have hundreds of nodes: plan it off the event loop, so WebSocket pushes go on.
+        graph = await asyncio.to_thread(plan, *args) if request.get("mode") == "process_graph" else plan(*args)
     except PlanningError as exc:
         raise ApiError(400, str(exc)) from None
     return await start_job(backend, graph, idempotency_key)
