@@ -1,46 +1,90 @@
-"""Determinism: recorded histories of the job workflow replay against the current workflow code."""
+"""Determinism: recorded histories of the job workflow replay against the current workflow code, and a change to
+the command sequence is caught by that replay.
+
+The histories are recorded from real runs by tests/test_replay_paths.py (SPINBOT_RECORD_HISTORIES=1 writes them);
+the *_before_patches ones predate the `workflow.patched` changes and are kept so those runs still replay.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from tests.e2e import outcome, submit
+from workflows.inputs import JobInput
 from workflows.job import JobWorkflow
+from workflows.names import JOB_WORKFLOW
 
 HISTORIES = Path(__file__).parent / "histories"
+COMMITTED = sorted(HISTORIES.glob("*.json"))
+# The negative tests replay one run of the current code and one from before the patches (a replay that fails
+# takes seconds, so not every history).
+ALTERED_AGAINST = [HISTORIES / "hybrid.json", HISTORIES / "sadtalker_failed_before_patches.json"]
 
 
-@pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
+def committed(path: Path) -> WorkflowHistory:
+    return WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
 async def test_committed_history_replays(path):
-    history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
-    await Replayer(workflows=[JobWorkflow]).replay_workflow(history)
+    await Replayer(workflows=[JobWorkflow]).replay_workflow(committed(path))
 
 
-@pytest.mark.parametrize(
-    "name, request_body",
-    [
-        ("sadtalker", {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "replay"}}}),
-        (
-            "sadtalker_failed",
-            {
-                "mode": "fixed_graph",
-                "variant": "sadtalker",
-                "params": {"script": {"prompt": "replay"}, "generate_video": {"simulateFailure": "boom"}},
-            },
-        ),
-    ],
-)
-async def test_fresh_history_replays(stack, llm, name, request_body):
-    """Run a job now and replay its history; SPINBOT_RECORD_HISTORIES=1 also saves it under tests/histories."""
-    job_id = await submit(stack, request_body)
-    await outcome(stack, job_id)
-    history = await stack.temporal.get_workflow_handle(job_id).fetch_history()
-    await Replayer(workflows=[JobWorkflow]).replay_workflow(history)
-    if os.environ.get("SPINBOT_RECORD_HISTORIES"):
-        (HISTORIES / f"{name}.json").write_text(history.to_json())
+# --- a non-deterministic change is caught -------------------------------------------------------
+# Altered copies of the workflow, registered under its real name so the recorded histories replay against them.
+
+
+@workflow.defn(name=JOB_WORKFLOW)
+class UnchangedJobWorkflow(JobWorkflow):
+    """The control: the same subclassing and registration, no change; every history must still replay."""
+
+    @workflow.run
+    async def run(self, job: JobInput) -> dict:
+        return await super().run(job)
+
+
+@workflow.defn(name=JOB_WORKFLOW)
+class ExtraTimerJobWorkflow(JobWorkflow):
+    """Waits on a timer before anything else: a command the recorded runs never issued."""
+
+    @workflow.run
+    async def run(self, job: JobInput) -> dict:
+        await workflow.sleep(timedelta(seconds=1))
+        return await super().run(job)
+
+
+@workflow.defn(name=JOB_WORKFLOW)
+class SkipsFirstSyncJobWorkflow(JobWorkflow):
+    """Leaves out the first persistence step (a local activity) the recorded runs took."""
+
+    skipped = False
+
+    @workflow.run
+    async def run(self, job: JobInput) -> dict:
+        return await super().run(job)
+
+    async def _sync(self, *args, **kwargs) -> None:
+        if not self.skipped:
+            self.skipped = True
+            return
+        await super()._sync(*args, **kwargs)
+
+
+@pytest.mark.parametrize("path", ALTERED_AGAINST, ids=lambda p: p.stem)
+async def test_an_unchanged_subclass_replays(path):
+    await Replayer(workflows=[UnchangedJobWorkflow]).replay_workflow(committed(path))
+
+
+@pytest.mark.parametrize("altered", [ExtraTimerJobWorkflow, SkipsFirstSyncJobWorkflow], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("path", ALTERED_AGAINST, ids=lambda p: p.stem)
+async def test_a_changed_command_sequence_is_caught(path, altered):
+    with pytest.raises(workflow.NondeterminismError) as caught:
+        await Replayer(workflows=[altered]).replay_workflow(committed(path))
+    assert "Nondeterminism error" in str(caught.value)
+    print(f"\n{path.stem} against {altered.__name__}: {caught.value}")
