@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from core.contracts import Bridge, ContractError
 from core.failures import UNKNOWN_CODE, job_error_from_json
-from core.messages import parse_event
+from core.messages import channel_job, parse_event
 from core.metrics import WS_ERRORS, WS_SENT
 from core.wire import WireLimits
 from workflows.graph import clamp_progress
@@ -128,9 +128,9 @@ class Hub:
 
     async def on_message(self, channel: bytes | str, raw: bytes | str) -> None:
         """One pub/sub message as read (bytes); garbage is ignored here (the relay dead-letters it)."""
-        if not self.subscribers:
-            return
         try:
+            if channel_job(self.bridge, channel)[1] not in self.subscribers:
+                return  # nobody here follows that job: its payload need not even be parsed
             event = parse_event(self.bridge, channel, raw, self.max_bytes)
         except ContractError:
             return

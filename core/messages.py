@@ -53,21 +53,25 @@ class JobEvent:
     source: str | None = None  # "control-plane" on the workflow's own status messages
 
 
+def channel_job(bridge: Bridge, channel: bytes | str) -> tuple[str, str]:
+    """(kind, jobId) named by a job channel, read without its payload. Raises ContractError."""
+    channel = text_of(channel, "channel")
+    for kind in ("status", "progress", "data"):
+        prefix = bridge.channel(kind, "")
+        if channel.startswith(prefix):
+            return kind, channel[len(prefix) :]
+    raise ContractError(f"channel {channel!r}: not a job channel")
+
+
 def parse_event(
     bridge: Bridge, channel: bytes | str, raw: bytes | str, max_bytes: int = WireLimits.max_bytes
 ) -> JobEvent:
     """A pub/sub message (as read, bytes or text) as a JobEvent. Raises ContractError for anything off-contract."""
+    kind, job_id = channel_job(bridge, channel)
     channel = text_of(channel, "channel")
     if len(raw) > max_bytes:
         raise ContractError(f"{channel}: message of {len(raw)} bytes is over the limit of {max_bytes}")
     raw = text_of(raw, channel)
-    for kind in ("status", "progress", "data"):
-        prefix = bridge.channel(kind, "")
-        if channel.startswith(prefix):
-            job_id = channel[len(prefix) :]
-            break
-    else:
-        raise ContractError(f"channel {channel!r}: not a job channel")
     payload = load_json(raw, channel)
     problem = first_error(payload, "pubsub.schema.json", kind)
     if problem:

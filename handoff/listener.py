@@ -15,7 +15,7 @@ from temporalio.service import RPCError
 
 from core import jobkeys
 from core.contracts import Bridge, ContractError, first_error
-from core.messages import JobEvent, parse_event
+from core.messages import JobEvent, channel_job, parse_event
 from core.metrics import PUBSUB_MESSAGES
 from core.store import is_job_id
 from core.temporal import RPC_TIMEOUT
@@ -41,9 +41,10 @@ class EventListener:
     async def on_message(self, channel: bytes | str, raw: bytes | str) -> None:
         """One message as read (bytes): recorded, or set aside as a dead letter when it breaks the contract."""
         try:
+            _, job_id = channel_job(self.bridge, channel)  # cheap: a flood about no job costs no parsing
+            if not is_job_id(job_id):
+                raise ContractError(f"{job_id!r} is not a job id (unknown job)")
             event = parse_event(self.bridge, channel, raw, self.limits.max_bytes)
-            if not is_job_id(event.job_id):
-                raise ContractError(f"{event.job_id!r} is not a job id (unknown job)")
         except ContractError as exc:
             PUBSUB_MESSAGES.labels(kind="invalid").inc()
             source = self.bridge.pubsub_source
