@@ -22,12 +22,13 @@ from core.contracts import contracts
 from handoff.relay import HandbackRelay
 from handoff.streams import ensure_group
 from tests.e2e import BRIDGE, outcome, submit, wait_for
-from tests.ws_clients import ws_client
+from tests.ws_clients import metrics, ws_client
 
 pytestmark = pytest.mark.timeout(120)
 
 SADTALKER = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "after hostile input"}}}
 OVER_ENTRY_LIMIT = (4 << 20) + 1  # the default SPINBOT_MAX_ENTRY_BYTES, plus one
+RESTARTS = "spinbot_task_restarts_total"
 
 
 def nested(depth: int) -> object:
@@ -109,6 +110,20 @@ async def job_completes_seen_by_a_client(stack, llm) -> str:
     assert updates[-1]["progress"] == 1.0
     assert await outcome(stack, job_id) == ("completed", None)
     return job_id
+
+
+async def task_restarts(stack) -> dict:
+    """spinbot_task_restarts_total by task: the relay, the listener and the hub run in this process too."""
+    return {labels: value for (name, labels), value in (await metrics(stack.api)).items() if name == RESTARTS}
+
+
+@pytest.fixture(autouse=True)
+async def nothing_dies(stack):
+    """No consumer may die of what a test sends: no supervised task restarted, the data-plane worker alive."""
+    before = await task_restarts(stack)
+    yield
+    assert await task_restarts(stack) == before, "a background task died and was restarted"
+    assert stack.dataplane_task is not None and not stack.dataplane_task.done(), "the data-plane worker died"
 
 
 @pytest.fixture
