@@ -292,24 +292,39 @@ async def test_temporal_down_submissions_answer_503_naming_it(private, outage_st
 
 async def test_a_background_task_that_dies_is_restarted_and_ready_shows_it(private, outage_stack, llm):
     """The hub's subscription refused by Redis (an ACL): it dies on each start, /ready says so, and once Redis
-    allows it again the supervisor's next restart serves, and pushes resume."""
+    allows it again the supervisor's next restart serves, catches its clients up on what they missed, and
+    pushes resume."""
     stack = outage_stack
+    bridge = contracts().bridge
+    followed = str(uuid.uuid4())
+    await stack.redis.set(bridge.status_key(followed), "running", ex=300)
+    await stack.redis.set(bridge.progress_key(followed), "0.2", ex=300)
     admin = aioredis.from_url(private.redis.url, decode_responses=True)
-    try:
-        await admin.execute_command("ACL", "SETUSER", "default", "-psubscribe")
-        for connection in await admin.client_list(_type="pubsub"):
-            await admin.client_kill_filter(_id=connection["id"])
+    async with ws_client(stack.api_url) as watcher:
+        assert (await watcher.subscribe(followed))["status"] == "running"
+        try:
+            await admin.execute_command("ACL", "SETUSER", "default", "-psubscribe")
+            for connection in await admin.client_list(_type="pubsub"):
+                await admin.client_kill_filter(_id=connection["id"])
 
-        async def hub_down():
-            reply = await stack.api.get("/ready")
-            hub = reply.json()["checks"]["hub-listener"]
-            return hub if reply.status_code == 503 and not hub["ok"] and hub["restarts"] >= 1 else None
+            async def hub_down():
+                reply = await stack.api.get("/ready")
+                hub = reply.json()["checks"]["hub-listener"]
+                return hub if reply.status_code == 503 and not hub["ok"] and hub["restarts"] >= 1 else None
 
-        hub = await wait_for(hub_down, 20, "/ready to report the hub listener down")
-        assert "NoPermission" in hub["state"] or "permission" in hub["state"].lower(), hub
-    finally:
-        await admin.execute_command("ACL", "SETUSER", "default", "+psubscribe")
-        await admin.aclose()
+            hub = await wait_for(hub_down, 20, "/ready to report the hub listener down")
+            assert "NoPermission" in hub["state"] or "permission" in hub["state"].lower(), hub
+            # The job finishes while nobody listens: its keys change, its message is lost.
+            await stack.redis.set(bridge.status_key(followed), "completed", ex=300)
+            await stack.redis.set(bridge.progress_key(followed), "1", ex=300)
+            await stack.redis.publish(
+                bridge.channel("status", followed), json.dumps({"jobId": followed, "status": "completed"})
+            )
+        finally:
+            await admin.execute_command("ACL", "SETUSER", "default", "+psubscribe")
+            await admin.aclose()
+        caught_up = await watcher.recv_about(followed, timeout=20)
+        assert (caught_up["status"], caught_up["progress"]) == ("completed", 1.0), caught_up
     checks = (await ready_again(stack))["checks"]
     assert checks["hub-listener"]["ok"] and checks["hub-listener"]["restarts"] >= 1
     llm.delay = 0.5
