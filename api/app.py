@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from fastapi import Depends, FastAPI
 from temporalio.client import Client
@@ -35,7 +36,10 @@ from core.store import Store, connect_pool
 from core.supervise import Supervisor, TaskHealth
 from core.temporal import connect
 
+log = logging.getLogger(__name__)
+
 UPLOAD_OVERHEAD = 1 << 20  # multipart framing and the `data` part, on top of two files
+TASKS_START_SECONDS = 30  # how long start-up waits for the hub's subscription before serving anyway
 
 
 def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
@@ -57,7 +61,10 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         app.state.backend = Backend(
             settings, spec, redis, Store(pool), client, service_runtimes(spec), hub, object_store(settings), tasks
         )
-        await tasks.wait_up(30)
+        try:
+            await tasks.wait_up(TASKS_START_SECONDS)
+        except TimeoutError:  # keep serving what can be served; the tasks keep retrying and /ready says so
+            log.warning("background tasks not serving after %ss: %s", TASKS_START_SECONDS, tasks.report())
         try:
             yield
         finally:
