@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 from core.contracts import Bridge
 from core.metrics import ENTRIES_TAKEN_OVER
 from core.redis import TRANSIENT, raise_if_cancelled
-from core.retry import retrying
+from core.retry import call_with_retry, retrying
 from handoff.streams import GroupVanished, StreamConsumer, ensure_group
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,11 @@ class Liveness:
     async def start(self) -> list[str]:
         """Announce this worker; returns the entries this consumer name still holds from an earlier run.
 
-        Called before the stream is read, so none of them is one this run has been handed."""
+        Called before the stream is read, so none of them is one this run has been handed. Redis being
+        away is waited out, as the stream consumer does."""
+        return await call_with_retry(f"starting data-plane worker {self.consumer}", TRANSIENT, self._start)
+
+    async def _start(self) -> list[str]:
         await ensure_group(self.redis, self.bridge.data_stream, self.bridge.workers_group)
         await self.beat()
         rows = await self.redis.xpending_range(

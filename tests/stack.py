@@ -45,10 +45,11 @@ class Stack:
 
     async def stop_dataplane(self) -> None:
         if self.dataplane_task:
-            self.dataplane_task.cancel()
+            # Forgotten first: a worker that died raises its error here once, not in every later test.
+            task, self.dataplane_task = self.dataplane_task, None
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self.dataplane_task
-            self.dataplane_task = None
+                await task
 
     @contextlib.asynccontextmanager
     async def dataplane(self, **options):

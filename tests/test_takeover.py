@@ -20,6 +20,7 @@ from core.contracts import contracts
 from handoff.dataplane import DataPlaneWorker
 from handoff.simulator import Simulator
 from handoff.streams import ensure_group
+from spinbot.services import free_port, start_redis
 from tests.e2e import wait_for
 from tests.test_dataplane import pipeline_graph, push
 
@@ -30,7 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import asyncio, dataclasses, json, sys
 from core.contracts import contracts
-from core.redis import redis_client
 from handoff.dataplane import DataPlaneWorker
 from handoff.simulator import Simulator
 
@@ -218,3 +218,35 @@ async def test_a_restarted_worker_serves_what_it_held_under_its_name(redis_clien
         return (await handbacks(redis_client, bridge)).get(job_id)
 
     assert len(await wait_for(handed_back, timeout=10, what="the restarted worker to finish its entry")) == 1
+
+
+async def test_a_worker_started_while_redis_is_away_waits_for_it(bridge, tmp_path):
+    """Announcing itself is retried like reading: a worker started before Redis (or during a blip) serves once
+    Redis answers, instead of dying at start-up."""
+    port = free_port()
+    # A client without redis-py's own retries, so the worker's must do the waiting.
+    client = aioredis.from_url(f"redis://127.0.0.1:{port}/0", decode_responses=True)
+    worker = DataPlaneWorker(client, bridge, contracts().python_capabilities, Simulator(0.0), "early-bird")
+    task = asyncio.create_task(worker.run())
+    server = None
+    try:
+        await asyncio.sleep(1.5)
+        assert not task.done(), "the worker gave up while Redis was away"
+        server = await asyncio.to_thread(start_redis, tmp_path / "redis", port, False)
+        redis = aioredis.from_url(server.url, decode_responses=True)
+        try:
+            [job_id] = await push_jobs(redis, bridge, 1)
+
+            async def handed_back():
+                return (await handbacks(redis, bridge)).get(job_id)
+
+            await wait_for(handed_back, timeout=20, what="a handback once Redis is up")
+        finally:
+            await redis.aclose()
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        await client.aclose()
+        if server:
+            server.stop()
