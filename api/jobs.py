@@ -97,6 +97,7 @@ async def start_job(
     exists without a workflow, and an Idempotency-Key retry finds the same workflow.
     """
     job_id, pipeline = graph["workflowId"], graph["context"]["pipeline"]
+    accepted_at = now_ms()  # `advertised` happened before the workflow's first step, even if announced after it
     if attempt > 1:
         await _reset_for_attempt(backend, graph)
     ceiling = segment_timeout or backend.settings.segment_timeout_seconds
@@ -129,7 +130,7 @@ async def start_job(
     created_ms = int(now_ms())
     try:
         created_ms = await backend.store.create_job(job_id, graph, pipeline, idempotency_key)
-        await announce_accepted(backend, graph)
+        await announce_accepted(backend, graph, accepted_at)
     except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         # The job runs regardless; its workflow records it as soon as the store answers again.
         log.warning("job %s started but not yet recorded (%s: %s)", job_id, type(exc).__name__, exc)
@@ -153,12 +154,12 @@ async def _record_status(backend: Backend, job_id: str, status: str) -> None:
     await backend.store.reset_job(job_id, status, None)
 
 
-async def announce_accepted(backend: Backend, graph: dict) -> None:
+async def announce_accepted(backend: Backend, graph: dict, created: str) -> None:
     """job:<id>:progress must exist (0) from the moment a job is accepted: the data plane reads it.
 
     Written only where absent: the workflow may already have recorded newer state.
     """
-    bridge, job_id, created = backend.contracts.bridge, graph["workflowId"], now_ms()
+    bridge, job_id = backend.contracts.bridge, graph["workflowId"]
     pipe = backend.redis.pipeline(transaction=False)
     jobkeys.set_graph_if_absent(pipe, bridge, job_id, json.dumps(graph, separators=(",", ":")), created)
     jobkeys.advance_status(pipe, bridge, job_id, JobStatus.ADVERTISED)

@@ -157,10 +157,11 @@ class Store:
         return dict(row) if row else None
 
     async def events(self, job_id: str, limit: int = 50) -> list[dict]:
+        """Newest first, by when each event happened (relays may record them in another order)."""
         rows = await self.pool.fetch(
             """
             SELECT event_id, status, progress, data, created FROM job_events
-            WHERE job_id = $1 ORDER BY event_id DESC LIMIT $2
+            WHERE job_id = $1 ORDER BY created DESC, event_id DESC LIMIT $2
             """,
             uuid.UUID(job_id),
             limit,
