@@ -173,8 +173,9 @@ async def test_redis_kill_and_restart_under_load_answers_no_5xx(private, outage_
             status = (await api.post("/api/jobs", json=SADTALKER)).status_code
             replies.append((sent, time.monotonic(), "submit", status))
 
-    # A client with a connection per loop: requests queue in the API, not in the test's own pool.
-    unlimited = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    # A client with a connection per loop: requests queue in the API, not in the test's own pool. Idle
+    # connections are dropped before uvicorn's 5 s keep-alive ends, so none is reused as the server closes it.
+    unlimited = httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=1.0)
     async with (
         ws_client(stack.api_url) as client,
         httpx.AsyncClient(base_url=stack.api_url, timeout=30, limits=unlimited) as api,
@@ -297,9 +298,10 @@ async def test_a_background_task_that_dies_is_restarted_and_ready_shows_it(priva
     stack = outage_stack
     bridge = contracts().bridge
     followed = str(uuid.uuid4())
-    await stack.redis.set(bridge.status_key(followed), "running", ex=300)
-    await stack.redis.set(bridge.progress_key(followed), "0.2", ex=300)
+    # A client of its own: earlier tests restarted Redis under the stack's (which does not retry).
     admin = aioredis.from_url(private.redis.url, decode_responses=True)
+    await admin.set(bridge.status_key(followed), "running", ex=300)
+    await admin.set(bridge.progress_key(followed), "0.2", ex=300)
     async with ws_client(stack.api_url) as watcher:
         assert (await watcher.subscribe(followed))["status"] == "running"
         try:
@@ -315,9 +317,9 @@ async def test_a_background_task_that_dies_is_restarted_and_ready_shows_it(priva
             hub = await wait_for(hub_down, 20, "/ready to report the hub listener down")
             assert "NoPermission" in hub["state"] or "permission" in hub["state"].lower(), hub
             # The job finishes while nobody listens: its keys change, its message is lost.
-            await stack.redis.set(bridge.status_key(followed), "completed", ex=300)
-            await stack.redis.set(bridge.progress_key(followed), "1", ex=300)
-            await stack.redis.publish(
+            await admin.set(bridge.status_key(followed), "completed", ex=300)
+            await admin.set(bridge.progress_key(followed), "1", ex=300)
+            await admin.publish(
                 bridge.channel("status", followed), json.dumps({"jobId": followed, "status": "completed"})
             )
         finally:
