@@ -3,8 +3,8 @@ replays against the current workflow code. With SPINBOT_RECORD_HISTORIES=1 each 
 tests/histories/<path>.json, where test_replay.py replays it (and the older ones) on every run.
 
 Paths: node-only, hybrid, data-plane failure handed back, data-plane failure the existing worker's way (graph in
-job:<id> + status failed), segment timeout, cancel, retry attempt 2, continue-as-new (first and last run), and a
-run parked mid-wait (an incomplete history).
+job:<id> + status failed) and with that graph overwritten before it was read, segment timeout, cancel, retry
+attempt 2, continue-as-new (first and last run), and a run parked mid-wait (an incomplete history).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from temporalio.worker import Replayer
 
 from core.contracts import contracts, python_timeouts, service_runtimes
 from tests.conftest import SUGGEST_CONTINUE_AS_NEW_AT
-from tests.e2e import graph_request, outcome, pushed_segment, submit, wait_for
+from tests.e2e import BRIDGE, graph_request, outcome, pushed_segment, submit, wait_for
 from workflows.inputs import JobInput
 from workflows.job import JobWorkflow
 from workflows.names import DATAPLANE_FAILED, HANDBACK, JOB_WORKFLOW, WORKFLOW_QUEUE
@@ -121,6 +122,24 @@ async def test_dataplane_failure_the_existing_workers_way(stack, llm):
     history = await history_of(stack, job_id)
     assert signals(history) == [DATAPLANE_FAILED]
     await replay_and_record("dataplane_failed_graph", history)
+
+
+async def test_dataplane_failure_whose_graph_was_overwritten(stack):
+    """The data plane published `failed` but job:<id> holds the workflow's graph (no failed node): the segment
+    fails with the reported reason (the dataplane-failure-without-graph patch)."""
+    job_id = str(uuid.uuid4())
+    async with stack.no_dataplane():
+        await stack.temporal.start_workflow(
+            JOB_WORKFLOW, python_job(job_id, 600.0), id=job_id, task_queue=WORKFLOW_QUEUE
+        )
+        await pushed_segment(stack.redis, job_id)
+        status = {"jobId": job_id, "status": "failed", "created": str(int(time.time() * 1000))}
+        await stack.redis.publish(BRIDGE.channel("status", job_id), json.dumps(status))
+        state, message = await outcome(stack, job_id, timeout=15)
+    assert state == "failed" and message and 'node "py1"' in message
+    history = await history_of(stack, job_id)
+    assert signals(history) == [DATAPLANE_FAILED] and EventType.EVENT_TYPE_TIMER_FIRED not in types(history)
+    await replay_and_record("dataplane_failed_overwritten", history)
 
 
 async def test_segment_timeout(stack):
