@@ -10,9 +10,10 @@ import pytest
 from tests.conftest import SUGGEST_CONTINUE_AS_NEW_AT
 from tests.e2e import outcome, submit
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = pytest.mark.timeout(300)
 
-NODES = int(os.environ.get("SPINBOT_HISTORY_NODES", "500"))
+# 200 in CI (three runs with the suggestion at 400 events); SPINBOT_HISTORY_NODES=500 for the full-size proof.
+NODES = int(os.environ.get("SPINBOT_HISTORY_NODES", "200"))
 # Per run, a budget well inside Temporal's limits (it warns at 10 MB and 10,240 events, fails at 50 MB / 51,200).
 RUN_BUDGET_BYTES = 2 << 20
 RUN_BUDGET_EVENTS = SUGGEST_CONTINUE_AS_NEW_AT + 200  # continue-as-new waits for the job to be between steps
@@ -32,7 +33,7 @@ def alternating_graph(count: int) -> dict:
     return {"mode": "process_graph", "graph": {"schema": "langgraph.v1", "nodes": nodes, "edges": edges}}
 
 
-async def test_a_500_node_job_alternating_planes_continues_as_new_within_budget(stack, llm):
+async def test_a_long_job_alternating_planes_continues_as_new_within_budget(stack, llm):
     started = time.monotonic()
     job_id = await submit(stack, alternating_graph(NODES))
     assert await outcome(stack, job_id, timeout=400) == ("completed", None)
