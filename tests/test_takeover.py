@@ -121,7 +121,7 @@ async def test_a_killed_workers_entries_finish_on_another(redis_url, redis_clien
     )
     try:
         await wait_for(
-            lambda: redis_client.zscore(bridge.liveness_key, "doomed"), timeout=20, what="the child's heartbeat"
+            lambda: redis_client.zscore(bridge.liveness_key, "doomed"), timeout=60, what="the child's heartbeat"
         )
         jobs = await push_jobs(redis_client, bridge, 3)
         await wait_for(
