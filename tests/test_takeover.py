@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import asyncio, dataclasses, json, sys
 from core.contracts import contracts
+from core.redis import redis_client
 from handoff.dataplane import DataPlaneWorker
 from handoff.simulator import Simulator
 
