@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -51,7 +53,17 @@ def _run(coro):
         return None
     except (OSError, asyncpg.PostgresError, RuntimeError, RPCError) as exc:
         typer.echo(f"cannot start: {type(exc).__name__}: {exc}", err=True)
-        raise typer.Exit(1) from None
+        _exit_now(1)
+
+
+def _exit_now(code: int) -> None:
+    """Leave without interpreter finalization. A role that could not start has nothing to clean up, and the
+    Temporal client's native threads may still call into Python while the interpreter finalizes, which
+    aborts the process (SIGABRT, "PyGILState_Release ... must be current") instead of exiting with `code`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 async def _ensure_search_attributes(client) -> None:
