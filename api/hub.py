@@ -2,7 +2,8 @@
 
 Each API replica subscribes to the status and progress channels itself and serves only its own
 clients. A client gets a bounded queue and a sender task of its own, so a slow or dead client is
-disconnected instead of delaying anyone else.
+disconnected instead of delaying anyone else. Statuses reach clients only from the control plane
+(`source: control-plane`); the data plane's progress is forwarded as it comes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from core.messages import channel_job, parse_event
 from core.metrics import WS_ERRORS, WS_SENT
 from core.wire import WireLimits
 from workflows.graph import clamp_progress
+from workflows.names import CONTROL_SOURCE
 from workflows.status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,8 @@ class Hub:
         if not watchers:
             return
         view = self.views.setdefault(event.job_id, JobView())
+        if event.status and event.source != CONTROL_SOURCE:
+            return  # the workflow alone decides a job's fate: a data plane's `completed` may end only one segment
         if event.status:
             view.status = event.status
             view.error = None

@@ -36,6 +36,7 @@ from workflows.graph import job_progress
 from workflows.inputs import JobInput
 from workflows.names import (
     CAPABILITIES_PIPELINE,
+    CONTROL_SOURCE,
     JOB_WORKFLOW,
     PIPELINE_ATTRIBUTE,
     STATUS_ATTRIBUTE,
@@ -166,7 +167,7 @@ async def announce_accepted(backend: Backend, graph: dict, created: str) -> None
     jobkeys.raise_progress(pipe, bridge, job_id, 0.0)
     pipe.publish(
         bridge.channel("status", job_id),
-        json.dumps({"jobId": job_id, "status": JobStatus.ADVERTISED, "created": created}),
+        json.dumps({"jobId": job_id, "status": JobStatus.ADVERTISED, "created": created, "source": CONTROL_SOURCE}),
     )
     await pipe.execute()
 

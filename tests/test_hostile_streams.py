@@ -23,6 +23,7 @@ from handoff.relay import HandbackRelay
 from handoff.streams import ensure_group
 from tests.e2e import BRIDGE, outcome, submit, wait_for
 from tests.ws_clients import metrics, ws_client
+from workflows.names import CONTROL_SOURCE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -230,7 +231,9 @@ async def test_hostile_pubsub_messages_are_dead_lettered_and_pushes_go_on(stack,
             await stack.redis.publish(channel, message)
         letters = await dead_letters(stack.redis, BRIDGE.dead_letter(BRIDGE.pubsub_source), job, len(cases))
         assert_reasons(letters, {name: (None, reason) for name, (_, _, reason) in cases.items()})
-        await stack.redis.publish(BRIDGE.channel("status", job), json.dumps({"jobId": job, "status": "running"}))
+        await stack.redis.publish(
+            BRIDGE.channel("status", job), json.dumps({"jobId": job, "status": "running", "source": CONTROL_SOURCE})
+        )
         assert (await watcher.recv_about(job))["status"] == "running", "no garbage reached the client"
     job_id = await job_completes_seen_by_a_client(stack, llm)
 

@@ -10,6 +10,7 @@ import pytest
 from core.failures import job_error
 from tests.e2e import BRIDGE, outcome, submit
 from tests.ws_clients import publish, ws_client
+from workflows.names import CONTROL_SOURCE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,16 +80,23 @@ async def test_a_bare_failed_status_is_completed_from_the_job_graph_in_redis(sta
         await client.subscribe(job_id)
         await stack.redis.hset(BRIDGE.job_key(job_id), mapping={"graph": json.dumps(graph), "created": "1"})
         await stack.redis.expire(BRIDGE.job_key(job_id), 60)
-        await publish(stack.redis, "status", job_id, status="failed")
+        await publish(stack.redis, "status", job_id, status="failed", source=CONTROL_SOURCE)
         update = await client.recv_about(job_id)
         assert update["error"] == {"nodeId": "b", "message": "disk full", "code": "ENOSPC"}
 
         # A published error is used as sent, cut down to its three fields.
-        await publish(stack.redis, "status", job_id, status="failed", error={"nodeId": "a", "message": "m", "x": 1})
+        await publish(
+            stack.redis,
+            "status",
+            job_id,
+            status="failed",
+            error={"nodeId": "a", "message": "m", "x": 1},
+            source=CONTROL_SOURCE,
+        )
         update = await client.recv_about(job_id)
         assert update["error"] == {"nodeId": "a", "message": "m", "code": "JobFailed"}
 
-        await publish(stack.redis, "status", job_id, status="running")
+        await publish(stack.redis, "status", job_id, status="running", source=CONTROL_SOURCE)
         assert "error" not in await client.recv_about(job_id)
 
 

@@ -13,7 +13,7 @@ import pytest
 from core import jobkeys
 from core.store import Event
 from tests.e2e import BRIDGE, outcome, query_state, submit, wait_for
-from tests.ws_clients import publish
+from tests.ws_clients import publish, ws_client
 from workflows.graph import progress_ceiling
 
 pytestmark = pytest.mark.timeout(90)
@@ -150,8 +150,13 @@ async def test_a_data_plane_completed_never_finishes_a_running_job(stack, llm):
     async with stack.no_dataplane():
         job_id = await submit(stack, SADTALKER)
         await wait_for(lambda: _segment_pushed(stack, job_id), 20, "the segment push")
-        await publish(stack.redis, "status", job_id, status="completed")
-        await publish(stack.redis, "progress", job_id, progress=1)
+        async with ws_client(stack.api_url) as watcher:
+            assert (await watcher.subscribe(job_id))["status"] == "running"
+            await publish(stack.redis, "status", job_id, status="completed")
+            await publish(stack.redis, "progress", job_id, progress=1)
+            # Pub/sub keeps one publisher's order: the progress update comes after whatever the status caused.
+            pushed = await watcher.recv_about(job_id)
+            assert (pushed["status"], pushed["progress"]) == ("running", 1.0), pushed
 
         async def recorded():
             reply = await stack.api.get(f"/api/jobs/{job_id}")

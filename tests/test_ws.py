@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.e2e import BRIDGE, outcome, submit, wait_for
 from tests.stack import api_replica
 from tests.ws_clients import metrics, percentile, publish, ws_client, ws_clients
+from workflows.names import CONTROL_SOURCE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,14 +95,14 @@ async def test_unsubscribe_stops_updates_for_that_job(stack):
     async with ws_client(stack.api_url) as leaving, ws_client(stack.api_url) as staying:
         for client in (leaving, staying):
             await client.subscribe(job_id)
-        await publish(stack.redis, "status", job_id, status="running")
+        await publish(stack.redis, "status", job_id, status="running", source=CONTROL_SOURCE)
         for client in (leaving, staying):
             assert (await client.recv())["status"] == "running"
 
         await leaving.send({"action": "unsubscribe", "jobId": job_id})
         assert await leaving.recv() == {"action": "response", "message": "unsubscribed", "jobId": job_id}
         await publish(stack.redis, "progress", job_id, progress=0.5)
-        await publish(stack.redis, "status", job_id, status="completed")
+        await publish(stack.redis, "status", job_id, status="completed", source=CONTROL_SOURCE)
         assert [m["status"] for m in await staying.updates_until(job_id)] == ["running", "completed"]
         # The hub fanned both events out before `staying` got them: an update for `leaving` would come first.
         await leaving.send({"action": "subscribe", "jobId": other})
