@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 
 
 class BridgeActivities:
-    def __init__(self, redis: aioredis.Redis, store: Store, bridge: Bridge):
+    def __init__(self, redis: aioredis.Redis, store: Store, bridge: Bridge, finished_key_seconds: int | None = None):
         self.redis = redis
         self.store = store
         self.bridge = bridge
+        self.finished_key_seconds = bridge.ttl if finished_key_seconds is None else finished_key_seconds
 
     @activity.defn(name=SYNC_JOB)
     async def sync_job(self, snap: JobSnapshot) -> dict | None:
@@ -63,6 +64,8 @@ class BridgeActivities:
             queue_push(pipe, bridge, segment, created, graph_json)
         if snap.withdraw:
             queue_withdraw(pipe, bridge, job_id)
+        if snap.status in jobkeys.TERMINAL:
+            jobkeys.expire_finished(pipe, bridge, job_id, self.finished_key_seconds)
         for item in snap.data:
             pipe.publish(
                 bridge.channel("data", job_id),

@@ -11,23 +11,36 @@ from workflows.status import FINISHED_JOB
 
 TERMINAL = FINISHED_JOB
 
+# A key these scripts leave as it is keeps its TTL (a finished job's is shortened at finish, see
+# `expire_finished`); only a key without one is given one.
+_KEEP_TTL = """
+if redis.call('TTL', KEYS[1]) == -1 then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
 # Only ever up: the API's first 0, and a snapshot that names no ceiling.
-_RAISE_PROGRESS = """
+_RAISE_PROGRESS = (
+    """
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
 if tonumber(ARGV[1]) > current then
   return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
-return redis.call('EXPIRE', KEYS[1], ARGV[2])
 """
+    + _KEEP_TTL
+)
 
 # A late 'running' must not undo a finished job, nor a late 'advertised' a running one.
-_ADVANCE_STATUS = """
+_ADVANCE_STATUS = (
+    """
 local current = redis.call('GET', KEYS[1])
-if current == 'completed' or current == 'failed' or (current and ARGV[1] == 'advertised') then
-  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+if not (current == 'completed' or current == 'failed' or (current and ARGV[1] == 'advertised')) then
+  return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
-return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 """
+    + _KEEP_TTL
+)
 
 
 # The most progress the job may show until the workflow's next change, kept in the job:<id> hash.
@@ -125,12 +138,16 @@ def raise_progress(pipe: Pipeline, bridge: Bridge, job_id: str, progress: float)
     pipe.eval(_RAISE_PROGRESS, 1, bridge.progress_key(job_id), format_progress(progress), bridge.ttl)
 
 
-# The API's first write of a job's graph must not replace one its workflow already recorded.
+# The API's first write of a job's graph must not replace one its workflow already recorded (nor its TTL).
 _SET_GRAPH_IF_ABSENT = """
 if redis.call('HSETNX', KEYS[1], 'graph', ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], 'created', ARGV[2])
+  return redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
-return redis.call('EXPIRE', KEYS[1], ARGV[3])
+if redis.call('TTL', KEYS[1]) == -1 then
+  return redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return 0
 """
 
 
@@ -142,3 +159,12 @@ def set_graph(pipe: Pipeline, bridge: Bridge, job_id: str, graph_json: str, crea
     key = bridge.job_key(job_id)
     pipe.hset(key, mapping={"graph": graph_json, "created": created_ms})
     pipe.expire(key, bridge.ttl)
+
+
+def expire_finished(pipe: Pipeline, bridge: Bridge, job_id: str, seconds: int) -> None:
+    """A finished job's keys go `seconds` after it finished (never later than jobs.ttl): its status and graph are
+    in PostgreSQL, and Redis holds the work in flight, not a record of every job."""
+    ttl = min(seconds, bridge.ttl)
+    keys = (bridge.job_key, bridge.status_key, bridge.progress_key, bridge.last_push_key)
+    for key in keys:
+        pipe.expire(key(job_id), ttl)

@@ -18,6 +18,16 @@ EVENTS_DELAYED = Counter(
     "spinbot_events_delayed_total", "Events kept in the backlog stream while PostgreSQL was unavailable"
 )
 PUBSUB_MESSAGES = Counter("spinbot_pubsub_messages_total", "Pub/sub messages handled by the relay", ["kind"])
+STREAM_ENTRIES_TRIMMED = Counter(
+    "spinbot_stream_entries_trimmed_total",
+    "Stream entries removed by the relays' cleanup: acked and past the retention window, or dead letters past their "
+    "cap or age",
+    ["stream"],
+)
+JOB_EVENTS_DELETED = Counter(
+    "spinbot_job_events_deleted_total", "job_events rows of jobs finished longer ago than the retention deleted"
+)
+CLEANUPS = Counter("spinbot_cleanups_total", "Rounds of the relays' retention cleanup", ["outcome"])
 TASK_UP = Gauge("spinbot_task_up", "1 while a supervised background task is serving, else 0", ["task"])
 TASK_RESTARTS = Counter("spinbot_task_restarts_total", "Supervised background tasks restarted after dying", ["task"])
 SEGMENTS_WITHOUT_CONSUMER = Counter(
@@ -80,7 +90,10 @@ ROLE_FAMILIES: dict[str, list[Collector]] = {
         DATA_BACKLOG, DATA_PENDING, DATA_CONSUMERS, DATA_OLDEST_PENDING, *SHARED_TASKS,
     ],
     "worker": [JOBS_FINISHED, JOB_SECONDS, NODE_SECONDS, SEGMENTS_WITHOUT_CONSUMER, SEGMENTS_WITHDRAWN],
-    "relay": [HANDBACKS, HANDOFF_SECONDS, PUBSUB_MESSAGES, DEAD_LETTERS, EVENTS_DELAYED, *SHARED_TASKS],
+    "relay": [
+        HANDBACKS, HANDOFF_SECONDS, PUBSUB_MESSAGES, DEAD_LETTERS, EVENTS_DELAYED,
+        STREAM_ENTRIES_TRIMMED, JOB_EVENTS_DELETED, CLEANUPS, *SHARED_TASKS,
+    ],
     "dataplane": [DEAD_LETTERS, ENTRIES_TAKEN_OVER, *SHARED_TASKS],
 }  # fmt: skip
 

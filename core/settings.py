@@ -67,6 +67,25 @@ class Settings(BaseSettings):
     capabilities_timeout_seconds: float = 10.0
     capabilities_cache_seconds: float = 60.0
 
+    # job_events rows of a finished (completed or failed) job are deleted this many hours after it finished;
+    # its jobs row (status, last graph, artifacts) stays. 0: at the next cleanup.
+    retention_hours: float = Field(default=7 * 24, ge=0)
+    # A finished job's Redis keys (job:<id>, its :status, :progress and :pushed) expire this many seconds after it
+    # finished (at most jobs.ttl of redis.bridge.json); its status is then read from PostgreSQL.
+    finished_key_seconds: int = Field(default=3600, ge=1)
+    # Entries of process:data, process:control and the event backlog that every consumer group has read and acked
+    # are trimmed once older than this; an entry a group has not read, or has pending, is never trimmed.
+    stream_retention_seconds: float = Field(default=300, ge=0)
+    # Each dead-letter stream keeps at most this many entries (the newest).
+    dead_letter_max_entries: int = Field(default=1000, ge=1)
+    # Dead letters older than this are trimmed.
+    dead_letter_retention_hours: float = Field(default=7 * 24, ge=0)
+    # job_events keeps at most one progress row per job per this many seconds (the highest progress reported in
+    # it); every progress message still reaches WebSocket clients and job:<id>:progress. 0: one row per message.
+    progress_event_seconds: float = Field(default=5.0, ge=0)
+    # How often each relay applies the retention settings above (trims streams, deletes expired events).
+    cleanup_interval_seconds: float = Field(default=30.0, gt=0)
+
     minio_endpoint: str | None = Field(
         default=None, validation_alias=AliasChoices("MINIO_ENDPOINT", "SPINBOT_MINIO_ENDPOINT")
     )

@@ -45,6 +45,15 @@ class Event:
     progress: float | None = None
     data: object = None
     created: datetime | None = None
+    # One row per fingerprint holding the highest progress reported under it (coalesced progress), instead of
+    # one row per message.
+    highest_progress: bool = False
+
+
+# The row of a coalesced progress interval takes a higher progress (and its time); the same or a lower one, or the
+# same message again, changes nothing and counts as already recorded.
+_KEEP_HIGHEST = """DO UPDATE SET progress = EXCLUDED.progress, created = EXCLUDED.created
+                   WHERE EXCLUDED.progress > job_events.progress"""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -118,13 +127,14 @@ class Store:
         fate. Reported progress raises the job's, up to its ceiling, while the job is not finished.
         """
         progress = event.progress if event.progress is not None and 0.0 <= event.progress <= 1.0 else None
+        on_conflict = _KEEP_HIGHEST if event.highest_progress else "DO NOTHING"
         row = await self.pool.fetchrow(
-            """
+            f"""
             WITH ev AS (
                 INSERT INTO job_events (job_id, status, progress, data, fingerprint, created)
                 SELECT $1, $2, $3, $4, $5, coalesce($6, now())
                 WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)
-                ON CONFLICT (job_id, fingerprint) DO NOTHING
+                ON CONFLICT (job_id, fingerprint) {on_conflict}
                 RETURNING event_id
             ), up AS (
                 UPDATE jobs SET
@@ -144,6 +154,27 @@ class Store:
             list(jobkeys.TERMINAL),
         )
         return row is not None
+
+    async def delete_expired_events(self, retention_seconds: float, batch: int) -> int:
+        """Delete up to `batch` job_events rows of jobs that finished more than `retention_seconds` ago; returns how
+        many. A job that is not finished keeps every row; relays deleting at once skip each other's rows."""
+        status = await self.pool.execute(
+            """
+            WITH doomed AS (
+                SELECT e.event_id FROM job_events e JOIN jobs j USING (job_id)
+                WHERE e.created < now() - make_interval(secs => $1)
+                  AND j.updated < now() - make_interval(secs => $1)
+                  AND j.status = ANY($2::text[])
+                LIMIT $3
+                FOR UPDATE OF e SKIP LOCKED FOR SHARE OF j  -- a job run again meanwhile is re-checked, and kept
+            )
+            DELETE FROM job_events WHERE event_id IN (SELECT event_id FROM doomed)
+            """,
+            retention_seconds,
+            list(jobkeys.TERMINAL),
+            batch,
+        )
+        return int(status.split()[-1])
 
     async def job_status(self, job_id: str) -> dict | None:
         row = await self.pool.fetchrow("SELECT status, progress FROM jobs WHERE job_id = $1", uuid.UUID(job_id))

@@ -29,10 +29,16 @@ class WireLimits:
     max_bytes: int = 4 << 20
     max_deliveries: int = 5
     signal_bytes: int = 2 << 20  # Temporal refuses a signal whose payload is larger (its blob size limit)
+    dead_letters: int = 1000  # entries kept in each dead-letter stream (the newest)
 
     @classmethod
     def of(cls, settings: Settings) -> WireLimits:
-        return cls(settings.max_entry_bytes, settings.max_deliveries, settings.temporal_payload_limit_bytes)
+        return cls(
+            settings.max_entry_bytes,
+            settings.max_deliveries,
+            settings.temporal_payload_limit_bytes,
+            settings.dead_letter_max_entries,
+        )
 
 
 def text_of(data: bytes | str, what: str) -> str:

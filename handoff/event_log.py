@@ -4,11 +4,17 @@ A message is written straight away when PostgreSQL answers. When it does not, th
 Redis stream (the backlog) that every relay drains, as a consumer group, once PostgreSQL is back. Each
 row is keyed by a fingerprint of its message, so a message heard by several relays, or written again
 after a crash, still lands once.
+
+Progress is coalesced: a job's progress messages within one interval of `progress_seconds` (by the time the
+message carries) share one row, keyed by that interval, which keeps the highest progress reported in it. Every
+relay picks the same interval for the same message, so coalesced rows land once too; status and data messages
+keep a row each.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
@@ -25,13 +31,22 @@ log = logging.getLogger(__name__)
 BACKLOG_GROUP = "recorders"
 
 
-def as_row(event: JobEvent) -> Event:
-    return Event(event.job_id, event.fingerprint, event.status, event.progress, event.data, event.created)
+def as_row(event: JobEvent, progress_seconds: float = 0.0) -> Event:
+    """The job_events row of `event`; a progress message goes to its interval's row when `progress_seconds` > 0."""
+    if event.kind != "progress" or progress_seconds <= 0:
+        return Event(event.job_id, event.fingerprint, event.status, event.progress, event.data, event.created)
+    at = event.created or datetime.now(UTC)
+    interval = int(at.timestamp() // progress_seconds)
+    fingerprint = f"progress/{progress_seconds:g}s/{interval}"
+    return Event(event.job_id, fingerprint, None, event.progress, event.data, event.created, highest_progress=True)
 
 
 class EventLog:
-    def __init__(self, redis: aioredis.Redis, store: Store, bridge: Bridge, consumer: str):
+    def __init__(
+        self, redis: aioredis.Redis, store: Store, bridge: Bridge, consumer: str, progress_seconds: float = 0.0
+    ):
         self.redis, self.store, self.bridge = redis, store, bridge
+        self.progress_seconds = progress_seconds
         self.backlog = StreamConsumer(
             redis,
             bridge.events_backlog,
@@ -50,7 +65,7 @@ class EventLog:
         if not is_job_id(event.job_id):
             return False
         try:
-            return await self.store.apply_event(as_row(event))
+            return await self.store.apply_event(as_row(event, self.progress_seconds))
         except UNAVAILABLE as exc:
             log.warning("PostgreSQL unavailable (%s); event for job %s kept in the backlog", exc, event.job_id)
             await self.redis.xadd(self.bridge.events_backlog, {"channel": channel, "raw": raw})
@@ -68,6 +83,7 @@ class EventLog:
         except ContractError:
             event = None  # it was valid when first read; nothing else could have written this stream
         if event is not None:
-            await call_with_retry("writing a delayed event", UNAVAILABLE, lambda: self.store.apply_event(as_row(event)))
+            row = as_row(event, self.progress_seconds)
+            await call_with_retry("writing a delayed event", UNAVAILABLE, lambda: self.store.apply_event(row))
         await self.backlog.ack(entry_id)
         await self.redis.xdel(self.bridge.events_backlog, entry_id)

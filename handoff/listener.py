@@ -48,9 +48,9 @@ class EventListener:
         except ContractError as exc:
             PUBSUB_MESSAGES.labels(kind="invalid").inc()
             source = self.bridge.pubsub_source
-            await dead_letter(
-                self.redis, source, self.bridge.dead_letter(source), {"channel": channel, "data": raw}, str(exc)
-            )
+            letter = {"channel": channel, "data": raw}
+            dead = self.bridge.dead_letter(source)
+            await dead_letter(self.redis, source, dead, letter, str(exc), self.limits.dead_letters)
             return
         PUBSUB_MESSAGES.labels(kind=event.kind).inc()
         await self._update_keys(event)

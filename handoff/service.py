@@ -1,4 +1,5 @@
-"""`spinbot relay`: the handback relay and the pub/sub listener in one process (run as many as you like)."""
+"""`spinbot relay`: the handback relay, the pub/sub listener and the retention cleanup in one process (run as many
+as you like)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from core.wire import WireLimits
 from handoff.event_log import EventLog
 from handoff.listener import EventListener
 from handoff.relay import HandbackRelay
+from handoff.retention import Retention, RetentionPolicy
 
 START_TIMEOUT = 30.0
 
@@ -25,7 +27,7 @@ START_TIMEOUT = 30.0
 async def run_relay(
     settings: Settings, client: Client, consumer: str | None = None, ready: asyncio.Event | None = None
 ) -> None:
-    """Both loops, each supervised (restarted with backoff when it dies); `ready` is set once both serve."""
+    """Every loop, each supervised (restarted with backoff when it dies); `ready` is set once all serve."""
     spec = contracts()
     limits = WireLimits.of(settings)
     # Blocking stream reads need a socket timeout longer than their BLOCK.
@@ -33,7 +35,9 @@ async def run_relay(
     pool = await connect_pool(settings.database_url)
     consumer = consumer or f"relay-{socket.gethostname()}-{os.getpid()}"
     relay = HandbackRelay(redis, client, spec.bridge, consumer, limits)
-    events = EventLog(redis, Store(pool), spec.bridge, consumer)
+    store = Store(pool)
+    events = EventLog(redis, store, spec.bridge, consumer, settings.progress_event_seconds)
+    retention = Retention(redis, store, spec.bridge, RetentionPolicy.of(settings))
     listener = EventListener(redis, events, client, spec.bridge, limits)
 
     async def listen(health: TaskHealth) -> None:
@@ -43,6 +47,7 @@ async def run_relay(
     tasks.start("handback-relay", relay.run)
     tasks.start("event-listener", listen)
     tasks.start("event-backlog", events.run)
+    tasks.start("retention", retention.run)
     try:
         if ready:
             await tasks.wait_up(START_TIMEOUT)

@@ -26,7 +26,6 @@ from core.wire import WireLimits, dead_letter_fields, decode_fields
 log = logging.getLogger(__name__)
 
 EntryHandler = Callable[[str, dict[str, str]], Awaitable[None]]
-DEAD_LETTER_MAX = 100_000
 DEAD_SUFFIX = ":dead"  # for streams of our own; the bridge's streams name theirs in config/redis.bridge.json
 
 
@@ -44,18 +43,24 @@ async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
 
 
 async def dead_letter(
-    redis: aioredis.Redis, source: str, dead_stream: str, fields: Mapping[Any, Any], error: str
+    redis: aioredis.Redis,
+    source: str,
+    dead_stream: str,
+    fields: Mapping[Any, Any],
+    error: str,
+    max_entries: int = WireLimits.dead_letters,
 ) -> None:
     """Copy an invalid entry (or message) aside with the reason, so nothing is silently lost.
 
     The copy is always readable text: bytes that are not UTF-8 are kept base64-encoded (see core/wire.py).
+    The stream keeps about the newest `max_entries` (the relays' cleanup trims it exactly, and by age).
     """
     log.warning("dead letter from %s: %s", source, error)
     DEAD_LETTERS.labels(source=source).inc()
     entry: Entry = {}
     for name, value in {**dead_letter_fields(fields), "error": error[:2000], "stream": source}.items():
         entry[name] = value
-    await redis.xadd(dead_stream, entry, maxlen=DEAD_LETTER_MAX, approximate=True)
+    await redis.xadd(dead_stream, entry, maxlen=max_entries, approximate=True)
 
 
 class StreamConsumer:
@@ -122,7 +127,7 @@ class StreamConsumer:
         await call_with_retry(
             f"dead-lettering {self.stream} {entry_id}",
             TRANSIENT,
-            lambda: dead_letter(self.redis, self.stream, self.dead_stream, fields, reason),
+            lambda: dead_letter(self.redis, self.stream, self.dead_stream, fields, reason, self.limits.dead_letters),
         )
         await call_with_retry(f"acking {self.stream} {entry_id}", TRANSIENT, lambda: self.ack(entry_id))
 

@@ -52,7 +52,7 @@ async def running_workers(
     pool = await connect_pool(settings.database_url) if roles.workflows else None
     workers = []
     if roles.workflows:
-        bridge = BridgeActivities(redis, Store(pool), spec.bridge)
+        bridge = BridgeActivities(redis, Store(pool), spec.bridge, settings.finished_key_seconds)
         # The sandbox still guards determinism; passing modules through spares a re-import per run (~20 ms).
         runner = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_all_modules())
         workers.append(

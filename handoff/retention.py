@@ -1,0 +1,183 @@
+"""Retention: the relays delete what the work no longer needs, so Redis and PostgreSQL grow with the work in
+flight and a window behind it, never with time.
+
+Every `cleanup_interval_seconds` each relay, as a supervised task:
+- trims process:data, process:control and the event backlog to the entries some consumer group has not read or
+  not yet acked, plus those younger than `stream_retention_seconds` (one script per stream, atomic against reads);
+- caps each dead-letter stream at `dead_letter_max_entries` and drops letters older than their retention;
+- deletes the job_events rows of jobs finished more than `retention_hours` ago, in batches. (A finished job's
+  Redis keys expire by themselves: its last sync gives them a short TTL, see core/jobkeys.py.)
+Every step is idempotent, so relays need not agree on who runs it. A round that finds Redis or PostgreSQL away
+is reported (the task's health, spinbot_cleanups_total) and the next round tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from core.contracts import Bridge
+from core.metrics import CLEANUPS, JOB_EVENTS_DELETED, STREAM_ENTRIES_TRIMMED
+from core.redis import TRANSIENT
+from core.settings import Settings
+from core.store import UNAVAILABLE, Store
+from core.supervise import TaskHealth
+from handoff.streams import DEAD_SUFFIX
+
+log = logging.getLogger(__name__)
+
+OUTAGES: tuple[type[BaseException], ...] = (*TRANSIENT, *UNAVAILABLE)
+DELETE_BATCH = 2000  # job_events rows per statement: short transactions, short locks
+DELETE_BATCHES_PER_ROUND = 25  # a long backlog (the first round after an upgrade) is worked off over rounds
+
+# KEYS[1]: a stream; ARGV[1]: the window in ms. Trims, by id (the time Redis added the entry), what is older
+# than the window and what every group has both read (up to its last-delivered id) and acked (before its oldest
+# pending entry). A stream without groups keeps everything: nobody has read it yet.
+_TRIM_ACKED = """
+local function parse(s)
+  local ms, seq = string.match(s, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function lower(ams, aseq, bms, bseq)
+  if ams < bms or (ams == bms and aseq < bseq) then return ams, aseq end
+  return bms, bseq
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then return 0 end
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[1])
+local seq = 0
+for _, g in ipairs(groups) do
+  local name, last
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+  end
+  local lms, lseq = parse(last)
+  ms, seq = lower(ms, seq, lms, lseq + 1)
+  local pending = redis.call('XPENDING', KEYS[1], name)
+  if pending[1] > 0 then
+    local pms, pseq = parse(pending[2])
+    ms, seq = lower(ms, seq, pms, pseq)
+  end
+end
+if ms <= 0 then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f-%.0f', ms, seq))
+"""
+
+# KEYS[1]: a dead-letter stream; ARGV[1]: the most entries it keeps; ARGV[2]: their longest age in ms.
+_TRIM_DEAD = """
+local trimmed = redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[1])
+local t = redis.call('TIME')
+local oldest = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[2])
+if oldest > 0 then
+  trimmed = trimmed + redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f', oldest))
+end
+return trimmed
+"""
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How long each kind of record is kept (from the settings), and how often that is applied."""
+
+    stream_ms: int = 300_000
+    dead_letter_entries: int = 1000
+    dead_letter_ms: int = 7 * 24 * 3600 * 1000
+    finished_seconds: float = 7 * 24 * 3600
+    interval_seconds: float = 30.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> RetentionPolicy:
+        return cls(
+            stream_ms=int(settings.stream_retention_seconds * 1000),
+            dead_letter_entries=settings.dead_letter_max_entries,
+            dead_letter_ms=int(settings.dead_letter_retention_hours * 3600 * 1000),
+            finished_seconds=settings.retention_hours * 3600,
+            interval_seconds=settings.cleanup_interval_seconds,
+        )
+
+
+@dataclass
+class Swept:
+    """What one round removed: entries per stream, and job_events rows."""
+
+    trimmed: dict[str, int] = field(default_factory=dict)
+    events_deleted: int = 0
+
+
+class Retention:
+    def __init__(self, redis: aioredis.Redis, store: Store, bridge: Bridge, policy: RetentionPolicy):
+        self.redis, self.store, self.bridge, self.policy = redis, store, bridge, policy
+
+    @property
+    def work_streams(self) -> list[str]:
+        """Streams read by consumer groups: trimmed to what every group is done with, after the window."""
+        return [self.bridge.data_stream, self.bridge.control_stream, self.bridge.events_backlog]
+
+    @property
+    def dead_letter_streams(self) -> list[str]:
+        return [*self.bridge.dead_letter_streams, f"{self.bridge.events_backlog}{DEAD_SUFFIX}"]
+
+    async def run(self, health: TaskHealth) -> None:
+        """A round every interval until cancelled; an outage fails the round, not the task."""
+        while True:
+            try:
+                await self.sweep()
+            except OUTAGES as exc:
+                CLEANUPS.labels(outcome="failed").inc()
+                wait = self.policy.interval_seconds
+                log.warning("retention cleanup failed (%s: %s); next round in %gs", type(exc).__name__, exc, wait)
+                health.failing(exc)
+            else:
+                CLEANUPS.labels(outcome="done").inc()
+                health.serving()
+            await asyncio.sleep(self.policy.interval_seconds)
+
+    async def sweep(self) -> Swept:
+        """One round. Redis and PostgreSQL are each tried even when the other is away; the first outage is
+        raised once both were tried."""
+        swept, outages = Swept(), []
+        try:
+            swept.trimmed = await self.trim_streams()
+        except OUTAGES as exc:
+            outages.append(exc)
+        try:
+            swept.events_deleted = await self.delete_expired_events()
+        except OUTAGES as exc:
+            outages.append(exc)
+        if outages:
+            raise outages[0]
+        return swept
+
+    async def trim_streams(self) -> dict[str, int]:
+        """Every stream's trim in one round trip; returns the entries removed per stream."""
+        policy = self.policy
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self.work_streams:
+            pipe.eval(_TRIM_ACKED, 1, stream, policy.stream_ms)
+        for stream in self.dead_letter_streams:
+            pipe.eval(_TRIM_DEAD, 1, stream, policy.dead_letter_entries, policy.dead_letter_ms)
+        counts = await pipe.execute()
+        trimmed = dict(zip([*self.work_streams, *self.dead_letter_streams], map(int, counts), strict=True))
+        for stream, count in trimmed.items():
+            if count:
+                STREAM_ENTRIES_TRIMMED.labels(stream=stream).inc(count)
+        return trimmed
+
+    async def delete_expired_events(self) -> int:
+        """job_events rows of jobs finished longer ago than the retention, in batches; returns how many."""
+        deleted = 0
+        for _ in range(DELETE_BATCHES_PER_ROUND):
+            count = await self.store.delete_expired_events(self.policy.finished_seconds, DELETE_BATCH)
+            deleted += count
+            JOB_EVENTS_DELETED.inc(count)
+            if count < DELETE_BATCH:
+                break
+        if deleted:
+            window = self.policy.finished_seconds
+            log.info("retention: deleted %d job_events rows of jobs finished over %gs ago", deleted, window)
+        return deleted
