@@ -121,7 +121,8 @@ class Store:
         )
 
     async def apply_event(self, event: Event) -> bool:
-        """Record one pub/sub message once. False if skipped.
+        """Record one pub/sub message once (a coalesced progress row: raise it to the message's progress). False if
+        skipped: already recorded, no such job, or a coalesced row that already holds as much.
 
         Only the workflow decides a job's status (its snapshots): a status message is history, never the job's
         fate. Reported progress raises the job's, up to its ceiling, while the job is not finished.
