@@ -50,9 +50,11 @@ class Event:
     highest_progress: bool = False
 
 
-# The row of a coalesced progress interval takes a higher progress (and its time); the same or a lower one, or the
-# same message again, changes nothing and counts as already recorded.
-_KEEP_HIGHEST = """DO UPDATE SET progress = EXCLUDED.progress, created = EXCLUDED.created
+# The row of a coalesced progress interval takes a higher progress, its time and a new event id (it is now the
+# newest event, by time and by id, as if inserted); the same or a lower one, or the same message again, changes
+# nothing and counts as already recorded.
+_KEEP_HIGHEST = """DO UPDATE SET event_id = nextval(pg_get_serial_sequence('job_events', 'event_id')),
+                                 progress = EXCLUDED.progress, created = EXCLUDED.created
                    WHERE EXCLUDED.progress > job_events.progress"""
 
 

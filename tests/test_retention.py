@@ -192,6 +192,8 @@ async def test_coalesced_progress_lands_once_per_interval_whatever_relays_hear_i
     assert [e["status"] for e in events if e["status"]] == ["running"]
     first = next(e for e in events if e["progress"] == 0.3)
     assert first["created"] == datetime.fromtimestamp((start + 1000) / 1000, tz=UTC)  # when 0.3 was reported
+    progress_ids = [e["event_id"] for e in events if e["progress"] is not None]  # newest first, by time and by id
+    assert progress_ids == sorted(progress_ids, reverse=True)
 
 
 async def age_job(store: Store, job_id: str, hours: float) -> None:
