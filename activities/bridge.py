@@ -50,8 +50,15 @@ class BridgeActivities:
 
     async def _redis(self, snap: JobSnapshot) -> dict | None:
         # The workflow's own time of the change: a re-run of this step publishes byte-identical messages,
-        # which the event log (keyed by a fingerprint of each message) records once.
+        # which the event log (keyed by a fingerprint of each message) records once. A step re-run in a new
+        # workflow task (its worker died first) has another time, so each message also carries an eventId that
+        # names the event itself: a run announces each status, each node's output and each progress once.
         bridge, job_id = self.bridge, snap.job_id
+        run_id = activity.info().workflow_run_id or ""
+
+        def identity(what: str) -> dict:
+            return {"eventId": f"{run_id}/{what}"} if run_id else {}
+
         created = str(snap.at_ms) if snap.at_ms else now_ms()
         graph_json = json.dumps(snap.graph, separators=(",", ":"))
         pipe = self.redis.pipeline(transaction=False)
@@ -60,7 +67,7 @@ class BridgeActivities:
         segment, first_script = None, len(pipe)  # the scripts' replies are read back by position
         if snap.push:
             tag = (snap.graph.get("metadata") or {}).get("handoff") or {}
-            segment = Segment(job_id, activity.info().workflow_run_id or "", tag)
+            segment = Segment(job_id, run_id, tag)
             queue_push(pipe, bridge, segment, created, graph_json)
         if snap.withdraw:
             queue_withdraw(pipe, bridge, job_id)
@@ -69,15 +76,30 @@ class BridgeActivities:
         for item in snap.data:
             pipe.publish(
                 bridge.channel("data", job_id),
-                json.dumps({"jobId": job_id, "data": json.dumps(item), "created": created}),
+                json.dumps(
+                    {
+                        "jobId": job_id,
+                        "data": json.dumps(item),
+                        "created": created,
+                        **identity(f"data/{item.get('nodeId')}"),
+                    }
+                ),
             )
         if snap.announce_progress:
             pipe.publish(
                 bridge.channel("progress", job_id),
-                json.dumps({"jobId": job_id, "progress": snap.progress, "created": created}),
+                json.dumps(
+                    {
+                        "jobId": job_id,
+                        "progress": snap.progress,
+                        "created": created,
+                        **identity(f"progress/{snap.progress!r}"),
+                    }
+                ),
             )
         if snap.announce_status:
             status: dict = {"jobId": job_id, "status": snap.status, "created": created, "source": CONTROL_SOURCE}
+            status.update(identity(f"status/{snap.status}"))
             if snap.status == JobStatus.FAILED:
                 status["error"] = job_error(snap.graph)  # clients learn why without another look-up
             pipe.publish(bridge.channel("status", job_id), json.dumps(status))

@@ -231,6 +231,7 @@ async def production(
     sim_seconds: float = 0.2,
     replicas: dict[str, int] | None = None,
     segment_timeout_seconds: int = 60,
+    extra_env: dict[str, str] | None = None,
 ):
     """Every role as its own process (two of each unless `replicas` says otherwise); yields the Deployment.
 
@@ -256,6 +257,7 @@ async def production(
         "SPINBOT_SEGMENT_TIMEOUT_SECONDS": str(segment_timeout_seconds),
         "SPINBOT_CONFIG_DIR": str(config_dir(tmp_path)),
         "SPINBOT_LOG_FORMAT": "json",
+        **(extra_env or {}),
     }
     commands: dict[str, list[str]] = {
         "api": ["api"],

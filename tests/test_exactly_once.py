@@ -89,6 +89,33 @@ async def test_a_re_run_sync_step_records_each_event_once(stack, store):
     assert sum(e["progress"] == 0.25 for e in events) == 1
 
 
+async def test_a_sync_step_re_run_in_a_new_workflow_task_records_each_event_once(stack, store):
+    """The workflow worker died before the step was recorded: the next one runs it again at another workflow time
+    (a new `created` on every message), yet the status and the node output each land once. (Progress rows are
+    coalesced per interval of the message's time by the event log; a re-run's progress may start a new one.)"""
+    job_id = str(uuid.uuid4())
+    await store.create_job(job_id, {}, "custom")
+    bridge = BridgeActivities(stack.redis, store, BRIDGE)
+    graph = {**copy.deepcopy(PYTHON_CHAIN), "workflowId": job_id}
+    environment = ActivityEnvironment()
+    environment.info = dataclasses.replace(environment.info, workflow_id=job_id, workflow_run_id=str(uuid.uuid4()))
+    output = {"nodeId": "script", "output": {"narration": "hello"}}
+    for at_ms in (1_000, 9_000):  # the first execution's task time, then the re-run's
+        snap = JobSnapshot(job_id, graph, "running", 0.25, True, True, data=[output], at_ms=at_ms)
+        await environment.run(bridge.sync_job, snap)
+
+    async def all_recorded():
+        events = await store.events(job_id)
+        kinds = {"status" if e["status"] else "data" if e["data"] else "progress" for e in events}
+        return events if kinds == {"status", "data", "progress"} else None
+
+    await wait_for(all_recorded, what="the status, data and progress events")
+    await asyncio.sleep(0.3)  # the re-run's messages, a moment behind
+    events = await store.events(job_id)
+    assert sum(e["status"] == "running" for e in events) == 1, events
+    assert sum(e["data"] is not None for e in events) == 1, events
+
+
 async def test_the_workflows_own_failed_is_never_taken_for_the_data_planes(stack, store):
     async with stack.no_dataplane():
         job_id = await start_python_job(stack)

@@ -209,3 +209,12 @@ def reset_for_retry(graph: dict) -> dict:
             node.pop("error", None)
             node.pop("output", None)
     return fresh
+
+
+def mark_cancelled(graph: dict, also: list[str]) -> None:
+    """Fail as cancelled every node that was running (or whose activity was cancelled), and the nodes in `also`."""
+    for node in graph["nodes"]:
+        was_running = node["status"] == NodeStatus.RUNNING or (node.get("error") or {}).get("code") == "CancelledError"
+        if was_running or node["id"] in also:
+            node["status"] = NodeStatus.FAILED
+            node["error"] = {"message": "cancelled", "code": "Cancelled"}

@@ -13,6 +13,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from workflows import graph as g
+    from workflows import segments as s
     from workflows.activity_calls import failure_message, retry_policy
     from workflows.inputs import Handback, JobInput, JobSnapshot, NodeTask, Resumed
     from workflows.names import DATAPLANE_FAILED, HANDBACK, JOB_WORKFLOW, STATE, STATUS_ATTRIBUTE, SYNC_JOB
@@ -28,6 +29,7 @@ SEGMENT_TAG_WITHOUT_RUN_ID = "segment-tag-without-run-id"  # node-plane activiti
 SEGMENT_TIMEOUT_FROM_MANIFEST = "segment-timeout-from-manifest"
 FAILURE_WITHOUT_GRAPH = "dataplane-failure-without-graph"
 CONTINUE_AS_NEW = "continue-as-new-when-suggested"
+KEEP_EARLY_HANDBACK = "keep-handback-of-segment-not-yet-reopened"
 
 
 @workflow.defn(name=JOB_WORKFLOW)
@@ -46,6 +48,7 @@ class JobWorkflow:
         self._dirty = False  # something to persist and publish
         self.outputs: list[dict] = []  # node outputs to announce on channel:data at the next sync
         self.in_flight: dict[str, asyncio.Task] = {}
+        self.early: s.Kept = []  # handbacks of a segment this execution has not opened yet (see segments.py)
 
     @workflow.query(name=STATE)
     def state(self) -> dict:
@@ -110,7 +113,7 @@ class JobWorkflow:
 
     def _continue_as_new_now(self) -> bool:
         """When Temporal suggests it and the job is between steps: nothing running, no segment out."""
-        quiet = not self.in_flight and self.open_segment is None and not self.inbox
+        quiet = not self.in_flight and self.open_segment is None and not self.inbox and not self.early
         return quiet and workflow.info().is_continue_as_new_suggested() and workflow.patched(CONTINUE_AS_NEW)
 
     async def _continue_as_new(self) -> None:
@@ -182,6 +185,8 @@ class JobWorkflow:
         self.segment_seconds = self._segment_budget()
         self.segment_deadline = workflow.now() + timedelta(seconds=self.segment_seconds)
         self.graph.setdefault("metadata", {})["handoff"] = self.open_segment
+        opened, self.early = s.reopened(self.early, self.open_segment, self.job.attempt, self.segment)
+        self.inbox[:0], self.changed = opened, self.changed or bool(opened)  # applied once the push is recorded
         return True
 
     def _segment_budget(self) -> float:
@@ -206,8 +211,13 @@ class JobWorkflow:
     def _apply_inbox(self) -> None:
         while self.inbox:
             kind, handback = self.inbox.pop(0)
-            tag = (handback.graph.get("metadata") or {}).get("handoff")
+            tag = s.tag_of(handback)
             if self.open_segment is None or tag != self.open_segment:
+                if s.not_opened_yet(tag, self.job.attempt, self.segment) and workflow.patched(KEEP_EARLY_HANDBACK):
+                    # Before the patch such a handback was dropped, and the job waited for its segment timeout.
+                    workflow.logger.info("keeping %s for segment %s until this run reopens it", kind, tag)
+                    self.early.append((kind, handback))
+                    continue
                 workflow.logger.info("ignoring stale or repeated %s for segment %s", kind, tag)
                 continue
             merged = g.merge_handback(self.graph, handback.graph)
@@ -246,13 +256,7 @@ class JobWorkflow:
         for task in stopping:
             task.cancel()
         await asyncio.gather(*stopping, return_exceptions=True)
-        for node in self.graph["nodes"]:
-            was_running = (
-                node["status"] == NodeStatus.RUNNING or (node.get("error") or {}).get("code") == "CancelledError"
-            )
-            if was_running or (node["plane"] == "python" and self.open_segment and node["id"] in self.segment_ready):
-                node["status"] = NodeStatus.FAILED
-                node["error"] = {"message": "cancelled", "code": "Cancelled"}
+        g.mark_cancelled(self.graph, self.segment_ready if self.open_segment else [])
         g.skip_unreachable(self.graph)
         self.open_segment = None
         self.graph.setdefault("metadata", {})["failure"] = {"nodeId": None, "message": "cancelled"}
