@@ -25,8 +25,7 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
-	$(BIN)/python -m bench.temporal_floor
-	$(BIN)/python -m bench.orchestration
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache

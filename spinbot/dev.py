@@ -28,6 +28,12 @@ from spinbot.services import (
 )
 from spinbot.supervisor import Supervisor, lock_data_dir
 
+# The dev server has one history shard, whose transfer queue (the tasks that hand workflow and activity tasks to
+# matching) is read at most 20 times a second by default: one job after another, each read carries one task, so
+# every dispatch waited ~50 ms once the limiter's burst was spent (bare workflows: ~80 ms → ~250 ms after 5–8 runs;
+# see BENCHMARKS.md and bench/back_to_back.py). Reads stay triggered by new tasks, so a higher cap costs nothing idle.
+DEV_TEMPORAL_CONFIG: dict[str, object] = {"history.transferProcessorMaxPollRPS": 1000}
+
 
 @dataclass
 class DevOptions:
@@ -89,7 +95,13 @@ def _start_stack(options: DevOptions, supervisor: Supervisor) -> dict[str, Child
     data = options.data_dir
     temporal = supervisor.start(
         "temporal",
-        lambda: start_temporal(data / "temporal", options.temporal_port, options.ui_port, data / "temporal.log"),
+        lambda: start_temporal(
+            data / "temporal",
+            options.temporal_port,
+            options.ui_port,
+            data / "temporal.log",
+            dynamic_config=DEV_TEMPORAL_CONFIG,
+        ),
     )
     redis = supervisor.start("redis", lambda: start_redis(data / "redis", options.redis_port))
     postgres = supervisor.start("postgres", lambda: start_postgres(data / "pg"))

@@ -120,9 +120,11 @@ def start_temporal(
     log_path: Path | None = None,
     search_attributes: bool = True,
     dynamic_config: dict[str, object] | None = None,
+    metrics_port: int | None = None,
 ) -> Child:
     """`temporal server start-dev` on a SQLite file, so jobs survive a restart; `search_attributes=False` starts it
-    plain, like a cluster where spinbot's roles must register their search attributes themselves."""
+    plain, like a cluster where spinbot's roles must register their search attributes themselves. `metrics_port`
+    serves the server's own Prometheus metrics."""
     data_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
         _bin("temporal"),
@@ -147,6 +149,8 @@ def start_temporal(
         cmd += ["--search-attribute", f"{name}=Keyword"]
     for key, value in (dynamic_config or {}).items():
         cmd += ["--dynamic-config-value", f"{key}={json.dumps(value)}"]
+    if metrics_port:
+        cmd += ["--metrics-port", str(metrics_port)]
     out = open(log_path or os.devnull, "ab")
     proc = popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     wait_for_port(port, proc, "Temporal dev server")

@@ -6,42 +6,15 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from spinbot.services import free_port, popen
+from tests.dev_process import DevOutput, dev_children, dev_ports, start_dev, taken
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def _start(data_dir, ports: dict, llm_url: str) -> subprocess.Popen:
-    env = dict(os.environ, SPINBOT_LLM_ENDPOINT=llm_url, SPINBOT_LOG_FORMAT="json")
-    cmd = [
-        sys.executable,
-        "-m",
-        "spinbot",
-        "dev",
-        "--data-dir",
-        str(data_dir),
-        "--sim-seconds",
-        "0",
-        "--api-port",
-        str(ports["api"]),
-        "--redis-port",
-        str(ports["redis"]),
-        "--temporal-port",
-        str(ports["temporal"]),
-        "--ui-port",
-        str(ports["ui"]),
-        "--metrics-port",
-        str(ports["metrics"]),
-    ]
-    return popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
 def _wait_ready(proc: subprocess.Popen, timeout: float = 90) -> list[str]:
@@ -90,21 +63,9 @@ def _run_job_after_a_restart(api: httpx.Client, timeout: float = 90) -> str:
         time.sleep(0.1)
 
 
-def _ports() -> dict:
-    metrics = free_port()
-    while any(_taken(metrics + i) for i in range(3)):
-        metrics = free_port()
-    return {"api": free_port(), "redis": free_port(), "temporal": free_port(), "ui": free_port(), "metrics": metrics}
-
-
-def _taken(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def test_dev_stack_runs_a_job_exposes_metrics_stops_cleanly_and_remembers(tmp_path, ollama):
-    ports = _ports()
-    proc = _start(tmp_path / "data", ports, ollama.url)
+    ports = dev_ports()
+    proc = start_dev(tmp_path / "data", ports, ollama.url)
     try:
         printed = "".join(_wait_ready(proc))
         for address in (
@@ -129,11 +90,11 @@ def test_dev_stack_runs_a_job_exposes_metrics_stops_cleanly_and_remembers(tmp_pa
     finally:
         code = _stop(proc)
     assert code == 0
-    assert not any(_taken(port) for port in (ports["api"], ports["redis"], ports["temporal"])), (
+    assert not any(taken(port) for port in (ports["api"], ports["redis"], ports["temporal"])), (
         "a child outlived the stack"
     )
 
-    proc = _start(tmp_path / "data", ports, ollama.url)
+    proc = start_dev(tmp_path / "data", ports, ollama.url)
     try:
         _wait_ready(proc)
         with httpx.Client(base_url=f"http://127.0.0.1:{ports['api']}", timeout=10) as api:
@@ -144,59 +105,17 @@ def test_dev_stack_runs_a_job_exposes_metrics_stops_cleanly_and_remembers(tmp_pa
 
 
 def test_dev_stack_refuses_a_taken_port(tmp_path, ollama):
-    ports = _ports()
+    ports = dev_ports()
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", ports["api"]))
         holder.listen()
-        proc = _start(tmp_path / "data", ports, ollama.url)
+        proc = start_dev(tmp_path / "data", ports, ollama.url)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert f"API port {ports['api']}" in out and "already in use" in out
 
 
 # --- the supervisor (issue 8) -------------------------------------------------------------------------------
-
-
-class Output:
-    """Everything `spinbot dev` prints, read on a thread so its pipe never fills."""
-
-    def __init__(self, proc: subprocess.Popen):
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self.thread.start()
-
-    def _read(self, proc: subprocess.Popen) -> None:
-        for line in proc.stdout or ():
-            self.lines.append(line)
-
-    def wait_for(self, text: str, timeout: float = 90, after: int = 0) -> int:
-        """The index of the first line from `after` on that contains `text`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for index in range(after, len(self.lines)):
-                if text in self.lines[index]:
-                    return index
-            time.sleep(0.05)
-        raise AssertionError(f"no line with {text!r} within {timeout}s:\n" + "".join(self.lines[-40:]))
-
-
-def _children(pid: int) -> dict[str, int]:
-    """The direct children of `pid` by role: worker, relay, dataplane, api, temporal, redis, postgres."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid != pid:
-            continue
-        program = Path(cmdline[0].split(" ")[0]).name  # redis-server rewrites its title: "redis-server host:port"
-        name = cmdline[3] if "spinbot" in cmdline[:3] and len(cmdline) > 3 else program.replace("-server", "")
-        found[name] = int(entry.name)
-    return found
 
 
 def _processes_using(path: Path) -> list[int]:
@@ -212,23 +131,23 @@ def _processes_using(path: Path) -> list[int]:
     return pids
 
 
-def _kill_child(proc: subprocess.Popen, output: Output, name: str) -> None:
+def _kill_child(proc: subprocess.Popen, output: DevOutput, name: str) -> None:
     """kill -9 one child of the dev stack and wait until the supervisor has started it again."""
-    pid = _children(proc.pid)[name]
+    pid = dev_children(proc.pid)[name]
     mark = len(output.lines)
     os.kill(pid, signal.SIGKILL)
     output.wait_for(f"{name} exited with code -9; restarting in", 10, after=mark)
     output.wait_for(f"{name} restarted", 60, after=mark)
-    assert _children(proc.pid)[name] != pid
+    assert dev_children(proc.pid)[name] != pid
 
 
 def test_dev_stack_restarts_a_killed_role_and_each_killed_service(tmp_path, ollama):
-    ports = _ports()
-    proc = _start(tmp_path / "data", ports, ollama.url)
-    output = Output(proc)
+    ports = dev_ports()
+    proc = start_dev(tmp_path / "data", ports, ollama.url)
+    output = DevOutput(proc)
     try:
         output.wait_for("ready;")
-        assert set(_children(proc.pid)) >= {"worker", "relay", "dataplane", "api", "temporal", "redis", "postgres"}
+        assert set(dev_children(proc.pid)) >= {"worker", "relay", "dataplane", "api", "temporal", "redis", "postgres"}
         with httpx.Client(base_url=f"http://127.0.0.1:{ports['api']}", timeout=10) as api:
             for name in ("worker", "relay", "redis", "postgres", "temporal"):
                 _kill_child(proc, output, name)
@@ -239,12 +158,12 @@ def test_dev_stack_restarts_a_killed_role_and_each_killed_service(tmp_path, olla
 
 
 def test_a_second_dev_on_the_same_folder_is_refused_and_kill_9_leaves_no_postgres(tmp_path, ollama):
-    ports, data = _ports(), tmp_path / "data"
-    proc = _start(data, ports, ollama.url)
-    output = Output(proc)
+    ports, data = dev_ports(), tmp_path / "data"
+    proc = start_dev(data, ports, ollama.url)
+    output = DevOutput(proc)
     try:
         output.wait_for("ready;")
-        second = _start(data, _ports(), ollama.url)
+        second = start_dev(data, dev_ports(), ollama.url)
         out, _ = second.communicate(timeout=60)
         assert second.returncode == 1, out
         assert f"another spinbot dev (pid {proc.pid}) is using {data}" in out
@@ -254,12 +173,12 @@ def test_a_second_dev_on_the_same_folder_is_refused_and_kill_9_leaves_no_postgre
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     deadline = time.monotonic() + 30
-    while _processes_using(data) or any(_taken(ports[name]) for name in ("api", "redis", "temporal")):
+    while _processes_using(data) or any(taken(ports[name]) for name in ("api", "redis", "temporal")):
         assert time.monotonic() < deadline, f"left behind: {_processes_using(data)}"
         time.sleep(0.1)
 
-    proc = _start(data, ports, ollama.url)
-    output = Output(proc)
+    proc = start_dev(data, ports, ollama.url)
+    output = DevOutput(proc)
     try:
         output.wait_for("ready;")
         with httpx.Client(base_url=f"http://127.0.0.1:{ports['api']}", timeout=10) as api:
@@ -273,9 +192,9 @@ def test_a_stack_that_cannot_start_exits_non_zero(tmp_path, ollama):
     data = tmp_path / "data"
     data.mkdir()
     (data / "pg").write_text("not a folder")  # PostgreSQL cannot start here, after Temporal and Redis did
-    ports = _ports()
-    proc = _start(data, ports, ollama.url)
+    ports = dev_ports()
+    proc = start_dev(data, ports, ollama.url)
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 1, out
     assert "cannot start" in out
-    assert not any(_taken(ports[name]) for name in ("redis", "temporal")), "a service outlived the refusal"
+    assert not any(taken(ports[name]) for name in ("redis", "temporal")), "a service outlived the refusal"

@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import SUGGEST_CONTINUE_AS_NEW_AT
 from tests.e2e import outcome, submit
+from tests.graphs import alternating_graph
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -17,20 +18,6 @@ NODES = int(os.environ.get("SPINBOT_HISTORY_NODES", "200"))
 # Per run, a budget well inside Temporal's limits (it warns at 10 MB and 10,240 events, fails at 50 MB / 51,200).
 RUN_BUDGET_BYTES = 2 << 20
 RUN_BUDGET_EVENTS = SUGGEST_CONTINUE_AS_NEW_AT + 200  # continue-as-new waits for the job to be between steps
-
-
-def alternating_graph(count: int) -> dict:
-    """A chain alternating planes: a script node, a python node, a script node... (`count` nodes)."""
-    nodes: list[dict] = []
-    for i in range(count):
-        if i % 2 == 0:
-            nodes.append({"id": f"n{i}", "service": "llm.generate_script", "plane": "node", "params": {"prompt": "p"}})
-        else:
-            nodes.append({"id": f"n{i}", "service": "dummy.dummy_task", "plane": "python"})
-    for node in nodes:
-        node.update(status="pending", progressWeight=1)
-    edges = [{"from": f"n{i}", "to": f"n{i + 1}"} for i in range(count - 1)]
-    return {"mode": "process_graph", "graph": {"schema": "langgraph.v1", "nodes": nodes, "edges": edges}}
 
 
 async def test_a_long_job_alternating_planes_continues_as_new_within_budget(stack, llm):

@@ -1,0 +1,90 @@
+"""`make bench`: one run of a real `spinbot dev` stack, everything side by side, ending with one JSON line.
+
+Phases, in order: planning a 500-node graph (in this process); then against the stack: sadtalker latency paced and
+back to back; sadtalker throughput with GET /api/status timed meanwhile; the bare-Temporal floor shaped like a
+sadtalker job's history, on the same server; WebSocket fan-out to many clients; a 200-node job's history; a soak.
+Run: `make bench` or `.venv/bin/python -m bench [--soak 200 --ws-clients 100]` for a quick run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from temporalio.client import Client
+
+from bench.floor import floor_jobs_per_s, shape_of
+from bench.load import api_client, finished_jobs, measure_load, run_one
+from bench.report import Report
+from bench.sizes import history_of_job, plan_ms
+from bench.soak import soak
+from bench.stack import BenchStack, bench_stack
+from bench.tables import add_history, add_load, add_plan, add_soak, add_ws
+from bench.ws import measure_ws
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def options(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--queued", type=int, default=60, help="jobs (and floor workflows) queued at once")
+    parser.add_argument("--runs", type=int, default=20, help="jobs timed one at a time, paced and back to back")
+    parser.add_argument("--ws-clients", type=int, default=1000, help="WebSocket clients (0: skip)")
+    parser.add_argument("--ws-jobs", type=int, default=10, help="running jobs the clients' subscriptions spread over")
+    parser.add_argument("--history-nodes", type=int, default=200, help="nodes of the history job (0: skip)")
+    parser.add_argument("--soak", type=int, default=2000, help="jobs in the soak (0: skip)")
+    return parser.parse_args(argv)
+
+
+async def phase(report: Report, name: str, work, add) -> None:
+    """One phase's figures into the report; a phase that fails is named in the notes, its figures left null."""
+    say(name)
+    try:
+        add(report, await work)
+    except Exception as exc:
+        report.notes.append(f"{name}: failed with {type(exc).__name__}: {exc}")
+        say(f"{name}: failed with {type(exc).__name__}: {exc}")
+
+
+async def measure(stack: BenchStack, args: argparse.Namespace, report: Report) -> None:
+    async with finished_jobs(stack.redis_url) as finished:
+        async with api_client(stack.api_url) as api:
+            job_id, _ = await run_one(api, finished)
+        temporal = await Client.connect(stack.temporal_address)
+        shape = shape_of(await temporal.get_workflow_handle(job_id).fetch_history())
+        say(f"one sadtalker job's history: {shape.describe()}")
+
+        async def load_and_floor() -> tuple:
+            load = await measure_load(stack.api_url, finished, args.queued, args.runs)
+            say(f"floor: {args.queued} bare workflows of that shape queued at once")
+            return load, await floor_jobs_per_s(stack.temporal_address, shape, args.queued), shape
+
+        name = f"latency ({args.runs} paced, {args.runs} back to back), then {args.queued} queued"
+        await phase(report, name, load_and_floor(), lambda r, found: add_load(r, *found))
+        if args.ws_clients:
+            name = f"WebSocket fan-out: {args.ws_clients} clients over {args.ws_jobs} running jobs"
+            await phase(report, name, measure_ws(stack, finished, args.ws_clients, args.ws_jobs), add_ws)
+        if args.history_nodes:
+            work = history_of_job(stack.api_url, stack.temporal_address, finished, args.history_nodes)
+            await phase(report, f"a {args.history_nodes}-node job's history", work, add_history)
+        if args.soak:
+            work = soak(stack.api_url, stack.redis_url, stack.database_url, finished, args.soak)
+            await phase(report, f"soak: {args.soak} jobs", work, add_soak)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = options(argv)
+    report = Report()
+    say("planning a 500-node graph")
+    add_plan(report, *plan_ms())
+    say("starting spinbot dev")
+    with bench_stack() as stack:
+        asyncio.run(measure(stack, args, report))
+    report.print("MySpinBot on `spinbot dev`: sadtalker jobs, zero-time simulated data plane (one run, this machine)")
+
+
+if __name__ == "__main__":
+    main()

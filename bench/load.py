@@ -1,0 +1,135 @@
+"""Our sadtalker jobs over HTTP: POST /api/jobs to `completed` (on pub/sub, as the workflow announces it), one at a
+time back to back and paced, then many queued at once while GET /api/status is timed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import redis.asyncio as aioredis
+
+from workflows.names import CONTROL_SOURCE
+from workflows.status import JobStatus
+
+# Idle connections are dropped before uvicorn's keep-alive (5 s) ends, so a reuse never races the server's close.
+KEEPALIVE_EXPIRY = 2.0
+SADTALKER = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "bench"}}}
+ENDINGS = (JobStatus.COMPLETED, JobStatus.FAILED)
+
+
+class Finished:
+    """When each job ended, from its status channel: the workflow's own announcement (no polling)."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, float] = {}
+        self.outcome: dict[str, str] = {}
+        self.waiters: dict[str, asyncio.Future] = {}
+
+    async def listen(self, redis: aioredis.Redis, ready: asyncio.Event) -> None:
+        pubsub = redis.pubsub()
+        await pubsub.psubscribe("channel:status:*")
+        ready.set()
+        async for message in pubsub.listen():
+            if message["type"] != "pmessage":
+                continue
+            payload = json.loads(message["data"])
+            # A data plane's `completed` ends one segment only; the workflow's ends the job.
+            if payload.get("status") in ENDINGS and payload.get("source") == CONTROL_SOURCE:
+                job_id = payload["jobId"]
+                self.done.setdefault(job_id, time.perf_counter())
+                self.outcome.setdefault(job_id, payload["status"])
+                waiter = self.waiters.pop(job_id, None)
+                if waiter and not waiter.done():
+                    waiter.set_result(None)
+
+    async def wait(self, job_id: str, timeout: float = 120) -> float:
+        if job_id not in self.done:
+            waiter = self.waiters.setdefault(job_id, asyncio.get_running_loop().create_future())
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        return self.done[job_id]
+
+
+@contextlib.asynccontextmanager
+async def finished_jobs(redis_url: str) -> AsyncIterator[Finished]:
+    finished, ready = Finished(), asyncio.Event()
+    redis = aioredis.from_url(redis_url, decode_responses=True)
+    listening = asyncio.create_task(finished.listen(redis, ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        yield finished
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        await redis.aclose()
+
+
+def api_client(api_url: str, connections: int = 100) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, keepalive_expiry=KEEPALIVE_EXPIRY)
+    return httpx.AsyncClient(base_url=api_url, timeout=60, limits=limits)
+
+
+async def submit(api: httpx.AsyncClient, request: dict | None = None) -> tuple[str, float]:
+    started = time.perf_counter()
+    reply = await api.post("/api/jobs", json=request or SADTALKER)
+    reply.raise_for_status()
+    return reply.json()["jobId"], started
+
+
+async def run_one(api: httpx.AsyncClient, finished: Finished) -> tuple[str, float]:
+    """(job id, seconds from POST to completed) of one sadtalker job."""
+    job_id, started = await submit(api)
+    return job_id, await finished.wait(job_id) - started
+
+
+@dataclass
+class LoadFigures:
+    back_to_back: list[float] = field(default_factory=list)
+    paced: list[float] = field(default_factory=list)
+    jobs_per_s: float = 0.0
+    queued: int = 0
+    status_lookups: list[float] = field(default_factory=list)
+    failed: int = 0
+
+
+async def latencies(api: httpx.AsyncClient, finished: Finished, runs: int, pause: float) -> list[float]:
+    times = []
+    for _ in range(runs):
+        if pause:
+            await asyncio.sleep(pause)
+        times.append((await run_one(api, finished))[1])
+    return times
+
+
+async def throughput(api: httpx.AsyncClient, finished: Finished, queued: int) -> tuple[float, list[float], int]:
+    """`queued` jobs submitted at once: (jobs/s until the last ends, GET /api/status times meanwhile, failed)."""
+    started = time.perf_counter()
+    jobs = [job for job, _ in await asyncio.gather(*(submit(api) for _ in range(queued)))]
+    lookups: list[float] = []
+
+    async def look_up_status() -> None:
+        while not all(job in finished.done for job in jobs):
+            t0 = time.perf_counter()
+            (await api.get(f"/api/status/{jobs[len(lookups) % len(jobs)]}")).raise_for_status()
+            lookups.append(time.perf_counter() - t0)
+
+    await asyncio.gather(look_up_status(), *(finished.wait(job) for job in jobs))
+    elapsed = max(finished.done[job] for job in jobs) - started
+    failed = sum(finished.outcome[job] != JobStatus.COMPLETED for job in jobs)
+    return queued / elapsed, lookups, failed
+
+
+async def measure_load(api_url: str, finished: Finished, queued: int, runs: int = 20) -> LoadFigures:
+    figures = LoadFigures(queued=queued)
+    async with api_client(api_url) as api:
+        await latencies(api, finished, 3, 0.0)  # warm up connections and caches
+        figures.paced = await latencies(api, finished, runs, 0.5)
+        figures.back_to_back = await latencies(api, finished, runs, 0.0)
+        await asyncio.sleep(1.0)  # let the back-to-back run's after-effects settle
+        figures.jobs_per_s, figures.status_lookups, figures.failed = await throughput(api, finished, queued)
+    return figures

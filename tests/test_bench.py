@@ -1,0 +1,35 @@
+"""The benchmark's modules run against a real stack (at tiny sizes; the figures are `make bench`'s business, and
+nothing here is timed)."""
+
+from __future__ import annotations
+
+import json
+
+from bench.floor import floor_jobs_per_s, shape_of
+from bench.load import api_client, finished_jobs, measure_load, run_one
+from bench.report import KEYS, Report
+from bench.sizes import plan_ms
+from bench.tables import add_load, add_plan
+
+
+async def test_the_bench_counts_a_job_runs_its_floor_and_prints_one_json_line(stack, llm, capsys):
+    async with finished_jobs(stack.settings.redis_url) as finished:
+        async with api_client(stack.api_url) as api:
+            job_id, _ = await run_one(api, finished)
+        shape = shape_of(await stack.temporal.get_workflow_handle(job_id).fetch_history())
+        # A sadtalker job: the script activity, a sync per state change, the data plane's handback with its timer.
+        assert shape.activities == 1 and shape.signals == 1 and shape.timers == 1, shape
+        assert shape.local_activities >= shape.signals, shape
+        load = await measure_load(stack.api_url, finished, queued=3, runs=1)
+        floor = await floor_jobs_per_s(stack.settings.temporal_address, shape, queued=3)
+    assert load.failed == 0 and len(load.paced) == len(load.back_to_back) == 1 and load.status_lookups
+
+    report = Report()
+    add_load(report, load, floor, shape)
+    add_plan(report, *plan_ms(nodes=20, rounds=1))
+    report.print("smoke")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    figures = json.loads(last)
+    assert list(figures) == list(KEYS)
+    assert figures["jobs_per_s"] > 0 and figures["floor_jobs_per_s"] > 0 and figures["plan_500_ms"] > 0
+    assert figures["ws_clients"] is None  # that phase did not run
