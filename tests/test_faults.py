@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import time
 import uuid
@@ -64,9 +65,12 @@ from tests.cluster import (
     stopped_holding,
     tails,
 )
+from workflows.job import KEEP_EARLY_HANDBACK
 from workflows.names import HANDBACK
 
 pytestmark = pytest.mark.timeout(150)
+
+HISTORIES = Path(__file__).parent / "histories"
 
 JOBS = 5  # per round
 ROUND_SECONDS = 60  # from the fault, for every job of the round to end (the LLM worker's heartbeat timeout is 20 s)
@@ -361,6 +365,12 @@ async def test_fault(suite: Suite, llm, fault: str):
     row = await measure(suite, round_)
     suite.rows.append(row)
     print(f"\n{row.fault}: {json.dumps(asdict(row), default=str)}")
+    if fault == "workflow-worker-mid-sync":
+        early = [j for j in round_.job_ids if await kept_an_early_handback(suite.deployment, j)]
+        row.details["handbacks kept for a reopened segment"] = len(early)
+        if early and os.environ.get("SPINBOT_RECORD_HISTORIES"):  # a replay guard of that path (tests/histories)
+            history = await suite.deployment.temporal.get_workflow_handle(early[0]).fetch_history()
+            (HISTORIES / "early_handback_after_worker_crash.json").write_text(history.to_json())
     problems = {
         "every job completed, recorded so": row.completed == row.jobs,
         "none failed, stuck, lost or wrongly recorded": row.failed == row.stuck == row.lost == row.wrong_record == 0,
@@ -462,6 +472,15 @@ async def first_push_ms(deployment: Deployment) -> dict[str, int]:
     for entry_id, fields in entries:
         first.setdefault(str(fields["jobId"]), int(str(entry_id).split("-")[0]))
     return first
+
+
+async def kept_an_early_handback(deployment: Deployment, job_id: str) -> bool:
+    """Whether the job's workflow took the path that keeps a handback until its re-run step reopens the segment."""
+    async for event in deployment.temporal.get_workflow_handle(job_id).fetch_history_events():
+        if event.HasField("marker_recorded_event_attributes"):
+            if KEEP_EARLY_HANDBACK.encode() in event.marker_recorded_event_attributes.SerializeToString():
+                return True
+    return False
 
 
 async def held_jobs(deployment: Deployment, index: int = 0) -> list[str]:
