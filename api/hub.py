@@ -60,17 +60,24 @@ class Subscriber:
     socket: WebSocket
     jobs: set[str] = field(default_factory=set)
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
-    dropped: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: bool = False  # fell too far behind: its sender is cancelled and the socket closed with 1013
+    sender: asyncio.Task | None = None
+
+    def start_sending(self) -> asyncio.Task:
+        self.sender = asyncio.create_task(self.send_forever())
+        return self.sender
 
     def offer(self, message: str) -> bool:
         """Queue a message without waiting; False when the client has fallen too far behind."""
-        if self.dropped.is_set():
+        if self.dropped:
             return False
         try:
             self.queue.put_nowait(message)
             return True
         except asyncio.QueueFull:
-            self.dropped.set()
+            self.dropped = True
+            if self.sender is not None:
+                self.sender.cancel()  # ends the route's wait: one task fewer per socket than watching a flag
             return False
 
     async def send_forever(self) -> None:

@@ -79,7 +79,6 @@ async def _initial_state(backend: Backend, job_id: str) -> tuple[str, float, dic
     return state["status"], state["progress"], state.get("error")
 
 
-@router.websocket("/ws")
 async def websocket(socket: WebSocket):
     backend = get_backend(socket)
     hub = backend.hub
@@ -88,20 +87,19 @@ async def websocket(socket: WebSocket):
         await socket.close(code=POLICY_VIOLATION, reason="missing or invalid API key")
         return
     client = Subscriber(socket)
-    sender = asyncio.create_task(client.send_forever())
+    sender = client.start_sending()
     WS_CONNECTIONS.inc()
     WS_CONNECTED.inc()
     started = time.monotonic()
     receiving = asyncio.create_task(_receive_forever(backend, client))
-    dropped = asyncio.create_task(client.dropped.wait())
     try:
-        _, pending = await asyncio.wait({sender, receiving, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait({sender, receiving}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         await asyncio.wait(pending, timeout=SEND_TIMEOUT)
     finally:
         hub.leave(client)
-        for task in (sender, receiving, dropped):
+        for task in (sender, receiving):
             task.cancel()
         WS_CONNECTED.dec()
         WS_LIFETIME.observe(time.monotonic() - started)
@@ -127,7 +125,7 @@ async def _close(socket: WebSocket, client: Subscriber, serving: BaseException |
             "WebSocket client %s: sending failed (%s: %s); closing", socket.client, type(sending).__name__, sending
         )
         code, reason = INTERNAL_ERROR, "send failed"
-    elif client.dropped.is_set():
+    elif client.dropped:
         code, reason = SLOW_CLIENT_CLOSE, "client too slow"
     else:
         return  # the client left
@@ -162,6 +160,10 @@ async def _receive_forever(backend: Backend, client: Subscriber) -> None:
         else:
             WS_ERRORS.labels(kind="bad_message").inc()
             _reply(client, FAILED)
+
+
+# A plain Starlette route: FastAPI's dependency machinery would stay alive for the whole life of every socket.
+router.add_websocket_route("/ws", websocket)
 
 
 def _reply(client: Subscriber, message: str) -> None:

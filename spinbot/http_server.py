@@ -53,7 +53,9 @@ class HeadDeadline:
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
         cycle = getattr(self, "cycle", None)
-        waiting = cycle is None or cycle.response_complete  # else a pipelined request's head is already here
+        # Else a pipelined request's head is already here, or this request's body is still streaming in after an
+        # early answer (a 413, say): those bytes are no head. The deadline then starts when the body has ended.
+        waiting = cycle is None or (cycle.response_complete and not cycle.more_body)
         if waiting and not self.transport.is_closing():
             self._await_head()  # the next request on this keep-alive connection gets the same deadline
 
@@ -85,6 +87,8 @@ class H11HeadDeadline(HeadDeadline, H11Protocol):
         # IDLE until a whole request line and headers are parsed (then SEND_BODY, DONE or an upgrade).
         if self.conn.their_state is not h11.IDLE:
             self._head_arrived()
+        elif self._head_timer is None and self.conn.our_state is h11.IDLE and not self.transport.is_closing():
+            self._await_head()  # a body that outlived its early answer has ended
 
 
 if HttpToolsProtocol is not None:
@@ -93,6 +97,12 @@ if HttpToolsProtocol is not None:
         def on_headers_complete(self) -> None:
             self._head_arrived()
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            cycle = getattr(self, "cycle", None)  # none yet for a WebSocket upgrade
+            if cycle is not None and cycle.response_complete and not self.transport.is_closing():
+                self._await_head()  # a body that outlived its early answer has ended
 
 
 def protocol_class(name: str = "auto") -> type[asyncio.Protocol]:
@@ -116,6 +126,7 @@ def server_config(
         timeout_keep_alive=settings.api_keep_alive_seconds,
         limit_concurrency=settings.api_max_connections,
         h11_max_incomplete_event_size=settings.api_max_header_bytes,
+        ws_per_message_deflate=False,
         **extra,
     )
     # Read by HeadDeadline through the protocol's `config`.

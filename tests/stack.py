@@ -17,6 +17,7 @@ from core.settings import Settings
 from handoff.dataplane import DataPlaneWorker
 from handoff.service import run_relay
 from handoff.simulator import Simulator
+from spinbot.http_server import server_config
 from spinbot.services import free_port
 from spinbot.worker import running_workers
 
@@ -77,10 +78,11 @@ async def api_replica(settings: Settings, temporal: Client, ping_seconds: float 
     """One more API process-equivalent (its own app, hub and pub/sub subscription) on a free port; yields its URL."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(
+        server_config(  # the API's own server settings, as `spinbot api` serves it
             create_app(settings, temporal),
-            host="127.0.0.1",
-            port=port,
+            settings,
+            "127.0.0.1",
+            port,
             log_level="warning",
             lifespan="on",
             ws_ping_interval=ping_seconds,

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, WebSocket
+from fastapi.responses import JSONResponse
 from websockets.asyncio.client import connect
 
 from core.settings import Settings
@@ -37,6 +38,10 @@ def small_app() -> FastAPI:
     async def slow():
         await asyncio.sleep(HEAD_TIMEOUT * 3)  # longer than the head deadline: it must not cut a request short
         return {"slow": True}
+
+    @app.post("/early")
+    async def early():  # answers before reading the body, as a body-size limit does
+        return JSONResponse({"error": "too large"}, status_code=413)
 
     @app.websocket("/echo")
     async def echo(socket: WebSocket):
@@ -148,6 +153,19 @@ async def test_good_clients_are_unaffected(http):
             await asyncio.sleep(HEAD_TIMEOUT * 3)  # an upgraded connection is no longer waiting for a head
             await socket.send("still here")
             assert await asyncio.wait_for(socket.recv(), 5) == "still here"
+
+
+@pytest.mark.parametrize("http", PROTOCOLS)
+async def test_a_body_still_streaming_after_an_early_answer_is_not_taken_for_a_head(http):
+    async def body():  # far more than a head may be, sent after the server has answered
+        for _ in range(10):
+            yield b" " * (100 << 10)
+            await asyncio.sleep(0.01)
+
+    async with serving(http) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        reply = await client.post("/early", content=body())
+        assert (reply.status_code, reply.json()) == (413, {"error": "too large"})
+        assert (await client.get("/ok")).json() == {"ok": True}
 
 
 @pytest.mark.parametrize("http", PROTOCOLS)

@@ -400,3 +400,10 @@ async def test_idle_connections_get_protocol_pings(stack):
         first = await asyncio.wait_for(reader.readexactly(2), 5)  # we stay silent: the server speaks first
         assert first[0] & 0x0F == 0x9, f"expected a ping frame, got opcode {first[0] & 0x0F:#x}"
         writer.close()
+
+
+async def test_messages_are_not_compressed_a_deflate_context_per_socket_costs_more_than_it_saves(stack):
+    """Updates are ~100-byte JSON; permessage-deflate kept ~40 KB of zlib state per socket (1,000 clients: +40 MB)."""
+    async with ws_client(stack.api_url) as client:  # websockets offers permessage-deflate by default
+        assert "Sec-WebSocket-Extensions" not in client.connection.response.headers
+        assert (await client.subscribe(str(uuid.uuid4())))["status"] == "not_found"
