@@ -36,7 +36,23 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ws-jobs", type=int, default=10, help="running jobs the clients' subscriptions spread over")
     parser.add_argument("--history-nodes", type=int, default=200, help="nodes of the history job (0: skip)")
     parser.add_argument("--soak", type=int, default=2000, help="jobs in the soak (0: skip)")
+    parser.add_argument(
+        "--retention-window",
+        type=float,
+        default=0.0,
+        help="seconds after which acked stream entries, finished jobs' keys and events go (0: the shipped settings)",
+    )
     return parser.parse_args(argv)
+
+
+def retention_env(window: float) -> dict[str, str]:
+    """Settings that shorten every retention window to `window` seconds, cleaned up every second."""
+    return {
+        "SPINBOT_STREAM_RETENTION_SECONDS": str(window),
+        "SPINBOT_FINISHED_KEY_SECONDS": str(max(1, round(window))),
+        "SPINBOT_RETENTION_HOURS": str(window / 3600),
+        "SPINBOT_CLEANUP_INTERVAL_SECONDS": "1",
+    }
 
 
 async def phase(report: Report, name: str, work, add) -> None:
@@ -68,11 +84,13 @@ async def measure(stack: BenchStack, args: argparse.Namespace, report: Report) -
             name = f"WebSocket fan-out: {args.ws_clients} clients over {args.ws_jobs} running jobs"
             await phase(report, name, measure_ws(stack, finished, args.ws_clients, args.ws_jobs), add_ws)
         if args.history_nodes:
-            work = history_of_job(stack.api_url, stack.temporal_address, finished, args.history_nodes)
-            await phase(report, f"a {args.history_nodes}-node job's history", work, add_history)
+            history = history_of_job(stack.api_url, stack.temporal_address, finished, args.history_nodes)
+            await phase(report, f"a {args.history_nodes}-node job's history", history, add_history)
         if args.soak:
-            work = soak(stack.api_url, stack.redis_url, stack.database_url, finished, args.soak)
-            await phase(report, f"soak: {args.soak} jobs", work, add_soak)
+            soaking = soak(
+                stack.api_url, stack.redis_url, stack.database_url, finished, args.soak, args.retention_window
+            )
+            await phase(report, f"soak: {args.soak} jobs", soaking, add_soak)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     say("planning a 500-node graph")
     add_plan(report, *plan_ms())
     say("starting spinbot dev")
-    with bench_stack() as stack:
+    with bench_stack(retention_env(args.retention_window) if args.retention_window else None) as stack:
         asyncio.run(measure(stack, args, report))
     report.print("MySpinBot on `spinbot dev`: sadtalker jobs, zero-time simulated data plane (one run, this machine)")
 

@@ -30,6 +30,7 @@ class SoakFigures:
     redis_bytes: int
     table_bytes: int
     database_bytes: int
+    window: float = 0.0
 
     @property
     def redis_bytes_per_job(self) -> float:
@@ -51,8 +52,11 @@ async def _sizes(redis: aioredis.Redis, database_url: str) -> tuple[int, int, in
     return int(memory["used_memory"]), int(tables), int(database)
 
 
-async def soak(api_url: str, redis_url: str, database_url: str, finished: Finished, jobs: int, in_flight: int = 40):
-    """`jobs` sadtalker jobs, `in_flight` at a time; the growth of Redis and PostgreSQL divided by `jobs`."""
+async def soak(
+    api_url: str, redis_url: str, database_url: str, finished: Finished, jobs: int, window: float, in_flight: int = 40
+) -> SoakFigures:
+    """`jobs` sadtalker jobs, `in_flight` at a time; the growth of Redis and PostgreSQL divided by `jobs`, once the
+    retention `window` (0: the shipped settings, hours long) has passed after the last job."""
     redis = aioredis.from_url(redis_url)
     try:
         before = await _sizes(redis, database_url)
@@ -71,10 +75,10 @@ async def soak(api_url: str, redis_url: str, database_url: str, finished: Finish
         async with api_client(api_url, in_flight) as api:
             await asyncio.gather(*(one(api) for _ in range(jobs)))
         seconds = time.perf_counter() - started
-        await asyncio.sleep(SETTLE_SECONDS)
+        await asyncio.sleep(SETTLE_SECONDS + window)
         after = await _sizes(redis, database_url)
     finally:
         await redis.aclose()
-    grown = [a - b for a, b in zip(after, before, strict=True)]
+    redis_bytes, table_bytes, database_bytes = (a - b for a, b in zip(after, before, strict=True))
     failed = sum(outcome != JobStatus.COMPLETED for outcome in outcomes)
-    return SoakFigures(jobs, seconds, failed, *grown)
+    return SoakFigures(jobs, seconds, failed, redis_bytes, table_bytes, database_bytes, window)

@@ -104,6 +104,11 @@ def add_history(report: Report, history: HistoryFigures) -> None:
 
 
 def add_soak(report: Report, soak: SoakFigures) -> None:
+    retention = (
+        f"retention windows shortened to {soak.window:g} s, measured after them"
+        if soak.window
+        else "retention as shipped (acked stream entries 300 s, finished jobs' keys 1 h, events 168 h)"
+    )
     report.figures["redis_bytes_per_job"] = round(soak.redis_bytes_per_job)
     report.figures["pg_bytes_per_job"] = round(soak.pg_bytes_per_job)
     report.add(
@@ -111,7 +116,7 @@ def add_soak(report: Report, soak: SoakFigures) -> None:
         f"{soak.redis_bytes_per_job:,.0f} B",
         "bounded: grows with work, not time",
         note=f"INFO memory used_memory growth over {soak.jobs} jobs ({soak.jobs / soak.seconds:.1f} jobs/s,"
-        f" 40 in flight, {soak.failed} failed)",
+        f" 40 in flight, {soak.failed} failed); {retention}",
     )
     report.add(
         "PostgreSQL bytes per job after the soak",
