@@ -15,8 +15,9 @@ from core import jobkeys
 from core.contracts import Bridge
 from core.failures import job_error
 from core.logs import log_event
+from core.messages import fingerprint, parse_created
 from core.metrics import JOB_SECONDS, JOBS_FINISHED
-from core.store import Store
+from core.store import Event, Store
 from core.timestamps import now_ms
 from workflows.graph import progress_ceiling
 from workflows.inputs import JobSnapshot
@@ -37,29 +38,58 @@ class BridgeActivities:
     async def sync_job(self, snap: JobSnapshot) -> dict | None:
         """One PostgreSQL write and one Redis round trip per state change.
 
-        Returns what happened to a pushed or withdrawn segment, so the job's history shows it.
+        The step's status and data events are written with its snapshot, so they are in job_events whether or not
+        a relay hears them (none subscribed at that moment: a relay restarting, Redis restarting under them all);
+        a relay that does hear one finds its row there (same fingerprint). Progress is left to the relays, which
+        coalesce it. Returns what happened to a pushed or withdrawn segment, so the job's history shows it.
         """
-        created, outcome = await asyncio.gather(
-            self.store.save_snapshot(snap.job_id, snap.status, snap.progress, snap.graph), self._redis(snap)
+        run_id = activity.info().workflow_run_id or ""
+        created = str(snap.at_ms) if snap.at_ms else now_ms()
+        messages = self._messages(snap, run_id, created)
+        events = [event for _, _, event in messages if event is not None]
+        created_at, outcome = await asyncio.gather(
+            self.store.save_snapshot(snap.job_id, snap.status, snap.progress, snap.graph, events),
+            self._redis(snap, run_id, created, [(channel, raw) for channel, raw, _ in messages]),
         )
         _log_lifecycle(snap, outcome)
         if snap.announce_status and snap.status in jobkeys.TERMINAL:
             JOBS_FINISHED.labels(status=snap.status).inc()
-            JOB_SECONDS.observe(max(0.0, time.time() - created.timestamp()))
+            JOB_SECONDS.observe(max(0.0, time.time() - created_at.timestamp()))
         return outcome
 
-    async def _redis(self, snap: JobSnapshot) -> dict | None:
-        # The workflow's own time of the change: a re-run of this step publishes byte-identical messages,
-        # which the event log (keyed by a fingerprint of each message) records once. A step re-run in a new
-        # workflow task (its worker died first) has another time, so each message also carries an eventId that
-        # names the event itself: a run announces each status, each node's output and each progress once.
+    def _messages(self, snap: JobSnapshot, run_id: str, created: str) -> list[tuple[str, str, Event | None]]:
+        """The step's pub/sub messages (node outputs, progress, status) as (channel, raw, its job_events row; None
+        for progress).
+
+        `created` is the workflow's own time of the change: a re-run of this step publishes byte-identical
+        messages, which the event log (keyed by a fingerprint of each message) records once. A step re-run in a
+        new workflow task (its worker died first) has another time, so each message also carries an eventId that
+        names the event itself: a run announces each status, each node's output and each progress once."""
+        bridge, job_id, at = self.bridge, snap.job_id, parse_created(created)
+        messages: list[tuple[str, str, Event | None]] = []
+
+        def add(kind: str, what: str, fields: dict) -> None:
+            event_id = f"{run_id}/{what}" if run_id else None
+            payload = {"jobId": job_id, **fields, "created": created, **({"eventId": event_id} if event_id else {})}
+            channel, raw = bridge.channel(kind, job_id), json.dumps(payload)
+            row = Event(job_id, fingerprint(channel, raw, event_id), fields.get("status"), None, fields.get("data"), at)
+            messages.append((channel, raw, None if kind == "progress" else row))
+
+        for item in snap.data:
+            add("data", f"data/{item.get('nodeId')}", {"data": json.dumps(item)})
+        if snap.announce_progress:
+            add("progress", f"progress/{snap.progress!r}", {"progress": snap.progress})
+        if snap.announce_status:
+            status: dict = {"status": snap.status, "source": CONTROL_SOURCE}
+            if snap.status == JobStatus.FAILED:
+                status["error"] = job_error(snap.graph)  # clients learn why without another look-up
+            add("status", f"status/{snap.status}", status)
+        return messages
+
+    async def _redis(
+        self, snap: JobSnapshot, run_id: str, created: str, messages: list[tuple[str, str]]
+    ) -> dict | None:
         bridge, job_id = self.bridge, snap.job_id
-        run_id = activity.info().workflow_run_id or ""
-
-        def identity(what: str) -> dict:
-            return {"eventId": f"{run_id}/{what}"} if run_id else {}
-
-        created = str(snap.at_ms) if snap.at_ms else now_ms()
         graph_json = json.dumps(snap.graph, separators=(",", ":"))
         pipe = self.redis.pipeline(transaction=False)
         jobkeys.set_graph(pipe, bridge, job_id, graph_json, created)
@@ -73,36 +103,8 @@ class BridgeActivities:
             queue_withdraw(pipe, bridge, job_id)
         if snap.status in jobkeys.TERMINAL:
             jobkeys.expire_finished(pipe, bridge, job_id, self.finished_key_seconds)
-        for item in snap.data:
-            pipe.publish(
-                bridge.channel("data", job_id),
-                json.dumps(
-                    {
-                        "jobId": job_id,
-                        "data": json.dumps(item),
-                        "created": created,
-                        **identity(f"data/{item.get('nodeId')}"),
-                    }
-                ),
-            )
-        if snap.announce_progress:
-            pipe.publish(
-                bridge.channel("progress", job_id),
-                json.dumps(
-                    {
-                        "jobId": job_id,
-                        "progress": snap.progress,
-                        "created": created,
-                        **identity(f"progress/{snap.progress!r}"),
-                    }
-                ),
-            )
-        if snap.announce_status:
-            status: dict = {"jobId": job_id, "status": snap.status, "created": created, "source": CONTROL_SOURCE}
-            status.update(identity(f"status/{snap.status}"))
-            if snap.status == JobStatus.FAILED:
-                status["error"] = job_error(snap.graph)  # clients learn why without another look-up
-            pipe.publish(bridge.channel("status", job_id), json.dumps(status))
+        for channel, raw in messages:
+            pipe.publish(channel, raw)
         replies = iter((await pipe.execute())[first_script:])
         outcome: dict = {}
         if segment is not None:

@@ -89,7 +89,7 @@ def parse_event(
         progress=_progress(channel, payload["progress"]) if kind == "progress" else None,
         data=payload.get("data"),
         created=created,
-        fingerprint=_fingerprint(channel, raw, payload.get("eventId")),
+        fingerprint=fingerprint(channel, raw, payload.get("eventId")),
         error=clean_error(payload.get("error")) if kind == "status" else None,
         source=payload["source"] if kind == "status" and isinstance(payload.get("source"), str) else None,
     )
@@ -106,7 +106,7 @@ def _progress(channel: str, value: float | str) -> float:
     return clamp_progress(value)
 
 
-def _fingerprint(channel: str, raw: str, event_id: object) -> str:
+def fingerprint(channel: str, raw: str, event_id: object = None) -> str:
     """What keys the message's row: its eventId when it has one (the workflow's messages: the same when a step
     runs again in a new workflow task, whose `created` differs), else the whole message as sent."""
     identity = f"id:{event_id}" if isinstance(event_id, str) and event_id else raw

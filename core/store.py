@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -97,8 +98,11 @@ class Store:
         )
         return millis(row["created"])
 
-    async def save_snapshot(self, job_id: str, status: str, progress: float, graph: dict) -> datetime:
-        """The workflow's authoritative state after each change; returns when the job was created.
+    async def save_snapshot(
+        self, job_id: str, status: str, progress: float, graph: dict, events: Sequence[Event] = ()
+    ) -> datetime:
+        """The workflow's authoritative state after each change, with the status and data `events` it announces
+        (each once, by fingerprint, as a relay hearing them records them); returns when the job was created.
 
         Progress lands in [the workflow's progress, the graph's ceiling]: reported progress within the
         open work is kept, anything above it (or left from an earlier run) is corrected.
@@ -106,20 +110,33 @@ class Store:
         ceiling = max(progress, progress_ceiling(graph))
         return await self.pool.fetchval(
             """
-            INSERT INTO jobs (job_id, status, progress, progress_ceiling, pipeline, last_graph)
-            VALUES ($1, $2, $3, $5, $4::jsonb->'context'->>'pipeline', $4::jsonb)
-            ON CONFLICT (job_id) DO UPDATE
-               SET status = EXCLUDED.status,
-                   progress = LEAST(GREATEST(jobs.progress, EXCLUDED.progress), EXCLUDED.progress_ceiling),
-                   progress_ceiling = EXCLUDED.progress_ceiling,
-                   last_graph = EXCLUDED.last_graph, updated = now()
-            RETURNING created
+            WITH job AS (
+                INSERT INTO jobs (job_id, status, progress, progress_ceiling, pipeline, last_graph)
+                VALUES ($1, $2, $3, $5, $4::jsonb->'context'->>'pipeline', $4::jsonb)
+                ON CONFLICT (job_id) DO UPDATE
+                   SET status = EXCLUDED.status,
+                       progress = LEAST(GREATEST(jobs.progress, EXCLUDED.progress), EXCLUDED.progress_ceiling),
+                       progress_ceiling = EXCLUDED.progress_ceiling,
+                       last_graph = EXCLUDED.last_graph, updated = now()
+                RETURNING created
+            ), ev AS (
+                INSERT INTO job_events (job_id, status, data, fingerprint, created)
+                SELECT $1, e.status, e.data, e.fingerprint, e.created
+                FROM unnest($6::text[], $7::jsonb[], $8::text[], $9::timestamptz[])
+                     AS e(status, data, fingerprint, created)
+                ON CONFLICT (job_id, fingerprint) DO NOTHING
+            )
+            SELECT created FROM job
             """,
             uuid.UUID(job_id),
             status,
             progress,
             graph,
             ceiling,
+            [event.status for event in events],
+            [event.data for event in events],
+            [event.fingerprint for event in events],
+            [event.created for event in events],
         )
 
     async def apply_event(self, event: Event) -> bool:

@@ -116,6 +116,41 @@ async def test_a_sync_step_re_run_in_a_new_workflow_task_records_each_event_once
     assert sum(e["data"] is not None for e in events) == 1, events
 
 
+async def test_the_workflows_own_events_are_recorded_with_its_snapshot_when_no_relay_hears_them(stack, store):
+    """Published while no relay listens (all restarting, or Redis restarting under them), and for a job whose row
+    the same step creates: the status and the node output are in job_events all the same, once; a relay that
+    hears them after all adds nothing."""
+    tag = uuid.uuid4().hex
+    unheard = dataclasses.replace(
+        BRIDGE, status_channel=f"t:{tag}:status:", progress_channel=f"t:{tag}:progress:", data_channel=f"t:{tag}:data:"
+    )
+    job_id = str(uuid.uuid4())  # no row yet: the snapshot creates it
+    graph = {**copy.deepcopy(PYTHON_CHAIN), "workflowId": job_id}
+    environment = ActivityEnvironment()
+    environment.info = dataclasses.replace(environment.info, workflow_id=job_id, workflow_run_id=str(uuid.uuid4()))
+    output = {"nodeId": "script", "output": {"narration": "hello"}}
+    snap = JobSnapshot(job_id, graph, "running", 0.25, True, True, data=[output], at_ms=1_700_000_000_000)
+    tap = stack.redis.pubsub()
+    await tap.psubscribe(f"t:{tag}:*")
+    try:
+        await environment.run(BridgeActivities(stack.redis, store, unheard).sync_job, snap)
+        events = await store.events(job_id)
+        assert [e["status"] for e in events if e["status"]] == ["running"], events
+        assert [json.loads(e["data"])["nodeId"] for e in events if e["data"]] == ["script"], events
+
+        late = EventListener(stack.redis, EventLog(stack.redis, store, unheard, "late"), stack.temporal, unheard)
+        heard, deadline = 0, asyncio.get_running_loop().time() + 10
+        while heard < 3 and asyncio.get_running_loop().time() < deadline:
+            message = await tap.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is not None:
+                await late.on_message(message["channel"], message["data"])
+                heard += 1
+    finally:
+        await tap.aclose()
+    assert heard == 3  # data, progress, status
+    assert len([e for e in await store.events(job_id) if e["status"] or e["data"]]) == 2
+
+
 async def test_the_workflows_own_failed_is_never_taken_for_the_data_planes(stack, store):
     async with stack.no_dataplane():
         job_id = await start_python_job(stack)
