@@ -32,9 +32,13 @@ async def test_pipeline_completes_and_every_store_agrees(stack, store, llm, vari
     assert await outcome(stack, job_id) == ("completed", None)
 
     async def settled():
+        # The workflow records its `completed` with its last step; the relays record the last progress as they
+        # hear it, a moment later.
         detail, keys, hashed = await _all_stores(stack, store, job_id)
         statuses = [e["status"] for e in detail["events"]]
-        return (detail, keys, hashed) if "completed" in statuses and keys[0] == "completed" else None
+        progresses = [e["progress"] for e in detail["events"] if e["progress"] is not None]
+        done = "completed" in statuses and keys[0] == "completed" and progresses and progresses[0] == 1.0
+        return (detail, keys, hashed) if done else None
 
     detail, (status_key, progress_key), hashed = await wait_for(settled, what="events and keys to settle")
     job, graph = detail["job"], detail["job"]["lastGraph"]
