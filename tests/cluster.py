@@ -292,13 +292,19 @@ async def finished(client: Client, job_id: str) -> bool:
 
 
 async def stopped_holding(
-    deployment: Deployment, kind: str = "dataplane", index: int = 0, timeout: float = 30, before_each: float = 0.0
+    deployment: Deployment,
+    kind: str = "dataplane",
+    index: int = 0,
+    timeout: float = 30,
+    before_each: float = 0.0,
+    after: float = 0.0,
 ) -> int:
     """Freeze replica `index` of `kind` (SIGSTOP) at a moment it holds entries of its stream; how many it holds.
 
     A data-plane worker holds process:data entries while it runs them; a relay holds process:control entries
     while it signals them. A relay blocked in XREADGROUP when frozen is still handed the next entry by Redis,
-    so a relay is frozen for up to `before_each` seconds at a time, waiting to be handed one."""
+    so a relay is frozen for up to `before_each` seconds at a time, waiting to be handed one. `after`: once seen
+    holding one, let it work that long first (a data-plane worker then is mid-segment, not just handed it)."""
     pid, deadline = deployment.roles[kind][index].pid, time.monotonic() + timeout
     while True:
         if before_each:
@@ -310,6 +316,7 @@ async def stopped_holding(
                 await asyncio.sleep(0.02)
             os.kill(pid, signal.SIGCONT)
         elif await pending_of(deployment, kind, index):
+            await asyncio.sleep(after)
             os.kill(pid, signal.SIGSTOP)  # a stopped process cannot ack: what it holds now, it holds at the kill
             if held := await pending_of(deployment, kind, index):
                 return held

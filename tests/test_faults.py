@@ -320,7 +320,8 @@ async def dataplane_holding(suite: Suite, llm) -> Round:
     deployment, round_ = suite.deployment, Round("kill -9 data-plane worker holding entries")
     llm.delay = 0.2
     async with feeding(deployment, round_):
-        round_.held = await stopped_holding(deployment, "dataplane", 0, timeout=30)
+        # Frozen a moment after it took an entry: mid-segment (3 nodes of 0.2 s), its first node started.
+        round_.held = await stopped_holding(deployment, "dataplane", 0, timeout=30, after=0.15)
         suite.held_by_killed.update(await held_jobs(deployment))
         await kill_role(suite, round_, "dataplane")
     return round_
@@ -364,7 +365,6 @@ async def test_fault(suite: Suite, llm, fault: str):
     round_ = await FAULTS[fault](suite, llm)
     row = await measure(suite, round_)
     suite.rows.append(row)
-    print(f"\n{row.fault}: {json.dumps(asdict(row), default=str)}")
     early: list[str] = []
     if fault == "workflow-worker-mid-sync":
         early = [j for j in round_.job_ids if await kept_an_early_handback(suite.deployment, j)]
@@ -372,6 +372,7 @@ async def test_fault(suite: Suite, llm, fault: str):
         if early and os.environ.get("SPINBOT_RECORD_HISTORIES"):  # a replay guard of that path (tests/histories)
             history = await suite.deployment.temporal.get_workflow_handle(early[0]).fetch_history()
             (HISTORIES / "early_handback_after_worker_crash.json").write_text(history.to_json())
+    print(f"\n{row.fault}: {json.dumps(asdict(row), default=str)}")
     problems = {
         "every job completed, recorded so": row.completed == row.jobs,
         "none failed, stuck, lost or wrongly recorded": row.failed == row.stuck == row.lost == row.wrong_record == 0,
@@ -383,6 +384,8 @@ async def test_fault(suite: Suite, llm, fault: str):
     }
     if fault in ("relay", "dataplane"):
         problems["the killed replica held work"] = round_.held > 0
+    if fault == "dataplane":
+        problems["a segment the killed worker was running ran again elsewhere"] = row.rerun_after_crash > 0
     if fault == "workflow-worker-mid-sync":
         problems["a handback reached a re-run step before it reopened its segment"] = bool(early)
     failed = [what for what, ok in problems.items() if not ok]
