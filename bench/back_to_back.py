@@ -60,10 +60,14 @@ CANDIDATES = [
 ]
 
 
-def scrape(metrics_url: str) -> dict[tuple[str, str], float]:
+def scrape(metrics_url: str) -> str:
+    return httpx.get(metrics_url, timeout=10).text
+
+
+def histograms(text: str) -> dict[tuple[str, str], float]:
     """{(metric sample, operation): value} of the histograms' sums and counts."""
     values: dict[tuple[str, str], float] = defaultdict(float)
-    for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name.endswith(("_sum", "_count")):
                 values[sample.name, sample.labels.get("operation", "")] += sample.value
@@ -116,12 +120,13 @@ async def back_to_back(address: str, metrics_url: str, candidate: Candidate, sha
         times: list[float] = []
         for run in range(runs):
             if run == SETTLED:
-                # The server's figures over the settled runs only; read aside, as a pause would refill the limiter.
+                # The server's figures over the settled runs only: fetched aside (a pause would refill the limiter),
+                # parsed at the end (parsing here would take the worker's CPU).
                 reading = asyncio.create_task(asyncio.to_thread(scrape, metrics_url))
             started = time.perf_counter()
             await client.execute_workflow(FloorWorkflow.run, shape, id=str(uuid.uuid4()), task_queue=FLOOR_WORKFLOWS)
             times.append((time.perf_counter() - started) * 1000)
-        before, after = await reading, scrape(metrics_url)
+        before, after = histograms(await reading), histograms(scrape(metrics_url))
     transfer = [op for _, op in after if op.startswith("TransferActiveTask")]
     tasks = sum(after["task_latency_load_count", op] - before["task_latency_load_count", op] for op in set(transfer))
     return {

@@ -58,20 +58,28 @@ def add_load(report: Report, load: LoadFigures, floor: float, shape: Shape) -> N
     )
 
 
-def add_ws(report: Report, ws: WsFigures) -> None:
+def add_ws(report: Report, found: tuple[WsFigures | None, WsFigures]) -> None:
+    reference, ws = found
     f = report.figures
     f["ws_clients"], f["ws_dropped"] = ws.clients, ws.dropped
     f["ws_p50_ms"], f["ws_p99_ms"] = ms(ws.latencies, 0.5), ms(ws.latencies, 0.99)
     f["api_rss_mb"] = round(ws.api_rss_mb, 1)
     p99_met = at_most(f["ws_p99_ms"], WS_P99_GOAL_MS)
+    if reference:
+        report.add(
+            f"  the same with {reference.clients} clients, p50 / p99",
+            f"{ms(reference.latencies, 0.5)} / {ms(reference.latencies, 0.99)} ms",
+            note=f"{reference.dropped} dropped; API RSS {reference.api_rss_mb:.0f} MB",
+        )
     report.add(
         "WebSocket publish → client, p50 / p99",
         f"{f['ws_p50_ms']} / {f['ws_p99_ms']} ms",
         f"p99 ≤ {WS_P99_GOAL_MS} ms, none dropped",
         bool(p99_met) and ws.dropped == 0,
-        f"{ws.clients} clients over {ws.jobs} running jobs; the workflow's `completed` from its publish (seen by our"
-        f" own subscriber) to each client; {len(ws.latencies)} measured, {ws.dropped} dropped,"
-        f" {ws.late} subscribed after the end; jobs held {ws.hold_s:.1f} s at their script node",
+        f"{ws.clients} clients ({ws.processes} processes of their own) over {ws.jobs} running jobs; the workflow's"
+        f" `completed` from its publish (seen by our own subscriber) to each client; {len(ws.latencies)} measured,"
+        f" {ws.dropped} dropped, {ws.late} subscribed after the end; jobs held {ws.hold_s:.1f} s at their script"
+        " node (the LLM's progress ticks reach the clients meanwhile)",
     )
     report.add(
         "API RSS with those clients connected",
