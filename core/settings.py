@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     llm_temperature: float = 0.7
     llm_timeout_ms: int = 60_000
 
+    # Run workflow code in Temporal's sandbox. Off by default: under it a sadtalker job took ~50 ms longer (py-spy:
+    # the sandbox exec()s code for each activation and each payload). Determinism is guarded by the sandboxed replay
+    # of every committed history in CI (tests/test_replay*.py) and by workflow.patched; turn it on to have a forbidden
+    # call (a clock, I/O) fail at run time as well.
+    workflow_sandbox: bool = False
+
     # The ceiling of one wait for the data plane; each wait is the segment's own declared time when shorter.
     segment_timeout_seconds: float = 2 * 3600
     # Stream entries and pub/sub messages larger than this are contract errors (dead-lettered, never parsed).

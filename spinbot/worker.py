@@ -10,11 +10,8 @@ from datetime import timedelta
 
 import httpx
 from temporalio.client import Client
-from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import (
-    SandboxedWorkflowRunner,
-    SandboxRestrictions,
-)
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.bridge import BridgeActivities
 from activities.registry import activities_by_queue, slots_by_queue
@@ -36,6 +33,14 @@ class WorkerRoles:
     queues: tuple[str, ...] = ()  # activity task queues to poll; empty means all of them
 
 
+def workflow_runner(sandboxed: bool) -> WorkflowRunner:
+    """The sandbox (SPINBOT_WORKFLOW_SANDBOX) or none: see core/settings.py for why none is the default."""
+    if sandboxed:
+        # Passing modules through spares a re-import of them per run (~20 ms).
+        return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_all_modules())
+    return UnsandboxedWorkflowRunner()
+
+
 @contextlib.asynccontextmanager
 async def running_workers(
     client: Client, settings: Settings, roles: WorkerRoles = WorkerRoles(), stopped: asyncio.Event | None = None
@@ -53,8 +58,7 @@ async def running_workers(
     workers = []
     if roles.workflows:
         bridge = BridgeActivities(redis, Store(pool), spec.bridge, settings.finished_key_seconds)
-        # The sandbox still guards determinism; passing modules through spares a re-import per run (~20 ms).
-        runner = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_all_modules())
+        runner = workflow_runner(settings.workflow_sandbox)
         workers.append(
             Worker(
                 client,

@@ -8,13 +8,13 @@ the *_before_patches ones predate the `workflow.patched` changes and are kept so
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from workflows.inputs import JobInput
 from workflows.job import JobWorkflow
@@ -60,6 +60,16 @@ class ExtraTimerJobWorkflow(JobWorkflow):
 
 
 @workflow.defn(name=JOB_WORKFLOW)
+class WallClockJobWorkflow(JobWorkflow):
+    """Reads the machine's clock, which a replay elsewhere would read differently."""
+
+    @workflow.run
+    async def run(self, job: JobInput) -> dict:
+        self.started_at = datetime.now()
+        return await super().run(job)
+
+
+@workflow.defn(name=JOB_WORKFLOW)
 class SkipsFirstSyncJobWorkflow(JobWorkflow):
     """Leaves out the first persistence step (a local activity) the recorded runs took."""
 
@@ -88,3 +98,14 @@ async def test_a_changed_command_sequence_is_caught(path, altered):
         await Replayer(workflows=[altered]).replay_workflow(committed(path))
     assert "Nondeterminism error" in str(caught.value)
     print(f"\n{path.stem} against {altered.__name__}: {caught.value}")
+
+
+async def test_the_replay_sandbox_catches_a_wall_clock_read():
+    """The workers run workflows unsandboxed by default (SPINBOT_WORKFLOW_SANDBOX): this replay is the guard."""
+    history = committed(HISTORIES / "hybrid.json")
+    with pytest.raises(RuntimeError, match=r"Cannot access datetime\.datetime\.now"):
+        await Replayer(workflows=[WallClockJobWorkflow]).replay_workflow(history)
+    # Unsandboxed, the same code replays: only the sandbox stands between it and production.
+    await Replayer(workflows=[WallClockJobWorkflow], workflow_runner=UnsandboxedWorkflowRunner()).replay_workflow(
+        history
+    )
