@@ -17,7 +17,7 @@ def key_is_valid(candidate: str | None, keys: list[str]) -> bool:
     return any(hmac.compare_digest(candidate.encode(), key.encode()) for key in keys)
 
 
-def require_key(request: Request, settings: SettingsDep) -> str | None:
+async def require_key(request: Request, settings: SettingsDep) -> str | None:
     keys = settings.api_keys
     if not keys:
         return None

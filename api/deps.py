@@ -38,35 +38,42 @@ class Backend:
     capabilities: CapabilitiesCache | None = field(default=None)
 
 
-def get_backend(connection: HTTPConnection) -> Backend:
+def backend_of(connection: HTTPConnection) -> Backend:
     """Works for HTTP requests and WebSocket connections alike."""
     return connection.app.state.backend
+
+
+# Every dependency here is `async def` although none awaits: FastAPI runs a plain `def` dependency in a worker
+# thread, a hop through the thread pool for each one on every request (3 per request made GET /api/status ~10 ms
+# under load; tests/test_api_dependencies.py keeps it so).
+async def get_backend(connection: HTTPConnection) -> Backend:
+    return backend_of(connection)
 
 
 BackendDep = Annotated[Backend, Depends(get_backend)]
 
 
-def _store(backend: BackendDep) -> Store:
+async def _store(backend: BackendDep) -> Store:
     return backend.store
 
 
-def _redis(backend: BackendDep) -> aioredis.Redis:
+async def _redis(backend: BackendDep) -> aioredis.Redis:
     return backend.redis
 
 
-def _temporal(backend: BackendDep) -> Client:
+async def _temporal(backend: BackendDep) -> Client:
     return backend.temporal
 
 
-def _hub(backend: BackendDep) -> Hub:
+async def _hub(backend: BackendDep) -> Hub:
     return backend.hub
 
 
-def _storage(backend: BackendDep) -> ObjectStore:
+async def _storage(backend: BackendDep) -> ObjectStore:
     return backend.storage
 
 
-def _settings(backend: BackendDep) -> Settings:
+async def _settings(backend: BackendDep) -> Settings:
     return backend.settings
 
 

@@ -68,7 +68,7 @@ def _text(value: object) -> str:
 
 async def _maybe_key(request: Request, backend: BackendDep) -> None:
     if not backend.settings.metrics_public:
-        require_key(request, backend.settings)
+        await require_key(request, backend.settings)
 
 
 @router.get(

@@ -12,7 +12,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketState
 
 from api.auth import key_is_valid
-from api.deps import Backend, get_backend
+from api.deps import Backend, backend_of
 from api.errors import ApiError
 from api.hub import SEND_TIMEOUT, SLOW_CLIENT_CLOSE, Subscriber
 from api.jobs import job_status
@@ -80,7 +80,7 @@ async def _initial_state(backend: Backend, job_id: str) -> tuple[str, float, dic
 
 
 async def websocket(socket: WebSocket):
-    backend = get_backend(socket)
+    backend = backend_of(socket)
     hub = backend.hub
     await socket.accept()
     if not await _authorised(socket, backend.settings.api_keys):

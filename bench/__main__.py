@@ -78,7 +78,9 @@ async def measure(stack: BenchStack, args: argparse.Namespace, report: Report) -
         async with api_client(stack.api_url) as api:
             job_id, _ = await run_one(api, finished)
         temporal = await Client.connect(stack.temporal_address)
-        shape = shape_of(await temporal.get_workflow_handle(job_id).fetch_history())
+        job = temporal.get_workflow_handle(job_id)
+        await job.result()  # `completed` is published by the last step, before the workflow has ended
+        shape = shape_of(await job.fetch_history())
         say(f"one sadtalker job's history: {shape.describe()}")
 
         async def load_and_floor() -> tuple:
