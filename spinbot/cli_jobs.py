@@ -7,15 +7,17 @@ import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from spinbot.client import DEFAULT_API, EXIT_BAD_REQUEST, CliError, SpinbotClient
-from spinbot.follow import follow_job
+from spinbot.cli_errors import DEFAULT_API, EXIT_BAD_REQUEST, CliError
 from spinbot.render import capabilities_table, job_tree, jobs_table, pipelines_table
+
+if TYPE_CHECKING:
+    from spinbot.client import SpinbotClient
 
 ApiUrl = Annotated[str, typer.Option("--api", envvar="SPINBOT_API_URL", help="The API's base URL")]
 ApiKey = Annotated[
@@ -29,6 +31,20 @@ console = Console(highlight=False)
 if not console.is_terminal and "COLUMNS" not in os.environ:
     console.width = PIPED_WIDTH  # piped or captured: lines and tables are not cut at 80 columns
 errors = Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one line
+
+
+def connect(api: str, api_key: str | None) -> SpinbotClient:
+    """The API client, imported here: every role's process starts through this CLI, and httpx with the WebSocket
+    client would add ~7 MB to each of them (the API's RSS is a benchmark figure)."""
+    from spinbot.client import SpinbotClient
+
+    return SpinbotClient(api, api_key)
+
+
+def follow_to_the_end(client: SpinbotClient, job_id: str) -> int:
+    from spinbot.follow import follow_job
+
+    return follow_job(client, job_id, console)
 
 
 def one_line_errors(command: Callable) -> Callable:
@@ -127,19 +143,19 @@ def submit(
 ):
     """Submit a job; prints its id. With --follow: exit 0 when it completes, 1 when it fails."""
     request = planning_request(target, param or [])
-    with SpinbotClient(api, api_key) as client:
+    with connect(api, api_key) as client:
         if prompt is not None:
             set_prompt(client, request, prompt)
         job_id = client.submit(request)["jobId"]
         console.print(job_id)
         if follow:
-            raise typer.Exit(follow_job(client, job_id, console))
+            raise typer.Exit(follow_to_the_end(client, job_id))
 
 
 def follow(job: JobArg, api: ApiUrl = DEFAULT_API, api_key: ApiKey = None):
     """Follow a job to its end: a progress bar and a line per node (exit 0 completed, 1 failed)."""
-    with SpinbotClient(api, api_key) as client:
-        raise typer.Exit(follow_job(client, client.resolve(job), console))
+    with connect(api, api_key) as client:
+        raise typer.Exit(follow_to_the_end(client, client.resolve(job)))
 
 
 def jobs(
@@ -152,7 +168,7 @@ def jobs(
     api_key: ApiKey = None,
 ):
     """List jobs, newest first."""
-    with SpinbotClient(api, api_key) as client:
+    with connect(api, api_key) as client:
         body = client.jobs(
             status=status, pipeline=pipeline, limit=limit, offset=offset, include="capabilities" if lookups else None
         )
@@ -161,7 +177,7 @@ def jobs(
 
 def show(job: JobArg, api: ApiUrl = DEFAULT_API, api_key: ApiKey = None):
     """One job as a tree of its nodes: status, duration when known, error, artifacts."""
-    with SpinbotClient(api, api_key) as client:
+    with connect(api, api_key) as client:
         job_id = client.resolve(job)
         detail = client.job(job_id)["job"]
         artifacts = client.artifacts(job_id)["artifacts"]
@@ -171,7 +187,7 @@ def show(job: JobArg, api: ApiUrl = DEFAULT_API, api_key: ApiKey = None):
 
 def cancel(job: JobArg, api: ApiUrl = DEFAULT_API, api_key: ApiKey = None):
     """Cancel a running job (it ends `failed`, cancelled)."""
-    with SpinbotClient(api, api_key) as client:
+    with connect(api, api_key) as client:
         job_id = client.resolve(job)
         console.print(f"{job_id}: {client.cancel(job_id)['message']}")
 
@@ -183,22 +199,22 @@ def retry(
     api_key: ApiKey = None,
 ):
     """Run a failed job again: failed and skipped nodes re-run, completed outputs are kept."""
-    with SpinbotClient(api, api_key) as client:
+    with connect(api, api_key) as client:
         job_id = client.resolve(job)
         console.print(f"{job_id}: retry {client.retry(job_id)['status']}")
         if follow:
-            raise typer.Exit(follow_job(client, job_id, console))
+            raise typer.Exit(follow_to_the_end(client, job_id))
 
 
 def capabilities(api: ApiUrl = DEFAULT_API, api_key: ApiKey = None):
     """Both planes' capabilities (asks the data-plane worker; cached by the API)."""
-    with SpinbotClient(api, api_key) as client:
+    with connect(api, api_key) as client:
         console.print(capabilities_table(client.capabilities()))
 
 
 def pipelines(api: ApiUrl = DEFAULT_API, api_key: ApiKey = None):
     """The pipelines `spinbot submit` accepts by name."""
-    with SpinbotClient(api, api_key) as client:
+    with connect(api, api_key) as client:
         console.print(pipelines_table(client.pipelines()))
 
 

@@ -13,23 +13,11 @@ import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import connect
 
-DEFAULT_API = "http://127.0.0.1:3000"
+from spinbot.cli_errors import EXIT_BAD_REQUEST, EXIT_FAILED, CliError
+
 PAGE = 100
 MAX_PAGES = 50  # a prefix is looked up among the newest 5,000 jobs
 JOB_PREFIX = re.compile(r"^[0-9a-fA-F-]{1,36}$")
-
-# Exit codes: 1 = the job failed or the stack did (unreachable, 5xx); 2 = what was asked is wrong (4xx, bad input).
-EXIT_FAILED = 1
-EXIT_BAD_REQUEST = 2
-
-
-class CliError(Exception):
-    """One line for the user, and the exit code to leave with."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILED):
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 class SpinbotClient:

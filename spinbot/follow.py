@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from spinbot.client import EXIT_BAD_REQUEST, CliError, SpinbotClient
+from spinbot.cli_errors import EXIT_BAD_REQUEST, CliError
 from workflows.status import JobStatus, NodeStatus
+
+if TYPE_CHECKING:
+    from spinbot.client import SpinbotClient  # loaded by the command that connects (spinbot.cli_jobs.connect)
 
 NODE_MARK = {NodeStatus.COMPLETED: "[green]✓[/]", NodeStatus.FAILED: "[red]✗[/]", NodeStatus.SKIPPED: "[yellow]-[/]"}
 FINAL_GRAPH_WAIT = 5.0  # seconds the recorded graph may lag the pushed status

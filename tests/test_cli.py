@@ -24,3 +24,13 @@ def test_unsafe_production_settings_are_refused():
     result = _spinbot("relay", SPINBOT_ENVIRONMENT="production", SPINBOT_API_KEYS="")
     assert result.returncode == 2
     assert "SPINBOT_API_KEYS must be set in production" in result.stderr
+
+
+def test_the_api_role_does_not_load_the_cli_client():
+    """Every role starts through the CLI; the job commands' HTTP and WebSocket client load only when one runs."""
+    probe = (
+        "import sys, spinbot.cli, api.app; "
+        "print(sorted(m for m in ('httpx', 'spinbot.client', 'websockets.sync.client') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout
