@@ -97,3 +97,17 @@ def test_the_blocker_would_catch_an_import_of_an_embedded_service():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "pgserver is not installed" in result.stderr
+
+
+def test_httpcore_finds_sniffio_instead_of_failing_to_import_it_on_every_request():
+    """httpcore tries `import sniffio` each time it sets up a lock or an event; a failed import is never cached."""
+    import asyncio
+
+    from httpcore._synchronization import current_async_library
+
+    async def library() -> str:
+        return current_async_library()
+
+    assert asyncio.run(library()) == "asyncio"
+    assert "sniffio" in sys.modules
+    assert "sniffio" in _requirement_names(PYPROJECT["project"]["dependencies"])
