@@ -59,6 +59,15 @@ _KEEP_HIGHEST = """DO UPDATE SET event_id = nextval(pg_get_serial_sequence('job_
                    WHERE EXCLUDED.progress > job_events.progress"""
 
 
+class PooledConnection(asyncpg.Connection):
+    """Released to the pool without asyncpg's reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL): a round
+    trip on every release, and no code here sets session state, listens or takes advisory locks. An open transaction
+    is still rolled back on release (asyncpg does that apart from the query)."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
@@ -69,7 +78,12 @@ async def connect_pool(database_url: str, timeout: float = 30.0, min_size: int =
         "connecting to PostgreSQL",
         (OSError, asyncpg.PostgresError),
         lambda: asyncpg.create_pool(
-            database_url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=COMMAND_TIMEOUT
+            database_url,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            command_timeout=COMMAND_TIMEOUT,
+            connection_class=PooledConnection,
         ),
         timeout=timeout,
     )
