@@ -2,10 +2,16 @@
 
 It also notices a data-plane failure that arrives without a handback (status `failed` plus the
 graph in `job:<id>`) and signals the workflow, so a job never waits forever.
+
+Progress is folded: a data plane reports it in bursts (nine messages in a few milliseconds for one
+sadtalker segment), and only the highest value matters to the keys and the coalesced job_events row.
+The listener keeps the highest message per job; `record_progress`, a task of its own, writes what is
+held, and what arrives meanwhile waits for its next round. Idle, each message is written at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -18,6 +24,7 @@ from core.contracts import Bridge, ContractError, first_error
 from core.messages import JobEvent, channel_job, parse_event
 from core.metrics import PUBSUB_MESSAGES
 from core.store import is_job_id
+from core.supervise import TaskHealth
 from core.temporal import RPC_TIMEOUT
 from core.wire import WireLimits
 from handoff.event_log import EventLog
@@ -37,6 +44,8 @@ class EventListener:
         self, redis: aioredis.Redis, events: EventLog, client: Client, bridge: Bridge, limits: WireLimits = WireLimits()
     ):
         self.redis, self.events, self.client, self.bridge, self.limits = redis, events, client, bridge, limits
+        self.progress: dict[str, tuple[bytes | str, bytes | str, JobEvent]] = {}  # per job, the highest not yet written
+        self.progress_held = asyncio.Event()
 
     async def on_message(self, channel: bytes | str, raw: bytes | str) -> None:
         """One message as read (bytes): recorded, or set aside as a dead letter when it breaks the contract."""
@@ -53,21 +62,43 @@ class EventListener:
             await dead_letter(self.redis, source, dead, letter, str(exc), self.limits.dead_letters)
             return
         PUBSUB_MESSAGES.labels(kind=event.kind).inc()
-        await self._update_keys(event)
+        if event.progress is not None:
+            self._hold_progress(channel, raw, event)
+            return
         recorded = await self.events.record(channel, raw, event)
         # Only the data plane's failures need a signal (never the workflow's own), and only from the relay
         # that recorded the message first: several relays hear every message.
         if event.status == JobStatus.FAILED and event.source != CONTROL_SOURCE and recorded is not False:
             await self._detect_dataplane_failure(event.job_id)
 
-    async def _update_keys(self, event: JobEvent) -> None:
-        # A status message never sets job:<id>:status: only the workflow decides a job's fate (its snapshots
-        # write the key). Reported progress rises, clamped to what the job's open work can reach.
-        if event.progress is None:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        jobkeys.report_progress(pipe, self.bridge, event.job_id, event.progress)
-        await pipe.execute()
+    def _hold_progress(self, channel: bytes | str, raw: bytes | str, event: JobEvent) -> None:
+        assert event.progress is not None
+        held = self.progress.get(event.job_id)
+        if held is not None:
+            PUBSUB_MESSAGES.labels(kind="progress_folded").inc()
+            if held[2].progress is not None and held[2].progress >= event.progress:
+                return
+        self.progress[event.job_id] = (channel, raw, event)
+        self.progress_held.set()
+
+    async def record_progress(self, health: TaskHealth | None = None) -> None:
+        """Write the progress held, round after round, until cancelled (a supervised task).
+
+        A status message never sets job:<id>:status: only the workflow decides a job's fate (its snapshots write
+        the key). Reported progress rises, clamped to what the job's open work can reach."""
+        if health:
+            health.serving()
+        while True:
+            await self.progress_held.wait()
+            self.progress_held.clear()
+            held, self.progress = self.progress, {}
+            pipe = self.redis.pipeline(transaction=False)
+            for _, _, event in held.values():
+                assert event.progress is not None
+                jobkeys.report_progress(pipe, self.bridge, event.job_id, event.progress)
+            await pipe.execute()
+            for channel, raw, event in held.values():
+                await self.events.record(channel, raw, event)
 
     async def _detect_dataplane_failure(self, job_id: str) -> None:
         """The existing worker reports a failed node by status + job:<id> graph, without a handback."""

@@ -15,6 +15,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.bridge import BridgeActivities
 from core.contracts import contracts, python_timeouts, service_runtimes
+from core.metrics import PUBSUB_MESSAGES
 from core.store import Store, connect_pool
 from handoff.event_log import EventLog
 from handoff.listener import UNREADABLE_FAILURE, EventListener
@@ -212,9 +213,10 @@ async def test_events_published_while_postgresql_is_down_are_recorded_when_it_re
     relay = EventListener(stack.redis, log, stack.temporal, bridge)
     try:
         pg.stop()
-        for progress in (0.1, 0.2, 0.3, 0.4, 0.5):
-            channel = BRIDGE.channel("progress", job_id)
-            await relay.on_message(channel, json.dumps({"jobId": job_id, "progress": progress, "created": "1"}))
+        # Node outputs: each is an event of its own (progress is folded to its highest, see the next test).
+        for node in ("n1", "n2", "n3", "n4", "n5"):
+            channel = BRIDGE.channel("data", job_id)
+            await relay.on_message(channel, json.dumps({"jobId": job_id, "data": node, "created": "1"}))
         pg = Postgres(tmp_path / "pg")  # the same data folder, started again
         draining = asyncio.create_task(log.run())
         try:
@@ -226,7 +228,38 @@ async def test_events_published_while_postgresql_is_down_are_recorded_when_it_re
             events = await wait_for(all_five, timeout=30, what="the five delayed events")
         finally:
             draining.cancel()
-        assert sorted(e["progress"] for e in events) == [0.1, 0.2, 0.3, 0.4, 0.5]
+        assert sorted(e["data"] for e in events) == ["n1", "n2", "n3", "n4", "n5"]
     finally:
         await pool.close()
         pg.stop()
+
+
+async def test_a_burst_of_progress_is_folded_to_its_highest(stack, store):
+    """A data plane's burst of progress: the keys and the job's progress row get its highest value, in fewer writes
+    than messages; a lone message later is written at once."""
+    job_id = str(uuid.uuid4())
+    await store.create_job(job_id, {}, "custom")
+    bridge = dataclasses.replace(BRIDGE, key_prefix=f"t:{uuid.uuid4().hex}:")
+    relay = EventListener(stack.redis, EventLog(stack.redis, store, bridge, "burst"), stack.temporal, bridge)
+    folded = PUBSUB_MESSAGES.labels(kind="progress_folded")._value.get()
+    recorder = asyncio.create_task(relay.record_progress())
+    try:
+        channel = bridge.channel("progress", job_id)
+        for step in range(1, 101):
+            await relay.on_message(channel, json.dumps({"jobId": job_id, "progress": step / 200, "created": "1"}))
+
+        async def highest_recorded():
+            events = await store.events(job_id)
+            return events if any(e["progress"] == 0.5 for e in events) else None
+
+        await wait_for(highest_recorded, timeout=10, what="the burst's highest progress")
+        assert PUBSUB_MESSAGES.labels(kind="progress_folded")._value.get() - folded >= 90, "written one by one"
+        await relay.on_message(channel, json.dumps({"jobId": job_id, "progress": 0.75, "created": "2"}))
+
+        async def lone_recorded():
+            return [e for e in await store.events(job_id) if e["progress"] == 0.75]
+
+        await wait_for(lone_recorded, timeout=10, what="a lone progress message")
+    finally:
+        recorder.cancel()
+        await asyncio.gather(recorder, return_exceptions=True)
