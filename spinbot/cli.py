@@ -12,6 +12,7 @@ from typing import Annotated
 
 import asyncpg
 import typer
+import uvloop
 from temporalio.service import RPCError
 
 from core.contracts import ConfigError, contracts
@@ -48,7 +49,10 @@ def _start(role: str, temporal: bool = False):
 def _run(coro):
     """Run a role until it ends or Ctrl-C; an unreachable dependency is a clear message, not a traceback."""
     try:
-        return asyncio.run(coro)
+        # uvloop, as uvicorn runs the API: the Temporal SDK's threads wake the loop for every task they hand over,
+        # and uvloop coalesces those wake-ups instead of writing a byte to the self-pipe for each.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
     except KeyboardInterrupt:
         return None
     except (OSError, asyncpg.PostgresError, RuntimeError, RPCError) as exc:
