@@ -34,3 +34,14 @@ def test_the_api_role_does_not_load_the_cli_client():
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert loaded.stdout.strip() == "[]", loaded.stdout
+
+
+def test_roles_run_on_uvloop():
+    import asyncio
+
+    from spinbot.cli import _run
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert _run(loop_module()).startswith("uvloop")
