@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.floor import Shape
-from bench.load import LoadFigures
+from bench.load import STATUS_EVERY, LoadFigures
 from bench.report import Report, at_most, ms
 from bench.sizes import HistoryFigures
 from bench.soak import SoakFigures
@@ -54,7 +54,8 @@ def add_load(report: Report, load: LoadFigures, floor: float, shape: Shape) -> N
         f"{f['status_p50_ms']} / {f['status_p99_ms']} ms",
         f"p99 ≤ {STATUS_P99_GOAL_MS} ms",
         at_most(f["status_p99_ms"], STATUS_P99_GOAL_MS),
-        f"{len(load.status_lookups)} lookups, one at a time, while the {load.queued} queued jobs ran",
+        f"{len(load.status_lookups)} lookups, one every {STATUS_EVERY * 1000:.0f} ms,"
+        f" while the {load.queued} queued jobs ran",
     )
 
 
