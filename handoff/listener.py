@@ -23,6 +23,7 @@ from core import jobkeys
 from core.contracts import Bridge, ContractError, first_error
 from core.messages import JobEvent, channel_job, parse_event
 from core.metrics import PUBSUB_MESSAGES
+from core.redis import TRANSIENT
 from core.store import is_job_id
 from core.supervise import TaskHealth
 from core.temporal import RPC_TIMEOUT
@@ -36,6 +37,7 @@ from workflows.status import JobStatus
 
 log = logging.getLogger(__name__)
 
+PROGRESS_RETRY_SECONDS = 1.0
 UNREADABLE_FAILURE = "the data plane reported the job failed; the failed node's own error could not be read"
 
 
@@ -71,11 +73,12 @@ class EventListener:
         if event.status == JobStatus.FAILED and event.source != CONTROL_SOURCE and recorded is not False:
             await self._detect_dataplane_failure(event.job_id)
 
-    def _hold_progress(self, channel: bytes | str, raw: bytes | str, event: JobEvent) -> None:
+    def _hold_progress(self, channel: bytes | str, raw: bytes | str, event: JobEvent, again: bool = False) -> None:
         assert event.progress is not None
         held = self.progress.get(event.job_id)
         if held is not None:
-            PUBSUB_MESSAGES.labels(kind="progress_folded").inc()
+            if not again:
+                PUBSUB_MESSAGES.labels(kind="progress_folded").inc()
             if held[2].progress is not None and held[2].progress >= event.progress:
                 return
         self.progress[event.job_id] = (channel, raw, event)
@@ -92,13 +95,27 @@ class EventListener:
             await self.progress_held.wait()
             self.progress_held.clear()
             held, self.progress = self.progress, {}
-            pipe = self.redis.pipeline(transaction=False)
-            for _, _, event in held.values():
-                assert event.progress is not None
-                jobkeys.report_progress(pipe, self.bridge, event.job_id, event.progress)
-            await pipe.execute()
-            for channel, raw, event in held.values():
-                await self.events.record(channel, raw, event)
+            try:
+                await self._write_progress(held)
+            except TRANSIENT as exc:  # Redis gone (PostgreSQL's outages are the event log's): hold them again
+                log.warning("progress of %d job(s) not written (%s); retrying", len(held), exc)
+                if health:
+                    health.failing(exc)
+                for channel, raw, event in held.values():
+                    self._hold_progress(channel, raw, event, again=True)
+                await asyncio.sleep(PROGRESS_RETRY_SECONDS)
+            else:
+                if health:
+                    health.serving()
+
+    async def _write_progress(self, held: dict[str, tuple[bytes | str, bytes | str, JobEvent]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for _, _, event in held.values():
+            assert event.progress is not None
+            jobkeys.report_progress(pipe, self.bridge, event.job_id, event.progress)
+        await pipe.execute()
+        for channel, raw, event in held.values():
+            await self.events.record(channel, raw, event)
 
     async def _detect_dataplane_failure(self, job_id: str) -> None:
         """The existing worker reports a failed node by status + job:<id> graph, without a handback."""

@@ -263,3 +263,47 @@ async def test_a_burst_of_progress_is_folded_to_its_highest(stack, store):
     finally:
         recorder.cancel()
         await asyncio.gather(recorder, return_exceptions=True)
+
+
+async def test_progress_held_while_redis_is_down_is_written_when_it_returns(stack, store, tmp_path):
+    """The progress recorder survives a Redis outage: what it held waits (folded with what comes meanwhile), its
+    health says why, and it is written once Redis answers again."""
+    import redis.asyncio as aioredis
+
+    from core.supervise import TaskHealth
+    from spinbot.services import free_port, start_redis
+
+    port = free_port()
+    job_id = str(uuid.uuid4())
+    await store.create_job(job_id, {}, "custom")
+    # Nothing listens there yet; a plain client, whose commands fail at once instead of retrying for seconds
+    # (our clients retry for ~4-7 s, so only a longer outage reaches the recorder).
+    own = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
+    relay = EventListener(own, EventLog(own, store, BRIDGE, "outage"), stack.temporal, BRIDGE)
+    health = TaskHealth("progress-recorder")
+    recorder = asyncio.create_task(relay.record_progress(health))
+    channel = BRIDGE.channel("progress", job_id)
+    server = None
+    try:
+        await wait_for(lambda: _async(health.up), timeout=5, what="the recorder to start")
+        await relay.on_message(channel, json.dumps({"jobId": job_id, "progress": 0.3, "created": "1"}))
+        await wait_for(lambda: _async(not health.up), timeout=20, what="the recorder to report Redis down")
+        await relay.on_message(channel, json.dumps({"jobId": job_id, "progress": 0.4, "created": "1"}))
+        assert not recorder.done() and relay.progress[job_id][2].progress == 0.4, "held, folded with the newer"
+        server = start_redis(tmp_path / "redis", port, persist=False)
+
+        async def recorded():
+            return [e for e in await store.events(job_id) if e["progress"] == 0.4]
+
+        await wait_for(recorded, timeout=30, what="the held progress once Redis is back")
+        assert health.up
+    finally:
+        recorder.cancel()
+        await asyncio.gather(recorder, return_exceptions=True)
+        await own.aclose()
+        if server:
+            server.stop()
+
+
+async def _async(value):
+    return value
