@@ -77,10 +77,7 @@ def first_error(doc: Any, schema_file: str, definition: str | None = None) -> st
     checker = validator(schema_file, definition)
     if checker.is_valid(doc):  # the common case, without collecting errors
         return None
-    errors = sorted(checker.iter_errors(doc), key=lambda e: (len(e.path), list(map(str, e.path))))
-    if not errors:
-        return None
-    err = errors[0]
+    err = min(checker.iter_errors(doc), key=lambda e: (len(e.path), list(map(str, e.path))))
     where = "/".join(str(p) for p in err.absolute_path) or "(root)"
     return f"{where}: {err.message}"
 

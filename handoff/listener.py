@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 from temporalio.client import Client
@@ -24,6 +25,7 @@ from core.contracts import Bridge, ContractError, first_error
 from core.messages import JobEvent, channel_job, parse_event
 from core.metrics import PUBSUB_MESSAGES
 from core.redis import TRANSIENT
+from core.retry import retrying
 from core.store import is_job_id
 from core.supervise import TaskHealth
 from core.temporal import RPC_TIMEOUT
@@ -37,8 +39,15 @@ from workflows.status import JobStatus
 
 log = logging.getLogger(__name__)
 
-PROGRESS_RETRY_SECONDS = 1.0
 UNREADABLE_FAILURE = "the data plane reported the job failed; the failed node's own error could not be read"
+
+
+class Heard(NamedTuple):
+    """A pub/sub message as read, with what it says."""
+
+    channel: bytes | str
+    raw: bytes | str
+    event: JobEvent
 
 
 class EventListener:
@@ -46,7 +55,7 @@ class EventListener:
         self, redis: aioredis.Redis, events: EventLog, client: Client, bridge: Bridge, limits: WireLimits = WireLimits()
     ):
         self.redis, self.events, self.client, self.bridge, self.limits = redis, events, client, bridge, limits
-        self.progress: dict[str, tuple[bytes | str, bytes | str, JobEvent]] = {}  # per job, the highest not yet written
+        self.progress: dict[str, Heard] = {}  # per job, the highest progress message not yet written
         self.progress_held = asyncio.Event()
 
     async def on_message(self, channel: bytes | str, raw: bytes | str) -> None:
@@ -79,43 +88,40 @@ class EventListener:
         if held is not None:
             if not again:
                 PUBSUB_MESSAGES.labels(kind="progress_folded").inc()
-            if held[2].progress is not None and held[2].progress >= event.progress:
+            if held.event.progress is not None and held.event.progress >= event.progress:
                 return
-        self.progress[event.job_id] = (channel, raw, event)
+        self.progress[event.job_id] = Heard(channel, raw, event)
         self.progress_held.set()
 
     async def record_progress(self, health: TaskHealth | None = None) -> None:
-        """Write the progress held, round after round, until cancelled (a supervised task).
-
-        A status message never sets job:<id>:status: only the workflow decides a job's fate (its snapshots write
-        the key). Reported progress rises, clamped to what the job's open work can reach."""
-        if health:
-            health.serving()
+        """Write the progress held, round after round, until cancelled (a supervised task). While Redis is down,
+        what is held waits (folded with what arrives meanwhile) and the round is retried with the usual backoff."""
+        on_retry = health.failing if health else None
         while True:
+            if health:
+                health.serving()
             await self.progress_held.wait()
-            self.progress_held.clear()
-            held, self.progress = self.progress, {}
-            try:
-                await self._write_progress(held)
-            except TRANSIENT as exc:  # Redis gone (PostgreSQL's outages are the event log's): hold them again
-                log.warning("progress of %d job(s) not written (%s); retrying", len(held), exc)
-                if health:
-                    health.failing(exc)
-                for channel, raw, event in held.values():
-                    self._hold_progress(channel, raw, event, again=True)
-                await asyncio.sleep(PROGRESS_RETRY_SECONDS)
-            else:
-                if health:
-                    health.serving()
+            async for attempt in retrying("writing reported progress", TRANSIENT, on_retry=on_retry):
+                with attempt:
+                    await self._write_held_progress()
 
-    async def _write_progress(self, held: dict[str, tuple[bytes | str, bytes | str, JobEvent]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for _, _, event in held.values():
-            assert event.progress is not None
-            jobkeys.report_progress(pipe, self.bridge, event.job_id, event.progress)
-        await pipe.execute()
-        for channel, raw, event in held.values():
-            await self.events.record(channel, raw, event)
+    async def _write_held_progress(self) -> None:
+        """Reported progress rises in the keys, clamped to what the job's open work can reach; a status message
+        never sets job:<id>:status (only the workflow's snapshots do)."""
+        self.progress_held.clear()
+        held, self.progress = self.progress, {}
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for heard in held.values():
+                assert heard.event.progress is not None
+                jobkeys.report_progress(pipe, self.bridge, heard.event.job_id, heard.event.progress)
+            await pipe.execute()
+            for heard in held.values():
+                await self.events.record(*heard)
+        except TRANSIENT:  # Redis gone (PostgreSQL's outages are the event log's): held again for the next attempt
+            for heard in held.values():
+                self._hold_progress(*heard, again=True)
+            raise
 
     async def _detect_dataplane_failure(self, job_id: str) -> None:
         """The existing worker reports a failed node by status + job:<id> graph, without a handback."""

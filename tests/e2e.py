@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import uuid
 
@@ -31,10 +32,12 @@ async def outcome(stack, job_id: str, timeout: float = 30) -> tuple[str, str | N
 
 
 async def wait_for(predicate, timeout: float = 10, what: str = "condition"):
-    """Re-check an async predicate until it holds; for effects that arrive asynchronously (pub/sub)."""
+    """Re-check a predicate (plain or async) until it holds; for effects that arrive asynchronously (pub/sub)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        value = await predicate()
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if asyncio.get_running_loop().time() > deadline:

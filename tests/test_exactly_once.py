@@ -285,11 +285,11 @@ async def test_progress_held_while_redis_is_down_is_written_when_it_returns(stac
     channel = BRIDGE.channel("progress", job_id)
     server = None
     try:
-        await wait_for(lambda: _async(health.up), timeout=5, what="the recorder to start")
+        await wait_for(lambda: health.up, timeout=5, what="the recorder to start")
         await relay.on_message(channel, json.dumps({"jobId": job_id, "progress": 0.3, "created": "1"}))
-        await wait_for(lambda: _async(not health.up), timeout=20, what="the recorder to report Redis down")
+        await wait_for(lambda: not health.up, timeout=20, what="the recorder to report Redis down")
         await relay.on_message(channel, json.dumps({"jobId": job_id, "progress": 0.4, "created": "1"}))
-        assert not recorder.done() and relay.progress[job_id][2].progress == 0.4, "held, folded with the newer"
+        assert not recorder.done() and relay.progress[job_id].event.progress == 0.4, "held, folded with the newer"
         server = start_redis(tmp_path / "redis", port, persist=False)
 
         async def recorded():
@@ -303,7 +303,3 @@ async def test_progress_held_while_redis_is_down_is_written_when_it_returns(stac
         await own.aclose()
         if server:
             server.stop()
-
-
-async def _async(value):
-    return value

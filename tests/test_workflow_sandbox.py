@@ -12,7 +12,6 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from activities.bridge import BridgeActivities
 from core.contracts import contracts, python_timeouts, service_runtimes
 from core.settings import Settings
-from core.store import Store, connect_pool
 from spinbot.worker import workflow_runner
 from workflows.inputs import JobInput
 from workflows.job import JobWorkflow
@@ -30,7 +29,7 @@ def test_the_workers_run_workflows_unsandboxed_unless_the_setting_asks():
         assert isinstance(workflow_runner(Settings().workflow_sandbox), SandboxedWorkflowRunner)
 
 
-async def test_a_hybrid_job_completes_under_the_sandbox(stack):
+async def test_a_hybrid_job_completes_under_the_sandbox(stack, store):
     """The sandboxed runner still runs the real workflow: a node-plane and a python-plane node, handed back by the
     stack's data plane and relay."""
     job_id = str(uuid.uuid4())
@@ -47,20 +46,16 @@ async def test_a_hybrid_job_completes_under_the_sandbox(stack):
         "edges": [{"from": "script", "to": "py1"}],
     }  # fmt: skip
     job = JobInput(graph, service_runtimes(SPEC), 60, 1, python_timeouts(SPEC))
-    pool = await connect_pool(stack.settings.database_url)
-    bridge = BridgeActivities(stack.redis, Store(pool), SPEC.bridge)
-    try:
-        async with Worker(
-            stack.temporal,
-            task_queue=SANDBOXED_QUEUE,
-            workflows=[JobWorkflow],
-            activities=[bridge.sync_job],
-            workflow_runner=workflow_runner(True),
-        ):
-            result = await stack.temporal.execute_workflow(
-                JOB_WORKFLOW, job, id=job_id, task_queue=SANDBOXED_QUEUE, result_type=dict
-            )
-    finally:
-        await pool.close()
+    bridge = BridgeActivities(stack.redis, store, SPEC.bridge)
+    async with Worker(
+        stack.temporal,
+        task_queue=SANDBOXED_QUEUE,
+        workflows=[JobWorkflow],
+        activities=[bridge.sync_job],
+        workflow_runner=workflow_runner(True),
+    ):
+        result = await stack.temporal.execute_workflow(
+            JOB_WORKFLOW, job, id=job_id, task_queue=SANDBOXED_QUEUE, result_type=dict
+        )
     assert result["status"] == "completed"
     assert [node["status"] for node in result["graph"]["nodes"]] == ["completed", "completed"]
