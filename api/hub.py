@@ -9,9 +9,12 @@ disconnected instead of delaying anyone else. Statuses reach clients only from t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
-from dataclasses import dataclass, field
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from fastapi import WebSocket
@@ -33,6 +36,9 @@ QUEUE_LIMIT = 256
 CATCH_UP_CHUNK = 500  # jobs whose keys one round trip reads when catching up after a resubscribe
 SEND_TIMEOUT = 10.0
 SLOW_CLIENT_CLOSE = 1013  # "try again later": it fell too far behind
+# A progress bar needs no more than this many frames a second: progress between them is folded into the next push,
+# which is what keeps a burst of a hundred jobs' ticks from costing every client a hundred sends. Statuses go at once.
+PROGRESS_PUSHES_PER_SECOND = 10
 
 
 @dataclass
@@ -42,6 +48,8 @@ class JobView:
     status: str | None = None
     progress: float = 0.0
     error: dict | None = None
+    pushed_at: float = -math.inf  # the event loop's time of the last push
+    due: asyncio.TimerHandle | None = None  # the push that will carry progress held back meanwhile
 
     def update(self, job_id: str) -> dict:
         update: dict[str, object] = {
@@ -55,37 +63,67 @@ class JobView:
         return update
 
 
-@dataclass(eq=False)
 class Subscriber:
-    socket: WebSocket
-    jobs: set[str] = field(default_factory=set)
-    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
-    dropped: bool = False  # fell too far behind: its sender is cancelled and the socket closed with 1013
-    sender: asyncio.Task | None = None
+    """One client: what is still to be sent to it, and the task that sends it.
+
+    Updates are coalesced: the outbox holds at most one per job, the newest, so a client that reads slower than a
+    job changes gets fewer messages rather than a longer queue, and a burst costs each client a few sends at most.
+    Replies to the client's own messages are never coalesced; a client that keeps asking without reading them is
+    dropped, and so is one whose socket has taken nothing for `send_timeout` seconds.
+    """
+
+    def __init__(self, socket: WebSocket, send_timeout: float = SEND_TIMEOUT):
+        self.socket, self.send_timeout = socket, send_timeout
+        self.jobs: set[str] = set()
+        # job id -> its newest update, or reply number -> reply, in the order they are to be sent
+        self.outbox: OrderedDict[str | int, str] = OrderedDict()
+        self.replies = itertools.count()
+        self.waiting = asyncio.Event()
+        self.dropped = False  # fell too far behind: its sender has ended and the socket is closed with 1013
+        self.sender: asyncio.Task | None = None
 
     def start_sending(self) -> asyncio.Task:
         self.sender = asyncio.create_task(self.send_forever())
         return self.sender
 
+    def offer_update(self, job_id: str, message: str) -> None:
+        """Queue a job's newest state in place of any older one not yet sent (after what is queued, so a reply
+        about the job never follows a state newer than itself)."""
+        self.outbox.pop(job_id, None)
+        self.outbox[job_id] = message
+        self.waiting.set()
+
     def offer(self, message: str) -> bool:
-        """Queue a message without waiting; False when the client has fallen too far behind."""
+        """Queue a reply; False when the client has fallen too far behind (it is then dropped)."""
         if self.dropped:
             return False
-        try:
-            self.queue.put_nowait(message)
-            return True
-        except asyncio.QueueFull:
-            self.dropped = True
-            if self.sender is not None:
-                self.sender.cancel()  # ends the route's wait: one task fewer per socket than watching a flag
+        if len(self.outbox) >= QUEUE_LIMIT + len(self.jobs):
+            self._drop()
             return False
+        self.outbox[next(self.replies)] = message
+        self.waiting.set()
+        return True
+
+    def _drop(self) -> None:
+        self.dropped = True
+        WS_ERRORS.labels(kind="slow_client").inc()
+        if self.sender is not None and self.sender is not asyncio.current_task():
+            self.sender.cancel()  # ends the route's wait: one task fewer per socket than watching a flag
 
     async def send_forever(self) -> None:
         while True:
-            message = await self.queue.get()
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that lands as the send ends.
-            async with asyncio.timeout(SEND_TIMEOUT):
-                await self.socket.send_text(message)
+            if not self.outbox:
+                self.waiting.clear()
+                await self.waiting.wait()
+                continue
+            _, message = self.outbox.popitem(last=False)
+            try:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel as the send ends.
+                async with asyncio.timeout(self.send_timeout):
+                    await self.socket.send_text(message)  # waits while the socket's buffers are full
+            except TimeoutError:
+                self._drop()  # its socket took nothing for that long: stalled, or gone without a word
+                return
             WS_SENT.inc()
 
 
@@ -111,7 +149,9 @@ class Hub:
             watchers.discard(client)
             if not watchers:
                 del self.subscribers[job_id]
-                self.views.pop(job_id, None)
+                view = self.views.pop(job_id, None)
+                if view is not None and view.due is not None:
+                    view.due.cancel()
 
     def leave(self, client: Subscriber) -> None:
         for job_id in list(client.jobs):
@@ -150,26 +190,37 @@ class Hub:
         if event.status and event.source != CONTROL_SOURCE:
             return  # the workflow alone decides a job's fate: a data plane's `completed` may end only one segment
         if event.status:
+            if event.status == view.status and event.error in (None, view.error):
+                return  # a status the clients know already: not news
             view.status = event.status
             view.error = None
             if event.status == JobStatus.FAILED:
                 view.error = event.error or await self._failure(event.job_id)
+            self._push(event.job_id, view)
         elif event.progress is not None and event.progress > view.progress:
             view.progress = event.progress
-            if view.status is None:
-                return  # the initial state is still being read; it will carry this progress
+            if view.status is not None:  # else the initial state is still being read; it will carry this progress
+                self._push_progress(event.job_id, view)
+        # else: progress that would move backwards (or repeat) is not news
+
+    def _push_progress(self, job_id: str, view: JobView) -> None:
+        """Push now if the last push is old enough, else once it is (a push already due will carry this)."""
+        if view.due is not None:
+            return
+        wait = view.pushed_at + 1 / PROGRESS_PUSHES_PER_SECOND - asyncio.get_running_loop().time()
+        if wait <= 0:
+            self._push(job_id, view)
         else:
-            return  # progress that would move backwards (or repeat) is not news
-        self._push(event.job_id, view)
-        # Let senders drain between messages: a burst read in one go must not fill a reading client's queue.
-        await asyncio.sleep(0)
+            view.due = asyncio.get_running_loop().call_later(wait, self._push, job_id, view)
 
     def _push(self, job_id: str, view: JobView) -> None:
+        if view.due is not None:
+            view.due.cancel()  # this push carries the progress it was to carry
+            view.due = None
+        view.pushed_at = asyncio.get_running_loop().time()
         message = json.dumps(view.update(job_id))
-        for client in list(self.subscribers.get(job_id, ())):
-            if not client.offer(message):
-                WS_ERRORS.labels(kind="slow_client").inc()
-                self.leave(client)
+        for client in self.subscribers.get(job_id, ()):
+            client.offer_update(job_id, message)
 
     async def catch_up(self) -> None:
         """After (re)subscribing: push what changed while no message could arrive (a Redis restart, say)."""

@@ -14,7 +14,7 @@ from starlette.websockets import WebSocketState
 from api.auth import key_is_valid
 from api.deps import Backend, backend_of
 from api.errors import ApiError
-from api.hub import SEND_TIMEOUT, SLOW_CLIENT_CLOSE, Subscriber
+from api.hub import SLOW_CLIENT_CLOSE, Subscriber
 from api.jobs import job_status
 from core.contracts import ContractError
 from core.metrics import (
@@ -86,7 +86,7 @@ async def websocket(socket: WebSocket):
     if not await _authorised(socket, backend.settings.api_keys):
         await socket.close(code=POLICY_VIOLATION, reason="missing or invalid API key")
         return
-    client = Subscriber(socket)
+    client = Subscriber(socket, backend.settings.ws_send_timeout_seconds)
     sender = client.start_sending()
     WS_CONNECTIONS.inc()
     WS_CONNECTED.inc()
@@ -96,7 +96,7 @@ async def websocket(socket: WebSocket):
         _, pending = await asyncio.wait({sender, receiving}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
-        await asyncio.wait(pending, timeout=SEND_TIMEOUT)
+        await asyncio.wait(pending, timeout=client.send_timeout)
     finally:
         hub.leave(client)
         for task in (sender, receiving):
@@ -148,24 +148,19 @@ async def _receive_forever(backend: Backend, client: Subscriber) -> None:
         job_id = message.get("jobId") if message else None
         if not message or not isinstance(job_id, str) or not job_id or len(job_id) > 200:
             WS_ERRORS.labels(kind="bad_message").inc()
-            _reply(client, FAILED)
+            client.offer(FAILED)
         elif message["action"] == "subscribe" and (job_id in client.jobs or len(client.jobs) < MAX_SUBSCRIPTIONS):
             hub.subscribe(client, job_id)
-            _reply(client, _response("subscribed", job_id))
+            client.offer(_response("subscribed", job_id))
             status, progress, error = await _initial_state(backend, job_id)
-            _reply(client, hub.current(job_id, status, progress, error))
+            client.offer_update(job_id, hub.current(job_id, status, progress, error))
         elif message["action"] == "unsubscribe":
             hub.unsubscribe(client, job_id)
-            _reply(client, _response("unsubscribed", job_id))
+            client.offer(_response("unsubscribed", job_id))
         else:
             WS_ERRORS.labels(kind="bad_message").inc()
-            _reply(client, FAILED)
+            client.offer(FAILED)
 
 
 # A plain Starlette route: FastAPI's dependency machinery would stay alive for the whole life of every socket.
 router.add_websocket_route("/ws", websocket)
-
-
-def _reply(client: Subscriber, message: str) -> None:
-    if not client.offer(message):
-        WS_ERRORS.labels(kind="slow_client").inc()

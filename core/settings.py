@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     api_keep_alive_seconds: int = Field(default=5, ge=1)
     api_max_connections: int = Field(default=4096, ge=1)
     api_max_header_bytes: int = Field(default=64 << 10, ge=1024)
+    # A WebSocket client whose socket takes nothing for this long (it stopped reading) is closed with 1013.
+    ws_send_timeout_seconds: float = Field(default=10.0, gt=0)
     upload_max_bytes: int = 50 << 20
 
     llm_endpoint: str = "http://localhost:11434"

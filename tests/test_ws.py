@@ -12,6 +12,7 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -103,7 +104,13 @@ async def test_unsubscribe_stops_updates_for_that_job(stack):
         assert await leaving.recv() == {"action": "response", "message": "unsubscribed", "jobId": job_id}
         await publish(stack.redis, "progress", job_id, progress=0.5)
         await publish(stack.redis, "status", job_id, status="completed", source=CONTROL_SOURCE)
-        assert [m["status"] for m in await staying.updates_until(job_id)] == ["running", "completed"]
+        # The progress came within a tenth of a second of `running`: it is folded into `completed`, pushed at once.
+        assert (await staying.updates_until(job_id))[-1] == {
+            "type": "update",
+            "jobId": job_id,
+            "status": "completed",
+            "progress": 0.5,
+        }
         # The hub fanned both events out before `staying` got them: an update for `leaving` would come first.
         await leaving.send({"action": "subscribe", "jobId": other})
         assert await leaving.recv() == {"action": "response", "message": "subscribed", "jobId": other}
@@ -192,70 +199,69 @@ async def _small_buffer_socket(http_url: str) -> socket.socket:
     return sock
 
 
-async def _flood(stack, job_id: str, first: int, count: int, batch: int = 100) -> int:
-    """Publish `count` rising progress updates (step * 1e-6) in paced batches, as a chatty data plane would."""
-    for start in range(first, first + count, batch):
-        pipe = stack.redis.pipeline(transaction=False)
-        for step in range(start, min(start + batch, first + count)):
-            pipe.publish(BRIDGE.channel("progress", job_id), json.dumps({"jobId": job_id, "progress": step * 1e-6}))
-        await pipe.execute()
-        await asyncio.sleep(0.005)
-    return first + count
+async def _counter(stack, name: str, labels: tuple = (), api=None) -> float:
+    return (await metrics(api or stack.api)).get((name, labels), 0.0)
 
 
-async def _counter(stack, name: str, labels: tuple = ()) -> float:
-    return (await metrics(stack.api)).get((name, labels), 0.0)
+async def _slow_drops(stack, api=None) -> float:
+    return await _counter(stack, "websocket_errors_total", (("kind", "slow_client"),), api)
 
 
-async def _slow_drops(stack) -> float:
-    return await _counter(stack, "websocket_errors_total", (("kind", "slow_client"),))
+async def _flood(stack, job_ids: list[str], step: int) -> None:
+    """One rising progress update (step * 1e-6) for each of `job_ids`, in one pipeline."""
+    pipe = stack.redis.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.publish(BRIDGE.channel("progress", job_id), json.dumps({"jobId": job_id, "progress": step * 1e-6}))
+    await pipe.execute()
 
 
-async def _flood_until_the_sender_stalls(stack, job_id: str, chunk: int = 50) -> int:
-    """Flood a job only the slow client follows, a chunk at a time, until the server cannot write a chunk out."""
-    step = 1
-    while step < 20_000:
-        sent = await _counter(stack, "websocket_messages_sent_total")
-        step = await _flood(stack, job_id, step, chunk)
-        deadline = time.monotonic() + 0.5
-        while await _counter(stack, "websocket_messages_sent_total") - sent < chunk:
-            if time.monotonic() > deadline:
-                return step  # at most one chunk waits in its queue: stalled, not yet dropped
-            await asyncio.sleep(0.01)
+async def _flood_until_the_sender_stalls(stack, api, job_ids: list[str]) -> None:
+    """Flood jobs only the slow client follows, a round each time their pushes are due, until a round's updates
+    are no longer written out: the socket's buffers are full and the send waits."""
+    for step in range(1, 2000):
+        sent = await _counter(stack, "websocket_messages_sent_total", api=api)
+        await _flood(stack, job_ids, step)
+        await asyncio.sleep(0.15)  # past the hub's progress interval: every job's update is pushed
+        if await _counter(stack, "websocket_messages_sent_total", api=api) == sent:
+            return
     raise AssertionError("the server never stopped writing to a client that does not read")
 
 
 async def test_a_client_that_stops_reading_is_dropped_without_delaying_the_others(stack, llm):
-    flood_id = "flood-" + uuid.uuid4().hex + "x" * 162  # the longest job id makes each update as big as it gets
-    slow_drops = await _slow_drops(stack)
-    sock = await _small_buffer_socket(stack.api_url)
+    send_timeout = 4.0
+    settings = stack.settings.model_copy(update={"ws_send_timeout_seconds": send_timeout})
+    # The longest job ids make each update as big as it gets; 300 jobs fill the socket's buffers in a few rounds.
+    flood_ids = [f"flood-{i:03d}-" + uuid.uuid4().hex + "x" * 158 for i in range(300)]
     async with (
+        api_replica(settings, stack.temporal) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as api,
         completions_on_redis(stack.redis) as completed_at,
-        ws_client(stack.api_url, sock=sock, max_queue=1, compression=None) as slow,
-        ws_clients(stack.api_url, 3) as fast,
+        ws_client(url, sock=await _small_buffer_socket(url), max_queue=1, compression=None) as slow,
+        ws_clients(url, 3) as fast,
     ):
+        slow_drops = await _slow_drops(stack, api)
         async with stack.no_dataplane():  # the job stays busy (running) until the data plane comes back
-            await slow.subscribe(flood_id)
+            for flood_id in flood_ids:
+                await slow.subscribe(flood_id)
             job_id = await submit(stack, SADTALKER)
             for client in (slow, *fast):
                 await client.subscribe(job_id)
-            step = await _flood_until_the_sender_stalls(stack, flood_id)
-            assert await _slow_drops(stack) == slow_drops, "dropped before it stalled"
+            await _flood_until_the_sender_stalls(stack, api, flood_ids)
+            stalled = time.monotonic()
 
         finals = await asyncio.wait_for(
             asyncio.gather(*(client.updates_until(job_id, timeout=20) for client in fast)), 30
         )
-        for client, updates in zip(fast, finals, strict=False):
+        for client, updates in zip(fast, finals, strict=True):
             assert updates[-1]["progress"] == 1.0
             assert client.received[-1][0] - completed_at[job_id] < 0.5, "a stalled client delayed the others"
-        assert await _slow_drops(stack) == slow_drops, "completed was pushed past a stalled client"
+        if time.monotonic() - stalled < send_timeout - 0.5:
+            assert await _slow_drops(stack, api) == slow_drops, "dropped before its send timed out"
 
         async def dropped():
-            nonlocal step
-            step = await _flood(stack, flood_id, step, 100)
-            return await _slow_drops(stack) > slow_drops
+            return await _slow_drops(stack, api) > slow_drops
 
-        await wait_for(dropped, timeout=10, what="the stalled client to overflow its queue and be dropped")
+        await wait_for(dropped, timeout=send_timeout + 5, what="the stalled client to be dropped")
         # Its close frame queues behind the data it never read; once it reads them, the connection ends.
         assert await slow.close_code(timeout=20) in (TRY_AGAIN_LATER, ABNORMAL_CLOSURE)
 
@@ -358,14 +364,39 @@ async def _read_burst(client, last_step: int) -> str | int:
     return await asyncio.wait_for(read(), 5)
 
 
-async def test_a_burst_of_updates_does_not_drop_a_client_that_reads(stack):
+async def test_a_burst_of_updates_reaches_a_client_folded_into_a_few_sends(stack):
     job_id = "burst-" + uuid.uuid4().hex
     slow_drops = await _slow_drops(stack)
     async with ws_client(stack.api_url) as client:
         await client.subscribe(job_id)
+        await publish(stack.redis, "status", job_id, status="running", source=CONTROL_SOURCE)
+        assert (await client.recv())["status"] == "running"
         await _burst(stack, job_id, 1000)
         assert await _read_burst(client, 1000) == "served"
+    updates = [message for _, message in client.received[3:]]
+    assert len(updates) <= 5, f"1,000 updates read in one go cost {len(updates)} sends"  # each was sent before
+    assert [u["progress"] for u in updates] == sorted({u["progress"] for u in updates})
     assert await _slow_drops(stack) == slow_drops
+
+
+async def test_progress_is_pushed_at_most_ten_times_a_second_and_statuses_at_once(stack):
+    job_id = "ticks-" + uuid.uuid4().hex
+    async with ws_client(stack.api_url) as client:
+        await client.subscribe(job_id)
+        for _ in range(2):  # the second is no news: not pushed
+            await publish(stack.redis, "status", job_id, status="running", source=CONTROL_SOURCE)
+        started = time.monotonic()
+        for step in range(1, 61):  # a chatty data plane: a tick every 10 ms
+            await publish(stack.redis, "progress", job_id, progress=step / 100)
+            await asyncio.sleep(0.01)
+        elapsed = time.monotonic() - started
+        await publish(stack.redis, "status", job_id, status="completed", source=CONTROL_SOURCE)
+        updates = await client.updates_until(job_id, timeout=10)
+    assert [u["status"] for u in updates].count("running") == len(updates) - 1
+    assert updates[-1] == {"type": "update", "jobId": job_id, "status": "completed", "progress": 0.6}
+    progress = [u["progress"] for u in updates[1:-1]]  # the first is `running` itself
+    assert progress == sorted(set(progress)) and progress, "progress was pushed, rising"
+    assert len(progress) <= elapsed * 10 + 1, f"{len(progress)} pushes in {elapsed:.2f} s"  # was one per tick
 
 
 async def test_a_client_hit_by_a_burst_is_served_or_closed_never_left_hanging(stack):
