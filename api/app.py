@@ -51,7 +51,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         redis = redis_client(settings.redis_url)
         pool = await connect_pool(settings.database_url)
         client = temporal or await connect(settings.temporal_address, settings.temporal_namespace)
-        hub = Hub(spec.bridge, redis, settings.max_entry_bytes)
+        hub = Hub(spec.bridge, redis, settings.max_entry_bytes, settings.ws_progress_pushes_per_second)
         tasks = Supervisor()
 
         async def push_updates(health: TaskHealth) -> None:

@@ -36,9 +36,6 @@ QUEUE_LIMIT = 256
 CATCH_UP_CHUNK = 500  # jobs whose keys one round trip reads when catching up after a resubscribe
 SEND_TIMEOUT = 10.0
 SLOW_CLIENT_CLOSE = 1013  # "try again later": it fell too far behind
-# A progress bar needs no more than this many frames a second: progress between them is folded into the next push,
-# which is what keeps a burst of a hundred jobs' ticks from costing every client a hundred sends. Statuses go at once.
-PROGRESS_PUSHES_PER_SECOND = 10
 
 
 @dataclass
@@ -128,8 +125,17 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self, bridge: Bridge, redis: aioredis.Redis | None = None, max_bytes: int = WireLimits.max_bytes):
+    def __init__(
+        self,
+        bridge: Bridge,
+        redis: aioredis.Redis | None = None,
+        max_bytes: int = WireLimits.max_bytes,
+        progress_pushes_per_second: float = 10,
+    ):
         self.bridge, self.max_bytes = bridge, max_bytes
+        # A progress bar needs no more frames than this: progress between them is folded into the next push, which
+        # keeps a burst of ticks from costing every client a send each. 0: every rise is pushed. Statuses go at once.
+        self.progress_interval = 1 / progress_pushes_per_second if progress_pushes_per_second else 0.0
         self.redis = redis  # to read why a job failed when its `failed` status does not say, and to catch up
         self.subscribers: dict[str, set[Subscriber]] = {}
         self.views: dict[str, JobView] = {}
@@ -207,7 +213,7 @@ class Hub:
         """Push now if the last push is old enough, else once it is (a push already due will carry this)."""
         if view.due is not None:
             return
-        wait = view.pushed_at + 1 / PROGRESS_PUSHES_PER_SECOND - asyncio.get_running_loop().time()
+        wait = view.pushed_at + self.progress_interval - asyncio.get_running_loop().time()
         if wait <= 0:
             self._push(job_id, view)
         else:

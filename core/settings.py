@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     api_max_header_bytes: int = Field(default=64 << 10, ge=1024)
     # A WebSocket client whose socket takes nothing for this long (it stopped reading) is closed with 1013.
     ws_send_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Progress pushed to WebSocket clients at most this often per job (statuses always at once); 0: every rise.
+    ws_progress_pushes_per_second: float = Field(default=10.0, ge=0)
     upload_max_bytes: int = 50 << 20
 
     llm_endpoint: str = "http://localhost:11434"
@@ -89,7 +91,7 @@ class Settings(BaseSettings):
     # Dead letters older than this are trimmed.
     dead_letter_retention_hours: float = Field(default=7 * 24, ge=0)
     # job_events keeps at most one progress row per job per this many seconds (the highest progress reported in
-    # it); every progress message still reaches WebSocket clients and job:<id>:progress. 0: one row per message.
+    # it); job:<id>:progress still gets every one. 0: one row per message.
     progress_event_seconds: float = Field(default=5.0, ge=0)
     # How often each relay applies the retention settings above (trims streams, deletes expired events).
     cleanup_interval_seconds: float = Field(default=30.0, gt=0)
