@@ -75,6 +75,7 @@ class Subscriber:
         # job id -> its newest update, or reply number -> reply, in the order they are to be sent
         self.outbox: OrderedDict[str | int, str] = OrderedDict()
         self.replies = itertools.count()
+        self.replies_queued = 0  # bounded: updates are bounded by the jobs followed, replies by this
         self.waiting = asyncio.Event()
         self.dropped = False  # fell too far behind: its sender has ended and the socket is closed with 1013
         self.sender: asyncio.Task | None = None
@@ -94,10 +95,11 @@ class Subscriber:
         """Queue a reply; False when the client has fallen too far behind (it is then dropped)."""
         if self.dropped:
             return False
-        if len(self.outbox) >= QUEUE_LIMIT + len(self.jobs):
+        if self.replies_queued >= QUEUE_LIMIT:
             self._drop()
             return False
         self.outbox[next(self.replies)] = message
+        self.replies_queued += 1
         self.waiting.set()
         return True
 
@@ -113,7 +115,9 @@ class Subscriber:
                 self.waiting.clear()
                 await self.waiting.wait()
                 continue
-            _, message = self.outbox.popitem(last=False)
+            key, message = self.outbox.popitem(last=False)
+            if isinstance(key, int):
+                self.replies_queued -= 1
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel as the send ends.
                 async with asyncio.timeout(self.send_timeout):
@@ -198,16 +202,25 @@ class Hub:
         if event.status:
             if event.status == view.status and event.error in (None, view.error):
                 return  # a status the clients know already: not news
-            view.status = event.status
-            view.error = None
-            if event.status == JobStatus.FAILED:
-                view.error = event.error or await self._failure(event.job_id)
-            self._push(event.job_id, view)
+            await self._new_status(event.job_id, event.status, event.error)
         elif event.progress is not None and event.progress > view.progress:
             view.progress = event.progress
             if view.status is not None:  # else the initial state is still being read; it will carry this progress
                 self._push_progress(event.job_id, view)
         # else: progress that would move backwards (or repeat) is not news
+
+    async def _new_status(self, job_id: str, status: str, error: dict | None) -> None:
+        """Tell a job's watchers of its status. A failure's error is read before the view is touched, so nothing
+        pushed meanwhile (a progress push falling due, a new subscriber's current state) says `failed` without it."""
+        if status != JobStatus.FAILED:
+            error = None
+        elif error is None:
+            error = await self._failure(job_id)
+        view = self.views.get(job_id)  # after the wait: its watchers may all have left, and new ones begun a view
+        if view is None or job_id not in self.subscribers or (status == view.status and error == view.error):
+            return
+        view.status, view.error = status, error
+        self._push(job_id, view)
 
     def _push_progress(self, job_id: str, view: JobView) -> None:
         """Push now if the last push is old enough, else once it is (a push already due will carry this)."""
@@ -246,10 +259,9 @@ class Hub:
         if view is None or view.status is None or job_id not in self.subscribers:
             return  # unsubscribed meanwhile, or its initial state is still being read
         stored = clamp_progress(progress) if progress is not None else view.progress
-        if (status is None or status == view.status) and stored <= view.progress:
-            return
-        if status and status != view.status:
-            view.status = status
-            view.error = await self._failure(job_id) if status == JobStatus.FAILED else None
+        rose = stored > view.progress
         view.progress = max(view.progress, stored)
-        self._push(job_id, view)
+        if status and status != view.status:
+            await self._new_status(job_id, status, None)  # its push carries the progress too
+        elif rose:
+            self._push(job_id, view)

@@ -8,7 +8,6 @@ the *_before_patches ones predate the `workflow.patched` changes and are kept so
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,13 @@ from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
-from workflows.inputs import JobInput
+from tests.altered_workflows import (
+    ExtraTimerJobWorkflow,
+    SkipsFirstSyncJobWorkflow,
+    UnchangedJobWorkflow,
+    WallClockJobWorkflow,
+)
 from workflows.job import JobWorkflow
-from workflows.names import JOB_WORKFLOW
 
 HISTORIES = Path(__file__).parent / "histories"
 COMMITTED = sorted(HISTORIES.glob("*.json"))
@@ -36,54 +39,7 @@ async def test_committed_history_replays(path):
     await Replayer(workflows=[JobWorkflow]).replay_workflow(committed(path))
 
 
-# --- a non-deterministic change is caught -------------------------------------------------------
-# Altered copies of the workflow, registered under its real name so the recorded histories replay against them.
-
-
-@workflow.defn(name=JOB_WORKFLOW)
-class UnchangedJobWorkflow(JobWorkflow):
-    """The control: the same subclassing and registration, no change; every history must still replay."""
-
-    @workflow.run
-    async def run(self, job: JobInput) -> dict:
-        return await super().run(job)
-
-
-@workflow.defn(name=JOB_WORKFLOW)
-class ExtraTimerJobWorkflow(JobWorkflow):
-    """Waits on a timer before anything else: a command the recorded runs never issued."""
-
-    @workflow.run
-    async def run(self, job: JobInput) -> dict:
-        await workflow.sleep(timedelta(seconds=1))
-        return await super().run(job)
-
-
-@workflow.defn(name=JOB_WORKFLOW)
-class WallClockJobWorkflow(JobWorkflow):
-    """Reads the machine's clock, which a replay elsewhere would read differently."""
-
-    @workflow.run
-    async def run(self, job: JobInput) -> dict:
-        self.started_at = datetime.now()
-        return await super().run(job)
-
-
-@workflow.defn(name=JOB_WORKFLOW)
-class SkipsFirstSyncJobWorkflow(JobWorkflow):
-    """Leaves out the first persistence step (a local activity) the recorded runs took."""
-
-    skipped = False
-
-    @workflow.run
-    async def run(self, job: JobInput) -> dict:
-        return await super().run(job)
-
-    async def _sync(self, *args, **kwargs) -> None:
-        if not self.skipped:
-            self.skipped = True
-            return
-        await super()._sync(*args, **kwargs)
+# --- a non-deterministic change is caught (the altered workflows: tests/altered_workflows.py) ----------------
 
 
 @pytest.mark.parametrize("path", ALTERED_AGAINST, ids=lambda p: p.stem)
