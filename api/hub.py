@@ -1,9 +1,9 @@
 """The WebSocket hub: pub/sub events pushed to the clients subscribed to each job, as they happen.
 
 Each API replica subscribes to the status and progress channels itself and serves only its own
-clients. A client gets a bounded queue and a sender task of its own, so a slow or dead client is
+clients. A client gets an outbox and a sender task of its own, so a slow or dead client is
 disconnected instead of delaying anyone else. Statuses reach clients only from the control plane
-(`source: control-plane`); the data plane's progress is forwarded as it comes.
+(`source: control-plane`), at once; progress at most `progress_pushes_per_second` times a second per job.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from workflows.status import JobStatus
 log = logging.getLogger(__name__)
 
 HUB_LISTENER = "hub-listener"  # the supervised task that feeds the hub from pub/sub
-QUEUE_LIMIT = 256
+QUEUE_LIMIT = 256  # answers to a client's own messages it has not read yet
 CATCH_UP_CHUNK = 500  # jobs whose keys one round trip reads when catching up after a resubscribe
 SEND_TIMEOUT = 10.0
 SLOW_CLIENT_CLOSE = 1013  # "try again later": it fell too far behind
