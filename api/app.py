@@ -26,7 +26,7 @@ from api.routes_catalog import router as catalog_router
 from api.routes_control import router as control_router
 from api.routes_jobs import router as jobs_router
 from api.routes_uploads import router as uploads_router
-from api.routes_ws import router as ws_router
+from api.routes_ws import WebSocketEndpoint
 from core.contracts import contracts, service_runtimes
 from core.pubsub import subscribe_forever
 from core.redis import redis_client
@@ -94,6 +94,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         allow_credentials=False,
     )
     app.add_middleware(RequestMetrics)
+    app.add_middleware(WebSocketEndpoint)
 
     @app.get("/health", response_model=Health, tags=["ops"])
     async def health():
@@ -103,7 +104,6 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         app.include_router(
             router, dependencies=[Depends(require_key)], responses={401: error_response("Missing or invalid API key")}
         )
-    app.include_router(ws_router)
     app.include_router(readiness_router)
     app.include_router(metrics_router)
     app.include_router(download_router)

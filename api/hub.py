@@ -38,6 +38,10 @@ SEND_TIMEOUT = 10.0
 SLOW_CLIENT_CLOSE = 1013  # "try again later": it fell too far behind
 
 
+class ClientTooSlow(Exception):
+    """How a client's sender ends when the client has fallen too far behind."""
+
+
 @dataclass
 class JobView:
     """What clients have been told about a job; progress shown never moves backwards."""
@@ -61,7 +65,7 @@ class JobView:
 
 
 class Subscriber:
-    """One client: what is still to be sent to it, and the task that sends it.
+    """One client: what is still to be sent to it, and the loop that sends it (a task of its own, started by the route).
 
     Updates are coalesced: the outbox holds at most one per job, the newest, so a client that reads slower than a
     job changes gets fewer messages rather than a longer queue, and a burst costs each client a few sends at most.
@@ -77,12 +81,7 @@ class Subscriber:
         self.replies = itertools.count()
         self.replies_queued = 0  # bounded: updates are bounded by the jobs followed, replies by this
         self.waiting = asyncio.Event()
-        self.dropped = False  # fell too far behind: its sender has ended and the socket is closed with 1013
-        self.sender: asyncio.Task | None = None
-
-    def start_sending(self) -> asyncio.Task:
-        self.sender = asyncio.create_task(self.send_forever())
-        return self.sender
+        self.dropped = False  # fell too far behind: its sender ends and the socket is closed with 1013
 
     def offer_update(self, job_id: str, message: str) -> None:
         """Queue a job's newest state in place of any older one not yet sent (after what is queued, so a reply
@@ -106,11 +105,11 @@ class Subscriber:
     def _drop(self) -> None:
         self.dropped = True
         WS_ERRORS.labels(kind="slow_client").inc()
-        if self.sender is not None and self.sender is not asyncio.current_task():
-            self.sender.cancel()  # ends the route's wait: one task fewer per socket than watching a flag
+        self.waiting.set()  # its sender wakes up and ends
 
     async def send_forever(self) -> None:
-        while True:
+        """Send what is queued as the socket takes it; raises ClientTooSlow once the client is dropped."""
+        while not self.dropped:
             if not self.outbox:
                 self.waiting.clear()
                 await self.waiting.wait()
@@ -124,8 +123,9 @@ class Subscriber:
                     await self.socket.send_text(message)  # waits while the socket's buffers are full
             except TimeoutError:
                 self._drop()  # its socket took nothing for that long: stalled, or gone without a word
-                return
-            WS_SENT.inc()
+            else:
+                WS_SENT.inc()
+        raise ClientTooSlow
 
 
 class Hub:

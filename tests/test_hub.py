@@ -69,10 +69,13 @@ def message(kind: str, job_id: str, **payload) -> tuple[bytes, bytes]:
     return BRIDGE.channel(kind, job_id).encode(), json.dumps({"jobId": job_id, **payload, "created": "1"}).encode()
 
 
+SENDERS: dict[Subscriber, asyncio.Task] = {}
+
+
 async def follow(hub: Hub, job_id: str, status: str = "running", progress: float = 0.0) -> Subscriber:
     """A client subscribed to `job_id` whose current state was read as (status, progress)."""
     client = Subscriber(RecordingSocket())  # type: ignore[arg-type]
-    client.start_sending()
+    SENDERS[client] = asyncio.create_task(client.send_forever())
     hub.subscribe(client, job_id)
     client.offer_update(job_id, hub.current(job_id, status, progress))
     return client
@@ -80,8 +83,7 @@ async def follow(hub: Hub, job_id: str, status: str = "running", progress: float
 
 def stop(*clients: Subscriber) -> None:
     for client in clients:
-        assert client.sender is not None
-        client.sender.cancel()
+        SENDERS.pop(client).cancel()
 
 
 def seen(client: Subscriber) -> list[tuple]:
@@ -126,7 +128,7 @@ async def test_watchers_who_come_while_a_failure_is_read_get_no_older_state(redi
 async def test_a_client_that_reads_may_leave_many_busy_jobs_at_once():
     hub = Hub(BRIDGE)
     client = Subscriber(RecordingSocket(stalled=True))  # type: ignore[arg-type]
-    client.start_sending()
+    SENDERS[client] = asyncio.create_task(client.send_forever())
     jobs = [f"job-{i}" for i in range(1000)]
     for job_id in jobs:  # a slow link: an update of each is still queued
         hub.subscribe(client, job_id)
@@ -139,3 +141,4 @@ async def test_a_client_that_reads_may_leave_many_busy_jobs_at_once():
     for job_id in jobs[QUEUE_LIMIT - 1 :]:
         client.offer(json.dumps({"action": "response", "message": "unsubscribed", "jobId": job_id}))
     assert client.dropped, "a client that never reads its answers is still dropped"
+    stop(client)
