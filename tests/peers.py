@@ -1,4 +1,4 @@
-"""Small real peers for programs we only talk to: an HTTP server speaking Ollama's /api/generate."""
+"""Small real peers for programs we only talk to: Ollama's /api/generate over HTTP, a locked Temporal frontend."""
 
 from __future__ import annotations
 
@@ -6,6 +6,22 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    AddSearchAttributesResponse,
+    ListSearchAttributesRequest,
+    ListSearchAttributesResponse,
+)
+from temporalio.api.workflowservice.v1 import (
+    CountWorkflowExecutionsRequest,
+    CountWorkflowExecutionsResponse,
+    GetSystemInfoRequest,
+    GetSystemInfoResponse,
+)
+from temporalio.service import RPCStatusCode
+
+from tests.grpc_peer import GrpcServer, RpcAborted
 
 
 class OllamaPeer:
@@ -81,61 +97,50 @@ class OllamaPeer:
 class LockedTemporalPeer:
     """A Temporal frontend over gRPC that, like Temporal Cloud, refuses to manage search attributes.
 
-    `list_status`/`add_status` are the gRPC codes ListSearchAttributes/AddSearchAttributes answer with (None: OK,
+    `list_status`/`add_status` are the status codes ListSearchAttributes/AddSearchAttributes answer with (None: OK,
     nothing defined); `defined` are the attributes a visibility query (CountWorkflowExecutions) accepts.
     """
 
-    def __init__(self, list_status=None, add_status=None, defined: tuple[str, ...] = ()):
-        from concurrent import futures
-
-        import grpc
-        from temporalio.api.operatorservice.v1 import (
-            ListSearchAttributesResponse,
-        )
-        from temporalio.api.operatorservice.v1 import (
-            service_pb2_grpc as operator_grpc,
-        )
-        from temporalio.api.workflowservice.v1 import (
-            CountWorkflowExecutionsResponse,
-            GetSystemInfoResponse,
-        )
-        from temporalio.api.workflowservice.v1 import (
-            service_pb2_grpc as workflow_grpc,
-        )
-
+    def __init__(
+        self,
+        list_status: RPCStatusCode | None = None,
+        add_status: RPCStatusCode | None = None,
+        defined: tuple[str, ...] = (),
+    ):
         self.calls: list[str] = []
-        peer = self
 
-        class Operator(operator_grpc.OperatorServiceServicer):
-            def ListSearchAttributes(self, request, context):
-                peer.calls.append("ListSearchAttributes")
-                if list_status:
-                    context.abort(list_status, "Request unauthorized.")
-                return ListSearchAttributesResponse()
+        def list_search_attributes(request: ListSearchAttributesRequest) -> ListSearchAttributesResponse:
+            self.calls.append("ListSearchAttributes")
+            if list_status:
+                raise RpcAborted(list_status, "Request unauthorized.")
+            return ListSearchAttributesResponse()
 
-            def AddSearchAttributes(self, request, context):
-                peer.calls.append("AddSearchAttributes")
-                context.abort(add_status or grpc.StatusCode.PERMISSION_DENIED, "Request unauthorized.")
+        def add_search_attributes(request: AddSearchAttributesRequest) -> AddSearchAttributesResponse:
+            self.calls.append("AddSearchAttributes")
+            raise RpcAborted(add_status or RPCStatusCode.PERMISSION_DENIED, "Request unauthorized.")
 
-        class Frontend(workflow_grpc.WorkflowServiceServicer):
-            def GetSystemInfo(self, request, context):
-                return GetSystemInfoResponse()
+        def count_workflow_executions(request: CountWorkflowExecutionsRequest) -> CountWorkflowExecutionsResponse:
+            self.calls.append(f"CountWorkflowExecutions {request.query}")
+            name = request.query.split(" ")[0]
+            if name not in defined:
+                raise RpcAborted(RPCStatusCode.INVALID_ARGUMENT, f"invalid query: invalid search attribute: {name}")
+            return CountWorkflowExecutionsResponse(count=0)
 
-            def CountWorkflowExecutions(self, request, context):
-                peer.calls.append(f"CountWorkflowExecutions {request.query}")
-                name = request.query.split(" ")[0]
-                if name not in defined:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid query: invalid search attribute: {name}")
-                return CountWorkflowExecutionsResponse(count=0)
-
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        operator_grpc.add_OperatorServiceServicer_to_server(Operator(), self.server)  # type: ignore[abstract]
-        workflow_grpc.add_WorkflowServiceServicer_to_server(Frontend(), self.server)  # type: ignore[abstract]
-        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        operator = "/temporal.api.operatorservice.v1.OperatorService/"
+        frontend = "/temporal.api.workflowservice.v1.WorkflowService/"
+        self.server = GrpcServer(
+            {
+                operator + "ListSearchAttributes": (ListSearchAttributesRequest, list_search_attributes),
+                operator + "AddSearchAttributes": (AddSearchAttributesRequest, add_search_attributes),
+                frontend + "GetSystemInfo": (GetSystemInfoRequest, lambda request: GetSystemInfoResponse()),
+                frontend + "CountWorkflowExecutions": (CountWorkflowExecutionsRequest, count_workflow_executions),
+            }
+        )
+        self.address = self.server.address
 
     def __enter__(self) -> LockedTemporalPeer:
         self.server.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.stop(grace=None)
+        self.server.close()

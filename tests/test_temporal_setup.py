@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 
-import grpc
 import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.service import RPCStatusCode
 
 from core.search_attributes import SearchAttributesMissing, ensure_search_attributes
 from core.temporal import TemporalConfigError, connect, connect_options
@@ -86,7 +86,7 @@ async def test_a_worker_registers_them_reaching_temporal_through_the_sdk_environ
 
 @pytest.mark.parametrize(
     "list_status, add_status",
-    [(None, grpc.StatusCode.PERMISSION_DENIED), (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED)],
+    [(None, RPCStatusCode.PERMISSION_DENIED), (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNIMPLEMENTED)],
     ids=["add-denied", "list-and-add-denied"],
 )
 @pytest.mark.parametrize("role", [["worker", "--workflows"], ["api"]])
@@ -114,13 +114,13 @@ def test_where_registering_is_forbidden_startup_fails_naming_what_to_create(
 
 async def test_where_listing_is_forbidden_existing_attributes_are_found_by_query(clean_env):
     """Temporal Cloud with the attributes created beforehand: nothing to add, start-up goes on."""
-    with LockedTemporalPeer(grpc.StatusCode.PERMISSION_DENIED, defined=SEARCH_ATTRIBUTES) as peer:
+    with LockedTemporalPeer(RPCStatusCode.PERMISSION_DENIED, defined=SEARCH_ATTRIBUTES) as peer:
         client = await connect(peer.address)
         assert await ensure_search_attributes(client) == []
         assert "AddSearchAttributes" not in peer.calls
         assert any(call.startswith("CountWorkflowExecutions JobStatus") for call in peer.calls)
 
-    with LockedTemporalPeer(grpc.StatusCode.PERMISSION_DENIED, defined=("JobStatus",)) as peer:
+    with LockedTemporalPeer(RPCStatusCode.PERMISSION_DENIED, defined=("JobStatus",)) as peer:
         client = await connect(peer.address)
         with pytest.raises(SearchAttributesMissing, match=r"search attributes JobPipeline \(Keyword\) are missing"):
             await ensure_search_attributes(client)
