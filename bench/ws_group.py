@@ -5,12 +5,9 @@ on other machines would, so a thousand clients' frames do not queue behind each 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import time
 from multiprocessing.connection import Connection
 
-from tests.ws_clients import WsClient, ws_client
+from bench.ws_client import BenchClient
 from workflows.status import JobStatus
 
 CONNECTS_AT_ONCE = 25
@@ -20,14 +17,9 @@ def run_group(api_url: str, count: int, offset: int, pipe: Connection) -> None:
     asyncio.run(Group(api_url, count, offset, pipe).run())
 
 
-async def completed_arrival(client: WsClient, timeout: float) -> float:
-    """When `completed` arrived; frames are read raw and only that one is parsed."""
-    async with asyncio.timeout(timeout):
-        while True:
-            raw = await client.connection.recv()
-            arrived = time.perf_counter()
-            if JobStatus.COMPLETED in raw and json.loads(raw).get("status") == JobStatus.COMPLETED:
-                return arrived
+def update_of(job_id: str, status: str | None = None):
+    """Matches a pushed update of `job_id` (with `status`, if given)."""
+    return lambda m: m.get("type") == "update" and m.get("jobId") == job_id and status in (None, m.get("status"))
 
 
 class Group:
@@ -41,16 +33,16 @@ class Group:
 
     async def run(self) -> None:
         gate = asyncio.Semaphore(CONNECTS_AT_ONCE)
-        async with contextlib.AsyncExitStack() as exits:
 
-            async def connect() -> WsClient | None:
-                try:
-                    async with gate:
-                        return await exits.enter_async_context(ws_client(self.api_url, open_timeout=30))
-                except Exception:  # counted as dropped
-                    return None
+        async def connect() -> BenchClient | None:
+            try:
+                async with gate:
+                    return await BenchClient.connect(self.api_url, timeout=30)
+            except (OSError, TimeoutError):  # counted as dropped
+                return None
 
-            clients = await asyncio.gather(*(connect() for _ in range(self.count)))
+        clients = await asyncio.gather(*(connect() for _ in range(self.count)))
+        try:
             self.pipe.send(("connected", sum(client is not None for client in clients)))
             jobs, wait_s = await self.ask()
             following = asyncio.gather(
@@ -62,26 +54,32 @@ class Group:
             arrivals = [outcome for outcome in outcomes if isinstance(outcome, tuple)]
             self.pipe.send(("done", (arrivals, outcomes.count("dropped"), outcomes.count("late"))))
             await self.ask()  # stay connected until told to close
-
-    async def follow(self, client: WsClient | None, job_id: str, wait_s: float) -> tuple[str, float] | str:
-        """(job id, arrival of its `completed`), or "late" (subscribed after the end) or "dropped"."""
-        state = await self.subscribe(client, job_id)
-        if client is None or state is None:
-            return "dropped"
-        if state["status"] == JobStatus.COMPLETED:
-            return "late"
-        try:
-            return job_id, await completed_arrival(client, wait_s)
-        except Exception:  # whatever went wrong with this one client, it was dropped
-            return "dropped"
-
-    async def subscribe(self, client: WsClient | None, job_id: str) -> dict | None:
-        try:
-            return await client.subscribe(job_id, timeout=30) if client else None
-        except Exception:
-            return None
         finally:
+            for client in clients:
+                if client is not None:
+                    client.close()
+
+    async def follow(self, client: BenchClient | None, job_id: str, wait_s: float) -> tuple[str, float] | str:
+        """(job id, arrival of its `completed`), or "late" (subscribed after the end) or "dropped"."""
+        if client is None:
             self.answered()
+            return "dropped"
+        try:
+            # Both expected before subscribing: `completed` may come in the same read as the current state.
+            state = client.expect(job_id, update_of(job_id))
+            completed = client.expect(JobStatus.COMPLETED, update_of(job_id, JobStatus.COMPLETED))
+            client.send({"action": "subscribe", "jobId": job_id})
+            try:
+                _, current = await asyncio.wait_for(state, 30)
+            finally:
+                self.answered()
+            if current["status"] == JobStatus.COMPLETED:
+                completed.cancel()
+                return "late"
+            arrived, _ = await asyncio.wait_for(completed, wait_s)
+            return job_id, arrived
+        except (ConnectionError, TimeoutError):  # whatever went wrong with this one client, it was dropped
+            return "dropped"
 
     def answered(self) -> None:
         self.pending -= 1

@@ -3,13 +3,23 @@ nothing here is timed)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+
+import pytest
 
 from bench.floor import floor_jobs_per_s, shape_of
 from bench.load import api_client, finished_jobs, measure_load, run_one
 from bench.report import KEYS, Report
 from bench.sizes import plan_ms
 from bench.tables import add_load, add_plan
+from bench.ws_client import BenchClient
+from bench.ws_group import update_of
+from tests.e2e import submit
+from workflows.status import JobStatus
+
+SADTALKER = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "x"}}}
 
 
 async def test_the_bench_counts_a_job_runs_its_floor_and_prints_one_json_line(stack, llm, capsys):
@@ -33,3 +43,25 @@ async def test_the_bench_counts_a_job_runs_its_floor_and_prints_one_json_line(st
     assert list(figures) == list(KEYS)
     assert figures["jobs_per_s"] > 0 and figures["floor_jobs_per_s"] > 0 and figures["plan_500_ms"] > 0
     assert figures["ws_clients"] is None  # that phase did not run
+
+
+async def test_the_bench_websocket_client_sees_a_job_from_its_state_to_completed(stack, llm):
+    """bench.ws_client, the light client the fan-out phase runs a thousand of, against the real API."""
+    llm.delay = 0.5
+    client = await BenchClient.connect(stack.api_url, timeout=10)
+    try:
+        job_id = await submit(stack, SADTALKER)
+        state = client.expect(job_id, update_of(job_id))
+        completed = client.expect(JobStatus.COMPLETED, update_of(job_id, JobStatus.COMPLETED))
+        client.send({"action": "subscribe", "jobId": job_id})
+        (at_state, current), (at_end, final) = await asyncio.wait_for(asyncio.gather(state, completed), 30)
+        assert not JobStatus(current["status"]).finished and final["status"] == JobStatus.COMPLETED, (current, final)
+        assert at_state < at_end <= time.perf_counter()
+        unknown = client.expect("nope", update_of("nope"))
+        client.send({"action": "subscribe", "jobId": "nope"})
+        _, answer = await asyncio.wait_for(unknown, 10)
+        assert answer["status"] == "not_found"
+    finally:
+        client.close()
+    with pytest.raises(ConnectionError):  # a refused handshake is a clear error, not a hang
+        await BenchClient.connect(stack.api_url + "/nowhere", timeout=10)
