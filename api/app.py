@@ -27,6 +27,7 @@ from api.routes_control import router as control_router
 from api.routes_jobs import router as jobs_router
 from api.routes_uploads import router as uploads_router
 from api.routes_ws import WebSocketEndpoint
+from api.subscriber import SEND_WATCH, watch_sends
 from core.contracts import contracts, service_runtimes
 from core.pubsub import subscribe_forever
 from core.redis import redis_client
@@ -57,7 +58,11 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         async def push_updates(health: TaskHealth) -> None:
             await subscribe_forever(settings.redis_url, hub.patterns, hub.on_message, health, hub.catch_up)
 
+        async def drop_stalled_clients(health: TaskHealth) -> None:
+            await watch_sends(hub.clients, health)
+
         tasks.start(HUB_LISTENER, push_updates)
+        tasks.start(SEND_WATCH, drop_stalled_clients)
         app.state.backend = Backend(
             settings, spec, redis, Store(pool), client, service_runtimes(spec), hub, object_store(settings), tasks
         )

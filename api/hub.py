@@ -1,7 +1,7 @@
 """The WebSocket hub: pub/sub events pushed to the clients subscribed to each job, as they happen.
 
 Each API replica subscribes to the status and progress channels itself and serves only its own
-clients. A client gets an outbox and a sender task of its own, so a slow or dead client is
+clients. A client gets an outbox and a sender task of its own (api/subscriber.py), so a slow or dead client is
 disconnected instead of delaying anyone else. Statuses reach clients only from the control plane
 (`source: control-plane`), at once; progress at most `progress_pushes_per_second` times a second per job.
 """
@@ -9,21 +9,18 @@ disconnected instead of delaying anyone else. Statuses reach clients only from t
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from fastapi import WebSocket
 from redis.exceptions import RedisError
 
+from api.subscriber import Subscriber
 from core.contracts import Bridge, ContractError
 from core.failures import UNKNOWN_CODE, job_error_from_json
 from core.messages import channel_job, parse_event
-from core.metrics import WS_ERRORS, WS_SENT
 from core.wire import WireLimits
 from workflows.graph import clamp_progress
 from workflows.names import CONTROL_SOURCE
@@ -32,14 +29,7 @@ from workflows.status import JobStatus
 log = logging.getLogger(__name__)
 
 HUB_LISTENER = "hub-listener"  # the supervised task that feeds the hub from pub/sub
-QUEUE_LIMIT = 256  # answers to a client's own messages it has not read yet
 CATCH_UP_CHUNK = 500  # jobs whose keys one round trip reads when catching up after a resubscribe
-SEND_TIMEOUT = 10.0
-SLOW_CLIENT_CLOSE = 1013  # "try again later": it fell too far behind
-
-
-class ClientTooSlow(Exception):
-    """How a client's sender ends when the client has fallen too far behind."""
 
 
 @dataclass
@@ -64,70 +54,6 @@ class JobView:
         return update
 
 
-class Subscriber:
-    """One client: what is still to be sent to it, and the loop that sends it (a task of its own, started by the route).
-
-    Updates are coalesced: the outbox holds at most one per job, the newest, so a client that reads slower than a
-    job changes gets fewer messages rather than a longer queue, and a burst costs each client a few sends at most.
-    Replies to the client's own messages are never coalesced; a client that keeps asking without reading them is
-    dropped, and so is one whose socket has taken nothing for `send_timeout` seconds.
-    """
-
-    def __init__(self, socket: WebSocket, send_timeout: float = SEND_TIMEOUT):
-        self.socket, self.send_timeout = socket, send_timeout
-        self.jobs: set[str] = set()
-        # job id -> its newest update, or reply number -> reply, in the order they are to be sent
-        self.outbox: OrderedDict[str | int, str] = OrderedDict()
-        self.replies = itertools.count()
-        self.replies_queued = 0  # bounded: updates are bounded by the jobs followed, replies by this
-        self.waiting = asyncio.Event()
-        self.dropped = False  # fell too far behind: its sender ends and the socket is closed with 1013
-
-    def offer_update(self, job_id: str, message: str) -> None:
-        """Queue a job's newest state in place of any older one not yet sent (after what is queued, so a reply
-        about the job never follows a state newer than itself)."""
-        self.outbox.pop(job_id, None)
-        self.outbox[job_id] = message
-        self.waiting.set()
-
-    def offer(self, message: str) -> bool:
-        """Queue a reply; False when the client has fallen too far behind (it is then dropped)."""
-        if self.dropped:
-            return False
-        if self.replies_queued >= QUEUE_LIMIT:
-            self._drop()
-            return False
-        self.outbox[next(self.replies)] = message
-        self.replies_queued += 1
-        self.waiting.set()
-        return True
-
-    def _drop(self) -> None:
-        self.dropped = True
-        WS_ERRORS.labels(kind="slow_client").inc()
-        self.waiting.set()  # its sender wakes up and ends
-
-    async def send_forever(self) -> None:
-        """Send what is queued as the socket takes it; raises ClientTooSlow once the client is dropped."""
-        while not self.dropped:
-            if not self.outbox:
-                self.waiting.clear()
-                await self.waiting.wait()
-                continue
-            key, message = self.outbox.popitem(last=False)
-            if isinstance(key, int):
-                self.replies_queued -= 1
-            try:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel as the send ends.
-                async with asyncio.timeout(self.send_timeout):
-                    await self.socket.send_text(message)  # waits while the socket's buffers are full
-            except TimeoutError:
-                self._drop()  # its socket took nothing for that long: stalled, or gone without a word
-            else:
-                WS_SENT.inc()
-        raise ClientTooSlow
-
-
 class Hub:
     def __init__(
         self,
@@ -141,6 +67,7 @@ class Hub:
         # keeps a burst of ticks from costing every client a send each. 0: every rise is pushed. Statuses go at once.
         self.progress_interval = 1 / progress_pushes_per_second if progress_pushes_per_second else 0.0
         self.redis = redis  # to read why a job failed when its `failed` status does not say, and to catch up
+        self.clients: set[Subscriber] = set()  # every connected client, followed jobs or not
         self.subscribers: dict[str, set[Subscriber]] = {}
         self.views: dict[str, JobView] = {}
 
@@ -163,7 +90,11 @@ class Hub:
                 if view is not None and view.due is not None:
                     view.due.cancel()
 
+    def join(self, client: Subscriber) -> None:
+        self.clients.add(client)
+
     def leave(self, client: Subscriber) -> None:
+        self.clients.discard(client)
         for job_id in list(client.jobs):
             self.unsubscribe(client, job_id)
 

@@ -14,8 +14,8 @@ from starlette.websockets import WebSocketState
 from api.auth import key_is_valid
 from api.deps import Backend, backend_of
 from api.errors import ApiError
-from api.hub import SLOW_CLIENT_CLOSE, ClientTooSlow, Subscriber
 from api.jobs import job_status
+from api.subscriber import SLOW_CLIENT_CLOSE, ClientTooSlow, Subscriber
 from core.contracts import ContractError
 from core.metrics import (
     WS_CONNECTED,
@@ -86,6 +86,7 @@ async def websocket(socket: WebSocket):
         await socket.close(code=POLICY_VIOLATION, reason="missing or invalid API key")
         return
     client = Subscriber(socket, backend.settings.ws_send_timeout_seconds)
+    hub.join(client)
     WS_CONNECTIONS.inc()
     WS_CONNECTED.inc()
     started = time.monotonic()

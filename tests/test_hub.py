@@ -13,8 +13,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from api.hub import QUEUE_LIMIT, Hub, Subscriber
+from api.hub import Hub
+from api.subscriber import QUEUE_LIMIT, ClientTooSlow, Subscriber, watch_sends
 from core.redis import redis_client as make_redis_client
+from core.supervise import TaskHealth
 from spinbot.services import free_port
 from tests.e2e import BRIDGE
 from workflows.names import CONTROL_SOURCE
@@ -142,3 +144,24 @@ async def test_a_client_that_reads_may_leave_many_busy_jobs_at_once():
         client.offer(json.dumps({"action": "response", "message": "unsubscribed", "jobId": job_id}))
     assert client.dropped, "a client that never reads its answers is still dropped"
     stop(client)
+
+
+async def test_the_send_watch_drops_a_client_whose_socket_takes_nothing_and_only_that_one():
+    stalled = Subscriber(RecordingSocket(stalled=True), send_timeout=0.3)  # type: ignore[arg-type]
+    idle = Subscriber(RecordingSocket(), send_timeout=0.3)  # type: ignore[arg-type]
+    reading = Subscriber(RecordingSocket(), send_timeout=0.3)  # type: ignore[arg-type]
+    senders = {client: asyncio.create_task(client.send_forever()) for client in (stalled, idle, reading)}
+    watch = asyncio.create_task(watch_sends({stalled, idle, reading}, TaskHealth("watch"), every=0.05))
+    try:
+        stalled.offer_update("job", '{"n": 0}')
+        for n in range(8):  # over twice the timeout, in sends that each go through at once
+            reading.offer_update("job", json.dumps({"n": n}))
+            await asyncio.sleep(0.1)
+        with pytest.raises(ClientTooSlow):
+            await asyncio.wait_for(senders[stalled], 1)
+        assert stalled.dropped and not idle.dropped and not reading.dropped
+        assert [m["n"] for m in reading.socket.sent] == list(range(8))  # type: ignore[attr-defined]
+    finally:
+        watch.cancel()
+        for sender in senders.values():
+            sender.cancel()
