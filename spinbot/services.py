@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -31,10 +32,31 @@ class ServiceError(RuntimeError):
     """An embedded service could not start."""
 
 
+LOWEST_PORT = 10000
+_pick = random.SystemRandom()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port that can be bound now, below the kernel's ephemeral range. A port from `bind(0)` could be handed out
+    again before we bind it: the Temporal dev server takes five ports that way, and a connection's source port comes
+    from that range too (an API port chosen so was once answered by Temporal's HTTP API with 404)."""
+    for _ in range(100):
+        port = _pick.randrange(LOWEST_PORT, _ephemeral_ports()[0])
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ServiceError("no free port below the ephemeral range")
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def port_taken(port: int, host: str = "127.0.0.1") -> bool:

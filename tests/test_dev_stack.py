@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from spinbot.services import LOWEST_PORT, free_port
 from tests.dev_process import DevOutput, dev_children, dev_ports, start_dev, taken
 
 pytestmark = pytest.mark.timeout(180)
@@ -198,3 +199,14 @@ def test_a_stack_that_cannot_start_exits_non_zero(tmp_path, ollama):
     assert proc.returncode == 1, out
     assert "cannot start" in out
     assert not any(taken(ports[name]) for name in ("redis", "temporal")), "a service outlived the refusal"
+
+
+def test_ports_chosen_ahead_are_never_ones_the_kernel_may_hand_out_meanwhile():
+    """`spinbot dev` is given its ports before it starts Temporal, which takes five more with `bind(0)`; those come
+    from the kernel's ephemeral range, and so did ours (a bench run's API port was once Temporal's HTTP API)."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(200)]
+    assert all(LOWEST_PORT <= port < ephemeral_low for port in ports), sorted(ports)[-5:]
+    for port in ports[:20]:  # each could be bound when chosen
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
