@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import httpx
 import redis.asyncio as aioredis
 
+from bench.http_probe import HttpProbe
 from workflows.names import CONTROL_SOURCE
 from workflows.status import JobStatus
 
@@ -112,17 +113,21 @@ async def throughput(api: httpx.AsyncClient, finished: Finished, queued: int) ->
     started = time.perf_counter()
     jobs = [job for job, _ in await asyncio.gather(*(submit(api) for _ in range(queued)))]
     lookups: list[float] = []
+    probe = HttpProbe(str(api.base_url))
 
     async def look_up_status() -> None:
         # Paced, as pollers are: a loop asking as fast as it can would add its own load (it took about a quarter
         # of these two cores, between this client and the API) to the load it measures under.
         while not all(job in finished.done for job in jobs):
             t0 = time.perf_counter()
-            (await api.get(f"/api/status/{jobs[len(lookups) % len(jobs)]}")).raise_for_status()
+            await probe.get(f"/api/status/{jobs[len(lookups) % len(jobs)]}")
             lookups.append(time.perf_counter() - t0)
             await asyncio.sleep(max(0.0, STATUS_EVERY - (time.perf_counter() - t0)))
 
-    await asyncio.gather(look_up_status(), *(finished.wait(job) for job in jobs))
+    try:
+        await asyncio.gather(look_up_status(), *(finished.wait(job) for job in jobs))
+    finally:
+        await probe.aclose()
     elapsed = max(finished.done[job] for job in jobs) - started
     failed = sum(finished.outcome[job] != JobStatus.COMPLETED for job in jobs)
     return queued / elapsed, lookups, failed

@@ -55,7 +55,7 @@ def add_load(report: Report, load: LoadFigures, floor: float, shape: Shape) -> N
         f"p99 ≤ {STATUS_P99_GOAL_MS} ms",
         at_most(f["status_p99_ms"], STATUS_P99_GOAL_MS),
         f"{len(load.status_lookups)} lookups, one every {STATUS_EVERY * 1000:.0f} ms,"
-        f" while the {load.queued} queued jobs ran",
+        f" while the {load.queued} queued jobs ran (bench.http_probe: one keep-alive connection, no httpx)",
     )
 
 
