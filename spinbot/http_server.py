@@ -114,6 +114,11 @@ def protocol_class(name: str = "auto") -> type[asyncio.Protocol]:
     return H11HeadDeadline
 
 
+# A client's messages are a few hundred bytes (the API answers `failed` to any over 4 KiB). A larger frame closes the
+# socket with 1009 as it arrives, instead of being buffered whole: uvicorn's default is 16 MiB a message.
+WS_MAX_MESSAGE_BYTES = 64 * 1024
+
+
 def server_config(
     app: Any, settings: Settings, host: str, port: int, http: str = "auto", **extra: Any
 ) -> uvicorn.Config:
@@ -127,6 +132,7 @@ def server_config(
         limit_concurrency=settings.api_max_connections,
         h11_max_incomplete_event_size=settings.api_max_header_bytes,
         ws_per_message_deflate=False,
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
         **extra,
     )
     # Read by HeadDeadline through the protocol's `config`.

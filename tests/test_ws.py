@@ -27,6 +27,7 @@ SADTALKER = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script":
 STATUS_ORDER = ["advertised", "queued", "running", "completed"]
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
+MESSAGE_TOO_BIG = 1009
 ABNORMAL_CLOSURE = 1006  # the connection ended without a close frame
 
 
@@ -135,6 +136,17 @@ async def test_malformed_messages_fail_and_keep_the_socket_open(stack):
             await client.send(message)
             assert await client.recv() == {"action": "response", "message": "failed"}, message
         assert (await client.subscribe(job_id))["status"] == "not_found"
+
+
+async def test_an_oversized_message_closes_only_its_own_socket_with_1009(stack):
+    """Refused as it arrives, not buffered whole: uvicorn's default would take 16 MiB a message from each client."""
+    job_id = str(uuid.uuid4())
+    async with ws_client(stack.api_url) as bystander, ws_client(stack.api_url) as client:
+        await client.send(json.dumps({"action": "subscribe", "jobId": "x" * (1 << 20)}))
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == MESSAGE_TOO_BIG, closed.value
+        assert (await bystander.subscribe(job_id))["status"] == "not_found"
 
 
 async def test_every_status_change_of_a_job_is_pushed_in_order(stack, llm):
