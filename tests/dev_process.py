@@ -11,7 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from spinbot.services import free_port, popen
+from spinbot.ports import free_port
+from spinbot.services import popen
 
 
 def taken(port: int) -> bool:

@@ -18,7 +18,7 @@ from handoff.dataplane import DataPlaneWorker
 from handoff.service import run_relay
 from handoff.simulator import Simulator
 from spinbot.http_server import server_config
-from spinbot.services import free_port
+from spinbot.ports import free_port
 from spinbot.worker import running_workers
 
 

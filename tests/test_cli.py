@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from spinbot.services import free_port
+from spinbot.ports import free_port
 
 
 def _spinbot(*args, **env):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from spinbot.services import free_port
+from spinbot.ports import free_port
 from tests.e2e import outcome, submit
 from tests.stack import api_replica
 

@@ -19,7 +19,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 import core.metrics
 from core.temporal import make_runtime
-from spinbot.services import free_port
+from spinbot.ports import free_port
 from tests.deployment import ROOT
 
 DASHBOARD = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "spinbot.json").read_text())

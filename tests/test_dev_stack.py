@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from spinbot.services import LOWEST_PORT, free_port
+from spinbot.ports import LOWEST_PORT, free_port
 from tests.dev_process import DevOutput, dev_children, dev_ports, start_dev, taken
 
 pytestmark = pytest.mark.timeout(180)

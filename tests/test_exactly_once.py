@@ -271,7 +271,8 @@ async def test_progress_held_while_redis_is_down_is_written_when_it_returns(stac
     import redis.asyncio as aioredis
 
     from core.supervise import TaskHealth
-    from spinbot.services import free_port, start_redis
+    from spinbot.ports import free_port
+    from spinbot.services import start_redis
 
     port = free_port()
     job_id = str(uuid.uuid4())

@@ -16,7 +16,8 @@ import pytest
 from temporalio.client import Client
 
 from core.settings import Settings
-from spinbot.services import free_port, popen
+from spinbot.ports import free_port
+from spinbot.services import popen
 from spinbot.worker import WorkerRoles, running_workers
 
 # 127.0.0.2 is loopback too, but a socket bound to 127.0.0.1 does not answer there; one bound to 0.0.0.0 does.

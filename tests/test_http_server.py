@@ -19,7 +19,8 @@ from websockets.asyncio.client import connect
 
 from core.settings import Settings
 from spinbot.http_server import server_config
-from spinbot.services import free_port, popen, wait_for_port
+from spinbot.ports import free_port
+from spinbot.services import popen, wait_for_port
 
 pytestmark = pytest.mark.timeout(60)
 

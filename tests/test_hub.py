@@ -17,7 +17,7 @@ from api.hub import Hub
 from api.subscriber import QUEUE_LIMIT, ClientTooSlow, Subscriber, watch_sends
 from core.redis import redis_client as make_redis_client
 from core.supervise import TaskHealth
-from spinbot.services import free_port
+from spinbot.ports import free_port
 from tests.e2e import BRIDGE
 from workflows.names import CONTROL_SOURCE
 

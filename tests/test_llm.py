@@ -15,7 +15,7 @@ from activities.llm import generate_script, parse_script
 from activities.resources import Resources
 from core.contracts import contracts
 from core.settings import Settings
-from spinbot.services import free_port
+from spinbot.ports import free_port
 from workflows.inputs import NodeTask
 
 START, END = 0.1, 0.15

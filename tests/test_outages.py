@@ -30,7 +30,8 @@ from core.settings import Settings
 from core.temporal import connect
 from handoff.dataplane import DataPlaneWorker
 from handoff.simulator import Simulator
-from spinbot.services import Child, Postgres, free_port, start_redis, start_temporal
+from spinbot.ports import free_port
+from spinbot.services import Child, Postgres, start_redis, start_temporal
 from tests.e2e import outcome, submit, wait_for
 from tests.stack import running_stack
 from tests.ws_clients import ws_client

@@ -28,7 +28,8 @@ from core.supervise import Supervisor
 from handoff.event_log import EventLog
 from handoff.retention import Retention, RetentionPolicy
 from handoff.streams import dead_letter
-from spinbot.services import Postgres, free_port, start_redis
+from spinbot.ports import free_port
+from spinbot.services import Postgres, start_redis
 from tests.e2e import BRIDGE, submit, wait_for
 from tests.ws_clients import ws_client
 from workflows.inputs import JobSnapshot

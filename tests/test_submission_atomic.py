@@ -14,7 +14,8 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.jobs import IDEMPOTENCY_NAMESPACE
-from spinbot.services import free_port, popen, start_redis, wait_for_port
+from spinbot.ports import free_port
+from spinbot.services import popen, start_redis, wait_for_port
 from tests.e2e import outcome, wait_for
 from tests.stack import api_replica
 

@@ -20,7 +20,8 @@ from core.contracts import contracts
 from handoff.dataplane import DataPlaneWorker
 from handoff.simulator import Simulator
 from handoff.streams import ensure_group
-from spinbot.services import free_port, start_redis
+from spinbot.ports import free_port
+from spinbot.services import start_redis
 from tests.e2e import wait_for
 from tests.test_dataplane import pipeline_graph, push
 

@@ -14,7 +14,8 @@ from temporalio.service import RPCStatusCode
 
 from core.search_attributes import SearchAttributesMissing, ensure_search_attributes
 from core.temporal import TemporalConfigError, connect, connect_options
-from spinbot.services import free_port, start_temporal
+from spinbot.ports import free_port
+from spinbot.services import start_temporal
 from tests.peers import LockedTemporalPeer
 from workflows.names import SEARCH_ATTRIBUTES
 

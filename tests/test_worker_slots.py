@@ -11,7 +11,8 @@ from activities.registry import slots_by_queue
 from core.contracts import contracts
 from core.settings import Settings
 from core.temporal import connect
-from spinbot.services import free_port, start_temporal
+from spinbot.ports import free_port
+from spinbot.services import start_temporal
 from spinbot.worker import WorkerRoles, running_workers
 from tests.e2e import outcome, submit
 
