@@ -114,9 +114,10 @@ def protocol_class(name: str = "auto") -> type[asyncio.Protocol]:
     return H11HeadDeadline
 
 
-# A client's messages are a few hundred bytes (the API answers `failed` to any over 4 KiB). A larger frame closes the
-# socket with 1009 as it arrives, instead of being buffered whole: uvicorn's default is 16 MiB a message.
-WS_MAX_MESSAGE_BYTES = 64 * 1024
+# A client's messages are a few hundred bytes: the API answers `failed` to any over 4 KiB, and to garbage of up to
+# this size, keeping the socket. A larger message closes the socket with 1009 as it arrives, instead of being
+# buffered whole: uvicorn's default is 16 MiB a message, from every client at once.
+WS_MAX_MESSAGE_BYTES = 1 << 20
 
 
 def server_config(

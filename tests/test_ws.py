@@ -139,10 +139,11 @@ async def test_malformed_messages_fail_and_keep_the_socket_open(stack):
 
 
 async def test_an_oversized_message_closes_only_its_own_socket_with_1009(stack):
-    """Refused as it arrives, not buffered whole: uvicorn's default would take 16 MiB a message from each client."""
+    """Refused as it arrives, not buffered whole: uvicorn's default would take 16 MiB a message from each client.
+    (Up to 1 MiB, garbage is answered `failed` and the socket kept: tests/test_hostile_streams.py.)"""
     job_id = str(uuid.uuid4())
     async with ws_client(stack.api_url) as bystander, ws_client(stack.api_url) as client:
-        await client.send(json.dumps({"action": "subscribe", "jobId": "x" * (1 << 20)}))
+        await client.send(json.dumps({"action": "subscribe", "jobId": "x" * (2 << 20)}))
         with pytest.raises(ConnectionClosed) as closed:
             await client.recv(timeout=10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == MESSAGE_TOO_BIG, closed.value
