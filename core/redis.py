@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
+from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
@@ -25,6 +26,10 @@ POOL_SIZE = 64
 POOL_WAIT = 10.0
 CONNECT_TIMEOUT = 5.0
 HEALTH_CHECK_SECONDS = 10  # an idle connection is PINGed before use after this long, so a dead one is replaced
+# How a connection names itself to the server (CLIENT SETINFO), made once. Given none, redis-py builds one for every
+# connection it opens and reads its own version from the installed packages' metadata each time: ~1 ms of CPU, and
+# a tenth of the API's time while 1,000 WebSocket clients subscribing at once filled its pool.
+DRIVER_INFO = DriverInfo()
 
 
 def redis_client(
@@ -44,6 +49,7 @@ def redis_client(
         socket_timeout=socket_timeout,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_keepalive=True,
+        driver_info=DRIVER_INFO,
         retry=redis_retry(),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
