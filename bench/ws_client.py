@@ -33,7 +33,12 @@ class BenchClient(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
             _, client = await loop.create_connection(lambda: cls(url), uri.host, uri.port)
-            await client.opened
+        try:
+            async with asyncio.timeout(timeout):
+                await client.opened
+        except BaseException:
+            client.close()  # a handshake refused or too slow: its socket is not left open
+            raise
         return client
 
     def connection_made(self, transport) -> None:
