@@ -15,8 +15,9 @@ def free_port() -> int:
     again before we bind it: the Temporal dev server takes five ports that way, and a connection's source port comes
     from that range too (a bench run's POST /api/jobs was once answered 404, most likely by Temporal's HTTP API on
     the port chosen for ours)."""
+    highest = _lowest_ephemeral_port() - 1
     for _ in range(100):
-        port = _pick.randrange(LOWEST_PORT, _ephemeral_ports()[0])
+        port = _pick.randint(LOWEST_PORT, highest)
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -26,12 +27,11 @@ def free_port() -> int:
     raise OSError("no free port below the ephemeral range")
 
 
-def _ephemeral_ports() -> tuple[int, int]:
+def _lowest_ephemeral_port() -> int:
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def port_taken(port: int, host: str = "127.0.0.1") -> bool:

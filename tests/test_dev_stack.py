@@ -203,7 +203,8 @@ def test_a_stack_that_cannot_start_exits_non_zero(tmp_path, ollama):
 
 def test_ports_chosen_ahead_are_never_ones_the_kernel_may_hand_out_meanwhile():
     """`spinbot dev` is given its ports before it starts Temporal, which takes five more with `bind(0)`; those come
-    from the kernel's ephemeral range, and so did ours (a bench run's API port was once Temporal's HTTP API)."""
+    from the kernel's ephemeral range, and so did ours (a bench run's POST /api/jobs was once answered 404, most
+    likely by Temporal's HTTP API on the port chosen for our API)."""
     ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports = [free_port() for _ in range(200)]
     assert all(LOWEST_PORT <= port < ephemeral_low for port in ports), sorted(ports)[-5:]
