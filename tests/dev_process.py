@@ -21,11 +21,20 @@ def taken(port: int) -> bool:
 
 
 def dev_ports() -> dict[str, int]:
-    """Free ports for the API, Redis, Temporal, its UI and the three metrics ports from `metrics` on."""
-    metrics = free_port()
-    while any(taken(metrics + i) for i in range(3)):
-        metrics = free_port()
-    return {"api": free_port(), "redis": free_port(), "temporal": free_port(), "ui": free_port(), "metrics": metrics}
+    """Free ports for the API, Redis, Temporal, its UI and the three metrics ports from `metrics` on, all distinct
+    (each pick is only free when made, so two picks could otherwise be the same port)."""
+    chosen: set[int] = set()
+
+    def pick(width: int = 1) -> int:
+        while True:
+            port = free_port()
+            span = set(range(port, port + width))
+            if not span & chosen and not any(taken(p) for p in span):
+                chosen.update(span)
+                return port
+
+    metrics = pick(3)
+    return {"api": pick(), "redis": pick(), "temporal": pick(), "ui": pick(), "metrics": metrics}
 
 
 def start_dev(data_dir: Path, ports: dict[str, int], llm_url: str, env: dict[str, str] | None = None):

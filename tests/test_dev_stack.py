@@ -46,13 +46,18 @@ def _run_job(api: httpx.Client) -> str:
     return job_id
 
 
-def _run_job_after_a_restart(api: httpx.Client, timeout: float = 90) -> str:
+def _run_job_after_a_restart(api: httpx.Client, output: DevOutput, killed: str, timeout: float = 90) -> str:
     """Like _run_job, but a dependency that has just restarted may answer a few requests late or not at all."""
     deadline = time.monotonic() + timeout
     body = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "after a restart"}}}
     job_id = None
     while True:
-        assert time.monotonic() < deadline, f"no completed job within {timeout}s (job {job_id})"
+        if time.monotonic() > deadline:
+            job = api.get(f"/api/jobs/{job_id}").text if job_id else "never created"
+            pytest.fail(
+                f"no completed job within {timeout}s after {killed} was killed; job {job_id}: {job}\n"
+                + "".join(output.lines[-60:])
+            )
         try:
             if job_id is None:
                 reply = api.post("/api/jobs", json=body)
@@ -152,7 +157,7 @@ def test_dev_stack_restarts_a_killed_role_and_each_killed_service(tmp_path, olla
         with httpx.Client(base_url=f"http://127.0.0.1:{ports['api']}", timeout=10) as api:
             for name in ("worker", "relay", "redis", "postgres", "temporal"):
                 _kill_child(proc, output, name)
-                _run_job_after_a_restart(api)  # the stack still runs jobs, on the same ports and data
+                _run_job_after_a_restart(api, output, name)  # the stack still runs jobs, on the same ports and data
     finally:
         code = _stop(proc)
     assert code == 0, "".join(output.lines[-40:])
