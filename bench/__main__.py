@@ -2,8 +2,8 @@
 
 Phases, in order: planning a 500-node graph (in this process); then against the stack: sadtalker latency paced and
 back to back; sadtalker throughput with GET /api/status timed meanwhile; the bare-Temporal floor shaped like a
-sadtalker job's history, on the same server; WebSocket fan-out to 100, then to 1,000 clients; a 200-node job's
-history. Then a soak on a fresh stack.
+sadtalker job's history, on the same server, queued and paced; WebSocket fan-out to 100, then to 1,000 clients; a
+200-node job's history. Then a soak on a fresh stack.
 Run: `make bench` or `.venv/bin/python -m bench [--soak 200 --ws-clients 100]` for a quick run.
 """
 
@@ -15,8 +15,8 @@ import sys
 
 from temporalio.client import Client
 
-from bench.floor import floor_jobs_per_s, shape_of
-from bench.load import Finished, api_client, finished_jobs, measure_load, run_one
+from bench.floor import measure_floor, shape_of
+from bench.load import PACED_PAUSE, Finished, api_client, finished_jobs, measure_load, run_one
 from bench.report import Report
 from bench.sizes import history_of_job, plan_ms
 from bench.soak import soak
@@ -85,8 +85,9 @@ async def measure(stack: BenchStack, args: argparse.Namespace, report: Report) -
 
         async def load_and_floor() -> tuple:
             load = await measure_load(stack.api_url, finished, args.queued, args.runs)
-            say(f"floor: {args.queued} bare workflows of that shape queued at once")
-            return load, await floor_jobs_per_s(stack.temporal_address, shape, args.queued), shape
+            say(f"floor: {args.queued} bare workflows of that shape queued at once, then {args.runs} paced")
+            floor = await measure_floor(stack.temporal_address, shape, args.queued, args.runs, PACED_PAUSE)
+            return load, floor, shape
 
         name = f"latency ({args.runs} paced, {args.runs} back to back), then {args.queued} queued"
         await phase(report, name, load_and_floor(), lambda r, found: add_load(r, *found))

@@ -7,12 +7,13 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
 from temporalio import activity, workflow
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.worker import Worker
 
 FLOOR_WORKFLOWS = "bench-floor-workflows"
@@ -115,8 +116,15 @@ class FloorWorkflow:
         await workflow.execute_local_activity("floor.sync", hand_back, start_to_close_timeout=STEP_TIMEOUT)
 
 
-async def floor_jobs_per_s(address: str, shape: Shape, queued: int) -> float:
-    """`queued` floor workflows started at once, until the last ends (after a warm-up of three)."""
+@dataclass
+class FloorFigures:
+    jobs_per_s: float
+    paced: list[float]  # seconds from start to result, one workflow at a time
+
+
+async def measure_floor(address: str, shape: Shape, queued: int, runs: int = 0, pause: float = 0.5) -> FloorFigures:
+    """The floor's throughput (`queued` workflows started at once, until the last ends, after a warm-up of three),
+    then `runs` workflows one at a time, `pause` seconds apart, as our paced jobs are timed."""
     if shape.signals > shape.local_activities:
         raise ValueError(f"the floor hands back from a local activity: {shape.describe()}")
     client = await Client.connect(address)
@@ -128,16 +136,19 @@ async def floor_jobs_per_s(address: str, shape: Shape, queued: int) -> float:
 
         async def batch(count: int) -> float:
             started = time.perf_counter()
-            handles = await asyncio.gather(
-                *(
-                    client.start_workflow(
-                        FloorWorkflow.run, shape, id=f"floor-{uuid.uuid4()}", task_queue=FLOOR_WORKFLOWS
-                    )
-                    for _ in range(count)
-                )
-            )
+            handles = await asyncio.gather(*(start(client, shape) for _ in range(count)))
             await asyncio.gather(*(handle.result() for handle in handles))
             return count / (time.perf_counter() - started)
 
         await batch(3)
-        return await batch(queued)
+        figures = FloorFigures(await batch(queued), [])
+        for _ in range(runs):
+            await asyncio.sleep(pause)
+            started = time.perf_counter()
+            await (await start(client, shape)).result()
+            figures.paced.append(time.perf_counter() - started)
+        return figures
+
+
+def start(client: Client, shape: Shape) -> Awaitable[WorkflowHandle]:
+    return client.start_workflow(FloorWorkflow.run, shape, id=f"floor-{uuid.uuid4()}", task_queue=FLOOR_WORKFLOWS)

@@ -22,6 +22,7 @@ KEEPALIVE_EXPIRY = 2.0
 SADTALKER = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "bench"}}}
 ENDINGS = (JobStatus.COMPLETED, JobStatus.FAILED)
 STATUS_EVERY = 0.02  # GET /api/status under load: 50 lookups a second
+PACED_PAUSE = 0.5  # seconds between paced jobs (and paced floor workflows)
 
 
 class Finished:
@@ -137,7 +138,7 @@ async def measure_load(api_url: str, finished: Finished, queued: int, runs: int 
     figures = LoadFigures(queued=queued)
     async with api_client(api_url) as api:
         await latencies(api, finished, 3, 0.0)  # warm up connections and caches
-        figures.paced = await latencies(api, finished, runs, 0.5)
+        figures.paced = await latencies(api, finished, runs, PACED_PAUSE)
         figures.back_to_back = await latencies(api, finished, runs, 0.0)
         await asyncio.sleep(1.0)  # let the back-to-back run's after-effects settle
         figures.jobs_per_s, figures.status_lookups, figures.failed = await throughput(api, finished, queued)

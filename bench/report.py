@@ -14,6 +14,7 @@ KEYS = (
     "floor_jobs_per_s",
     "jobs_per_s",
     "latency_p50_ms",
+    "floor_latency_p50_ms",
     "latency_b2b_p50_ms",
     "status_p50_ms",
     "status_p99_ms",

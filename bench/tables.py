@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bench.floor import Shape
-from bench.load import STATUS_EVERY, LoadFigures
+from bench.floor import FloorFigures, Shape
+from bench.load import PACED_PAUSE, STATUS_EVERY, LoadFigures
 from bench.report import Report, at_most, ms
 from bench.sizes import HistoryFigures
 from bench.soak import SoakFigures
@@ -16,11 +16,12 @@ RSS_GOAL_MB = 150
 FLOOR_SHARE_GOAL = 0.5
 
 
-def add_load(report: Report, load: LoadFigures, floor: float, shape: Shape) -> None:
-    f = report.figures
+def add_load(report: Report, load: LoadFigures, floor_figures: FloorFigures, shape: Shape) -> None:
+    f, floor = report.figures, floor_figures.jobs_per_s
     f["floor_jobs_per_s"] = round(floor, 1)
     f["jobs_per_s"] = round(load.jobs_per_s, 1)
     f["latency_p50_ms"] = ms(load.paced, 0.5)
+    f["floor_latency_p50_ms"] = ms(floor_figures.paced, 0.5)
     f["latency_b2b_p50_ms"] = ms(load.back_to_back, 0.5)
     f["status_p50_ms"] = ms(load.status_lookups, 0.5)
     f["status_p99_ms"] = ms(load.status_lookups, 0.99)
@@ -42,7 +43,14 @@ def add_load(report: Report, load: LoadFigures, floor: float, shape: Shape) -> N
         f"{f['latency_p50_ms']} / {ms(load.paced, 0.9)} ms",
         f"≤ {LATENCY_GOAL_MS} ms",
         at_most(f["latency_p50_ms"], LATENCY_GOAL_MS),
-        f"{len(load.paced)} jobs, 0.5 s apart",
+        f"{len(load.paced)} jobs, {PACED_PAUSE:g} s apart"
+        + _against_floor(f["latency_p50_ms"], f["floor_latency_p50_ms"]),
+    )
+    report.add(
+        "floor: bare Temporal workflow, paced, p50 / p90",
+        f"{f['floor_latency_p50_ms']} / {ms(floor_figures.paced, 0.9)} ms",
+        note=f"{len(floor_figures.paced)} of the floor's workflows one at a time, {PACED_PAUSE:g} s apart, start →"
+        " result: what Temporal alone takes for that shape on this server",
     )
     report.add(
         "POST → completed, back to back, p50 / p90",
@@ -57,6 +65,10 @@ def add_load(report: Report, load: LoadFigures, floor: float, shape: Shape) -> N
         f"{len(load.status_lookups)} lookups, one every {STATUS_EVERY * 1000:.0f} ms,"
         f" while the {load.queued} queued jobs ran (bench.http_probe: one keep-alive connection, no httpx)",
     )
+
+
+def _against_floor(ours: float | None, floor: float | None) -> str:
+    return f"; {ours / floor:.1f} × the floor's paced p50" if ours and floor else ""
 
 
 def add_ws(report: Report, found: tuple[WsFigures | None, WsFigures]) -> None:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bench.floor import floor_jobs_per_s, shape_of
+from bench.floor import measure_floor, shape_of
 from bench.load import api_client, finished_jobs, measure_load, run_one
 from bench.report import KEYS, Report
 from bench.sizes import plan_ms
@@ -31,8 +31,9 @@ async def test_the_bench_counts_a_job_runs_its_floor_and_prints_one_json_line(st
         assert shape.activities == 1 and shape.signals == 1 and shape.timers == 1, shape
         assert shape.local_activities >= shape.signals, shape
         load = await measure_load(stack.api_url, finished, queued=3, runs=1)
-        floor = await floor_jobs_per_s(stack.settings.temporal_address, shape, queued=3)
+        floor = await measure_floor(stack.settings.temporal_address, shape, queued=3, runs=2, pause=0)
     assert load.failed == 0 and len(load.paced) == len(load.back_to_back) == 1 and load.status_lookups
+    assert floor.jobs_per_s > 0 and len(floor.paced) == 2
 
     report = Report()
     add_load(report, load, floor, shape)
@@ -42,6 +43,7 @@ async def test_the_bench_counts_a_job_runs_its_floor_and_prints_one_json_line(st
     figures = json.loads(last)
     assert list(figures) == list(KEYS)
     assert figures["jobs_per_s"] > 0 and figures["floor_jobs_per_s"] > 0 and figures["plan_500_ms"] > 0
+    assert figures["floor_latency_p50_ms"] > 0
     assert figures["ws_clients"] is None  # that phase did not run
 
 
