@@ -144,7 +144,9 @@ async def _report_progress(res: Resources, job_id: str, value: float) -> None:
 
 
 async def _tick_progress(res: Resources, task: NodeTask, stop: asyncio.Event) -> None:
-    """Creep toward progress_end every tick until `stop` is set, so clients see a long generation is alive."""
+    """The node's start at once (while Ollama is asked), then creep toward progress_end every tick until `stop` is
+    set, so clients see a long generation is alive. One task publishes them all, so they arrive in order."""
+    await _report_progress(res, task.job_id, task.progress_start)
     span = task.progress_end - task.progress_start
     if span <= 0:
         return
@@ -221,7 +223,6 @@ def _tokens_used(reply: dict) -> int:
 async def generate_script(task: NodeTask, res: Resources) -> dict:
     """Write a stage prompt and a narration for the job's video with Ollama."""
     p = ScriptParams.from_params(task.params or {}, res.settings)
-    await _report_progress(res, task.job_id, task.progress_start)
     stop_ticking = asyncio.Event()
     ticker = asyncio.create_task(_tick_progress(res, task, stop_ticking))
     try:

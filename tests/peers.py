@@ -37,6 +37,10 @@ class OllamaPeer:
         peer = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Like Ollama (Go's net/http): connections are kept alive, and a reply is not held back by Nagle.
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
             def log_message(self, *args):
                 pass
 
