@@ -60,4 +60,4 @@ def test_a_role_keeps_what_it_built_at_start_out_of_later_collections():
     )
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     before, after = map(int, found.stdout.split())
-    assert before == 0 and after > 100_000, found.stdout
+    assert before == 0 and after > 50_000, found.stdout  # api.app alone: ~120,000 objects
