@@ -53,7 +53,10 @@ def _run_job_after_a_restart(api: httpx.Client, output: DevOutput, killed: str, 
     job_id = None
     while True:
         if time.monotonic() > deadline:
-            job = api.get(f"/api/jobs/{job_id}").text if job_id else "never created"
+            try:
+                job = api.get(f"/api/jobs/{job_id}").text if job_id else "never created"
+            except httpx.HTTPError as exc:
+                job = f"not readable ({exc!r})"
             pytest.fail(
                 f"no completed job within {timeout}s after {killed} was killed; job {job_id}: {job}\n"
                 + "".join(output.lines[-60:])
