@@ -55,9 +55,11 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def _run(coro):
-    """Run a role until it ends or Ctrl-C; an unreachable dependency is a clear message, not a traceback."""
-    _freeze_startup_heap()
+def _run(coro, serving: bool = True):
+    """Run a role until it ends or Ctrl-C; an unreachable dependency is a clear message, not a traceback.
+    `serving`: this runs the role itself (its start-up heap is frozen first), not a step before it."""
+    if serving:
+        _freeze_startup_heap()
     try:
         # uvloop, as uvicorn runs the API: the Temporal SDK's threads wake the loop for every task they hand over,
         # and uvloop coalesces those wake-ups instead of writing a byte to the self-pipe for each.
@@ -103,7 +105,7 @@ def migrate():
     from core.migrate import migrate_url
 
     config = _start("migrate")
-    applied = _run(migrate_url(config.database_url, timeout=10))
+    applied = _run(migrate_url(config.database_url, timeout=10), serving=False)
     typer.echo(f"applied: {', '.join(applied) or 'nothing (up to date)'}")
 
 
@@ -116,7 +118,7 @@ def api(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int 
     from spinbot.http_server import server_config
 
     config = _start("api", temporal=True)
-    _run(_prepare_api(config))
+    _run(_prepare_api(config), serving=False)  # the API serves under uvicorn, below
     server = uvicorn.Server(
         server_config(
             create_app(config),

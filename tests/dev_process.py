@@ -4,20 +4,14 @@ through one output reader, its children found by role."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from spinbot.ports import free_port
+from spinbot.ports import free_port, port_taken
 from spinbot.services import popen
-
-
-def taken(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def dev_ports() -> dict[str, int]:
@@ -29,7 +23,7 @@ def dev_ports() -> dict[str, int]:
         while True:
             port = free_port()
             span = set(range(port, port + width))
-            if not span & chosen and not any(taken(p) for p in span):
+            if not span & chosen and not any(port_taken(p) for p in span):
                 chosen.update(span)
                 return port
 

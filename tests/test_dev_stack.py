@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from spinbot.ports import LOWEST_PORT, free_port
-from tests.dev_process import DevOutput, dev_children, dev_ports, start_dev, taken
+from spinbot.ports import LOWEST_PORT, free_port, port_taken
+from tests.dev_process import DevOutput, dev_children, dev_ports, start_dev
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -99,7 +99,7 @@ def test_dev_stack_runs_a_job_exposes_metrics_stops_cleanly_and_remembers(tmp_pa
     finally:
         code = _stop(proc)
     assert code == 0
-    assert not any(taken(port) for port in (ports["api"], ports["redis"], ports["temporal"])), (
+    assert not any(port_taken(port) for port in (ports["api"], ports["redis"], ports["temporal"])), (
         "a child outlived the stack"
     )
 
@@ -182,7 +182,7 @@ def test_a_second_dev_on_the_same_folder_is_refused_and_kill_9_leaves_no_postgre
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     deadline = time.monotonic() + 30
-    while _processes_using(data) or any(taken(ports[name]) for name in ("api", "redis", "temporal")):
+    while _processes_using(data) or any(port_taken(ports[name]) for name in ("api", "redis", "temporal")):
         assert time.monotonic() < deadline, f"left behind: {_processes_using(data)}"
         time.sleep(0.1)
 
@@ -206,7 +206,7 @@ def test_a_stack_that_cannot_start_exits_non_zero(tmp_path, ollama):
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 1, out
     assert "cannot start" in out
-    assert not any(taken(ports[name]) for name in ("redis", "temporal")), "a service outlived the refusal"
+    assert not any(port_taken(ports[name]) for name in ("redis", "temporal")), "a service outlived the refusal"
 
 
 def test_ports_chosen_ahead_are_never_ones_the_kernel_may_hand_out_meanwhile():
