@@ -57,9 +57,19 @@ class NodeFailure(Exception):
 
 async def publish_event(redis: aioredis.Redis, bridge: Bridge, kind: str, job_id: str, payload: dict) -> None:
     """Publish on channel:<kind>:<jobId>; best effort, since pub/sub keeps nothing for absent listeners either."""
-    message = {"jobId": job_id, **payload, "created": now_ms()}
+    await publish_events(redis, bridge, kind, job_id, [payload])
+
+
+async def publish_events(redis: aioredis.Redis, bridge: Bridge, kind: str, job_id: str, payloads: list[dict]) -> None:
+    """Publish each payload on channel:<kind>:<jobId>, in order, in one round trip (best effort, as above)."""
+    if not payloads:
+        return
+    channel, created = bridge.channel(kind, job_id), now_ms()
+    pipe = redis.pipeline(transaction=False)
+    for payload in payloads:
+        pipe.publish(channel, json.dumps({"jobId": job_id, **payload, "created": created}))
     try:
-        await redis.publish(bridge.channel(kind, job_id), json.dumps(message))
+        await pipe.execute()
     except TRANSIENT as exc:
         log.warning("could not publish %s for job %s (%s)", kind, job_id, exc)
 
@@ -79,12 +89,14 @@ class JobProgress:
         except (RedisError, OSError, ValueError):
             return fallback
 
-    async def report(self, value: float) -> None:
-        value = clamp_progress(value)
-        if value <= self.published:
-            return
-        self.published = value
-        await publish_event(self.redis, self.bridge, "progress", self.job_id, {"progress": round(value, 6)})
+    async def report(self, *values: float) -> None:
+        """Publish each value that rises above the last one, in order, in one round trip."""
+        rising = []
+        for value in map(clamp_progress, values):
+            if value > self.published:
+                self.published = value
+                rising.append({"progress": round(value, 6)})
+        await publish_events(self.redis, self.bridge, "progress", self.job_id, rising)
 
 
 @dataclass
@@ -192,16 +204,21 @@ class DataPlaneWorker:
             )
         else:
             if completed or self.handback_failures:
-                await self._persist(lambda: self.hand_back(job_id, graph))
-            else:
-                await self._persist(lambda: self.record_failure(job_id, graph))
+                await self._persist(lambda: self.hand_back(job_id, graph, entry_id))
+                return
+            await self._persist(lambda: self.record_failure(job_id, graph))
         await self._persist(lambda: self.redis.xack(stream, self.bridge.workers_group, entry_id))
 
     async def run_graph(self, job_id: str, graph: dict) -> bool:
-        """Run ready python nodes, each wave concurrently, until none is ready; False once a node fails."""
+        """Run ready python nodes, each wave concurrently, until none is ready; False once a node fails.
+
+        The caller has just checked that the job goes on; each later wave checks again."""
         progress = JobProgress(self.redis, self.bridge, job_id)
+        waves = 0
         while ready := ready_nodes(graph, "python"):
-            await self.stop_if_finished(job_id)
+            if waves:
+                await self.stop_if_finished(job_id)
+            waves += 1
             outcomes = await asyncio.gather(*(self.run_node(job_id, graph, node, progress) for node in ready))
             if not all(outcomes):
                 return False  # the job has failed: spend no more GPU time on it
@@ -244,9 +261,13 @@ class DataPlaneWorker:
         node["error"] = error
         return False
 
-    async def hand_back(self, job_id: str, graph: dict) -> None:
+    async def hand_back(self, job_id: str, graph: dict, entry_id: str) -> None:
+        """The graph onto the control stream and the segment's entry acked, both or neither (one round trip)."""
         entry: Entry = {"jobId": job_id, "created": now_ms(), "graph": json.dumps(as_worker_serialises(graph))}
-        await self.redis.xadd(self.bridge.control_stream, entry, maxlen=self.bridge.max_length, approximate=True)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(self.bridge.control_stream, entry, maxlen=self.bridge.max_length, approximate=True)
+        pipe.xack(self.bridge.data_stream, self.bridge.workers_group, entry_id)
+        await pipe.execute()
         log.info("job %s handed back", job_id)
 
     async def record_failure(self, job_id: str, graph: dict) -> None:

@@ -90,8 +90,14 @@ class Simulator:
         log.info(
             "SIMULATING %s for job %s node %s (%.1fs)", call.node["service"], call.job_id, call.node["id"], self.seconds
         )
-        for step in range(1, self.steps + 1):
-            await asyncio.sleep(self.seconds / self.steps)
-            await call.progress.report(base + share * step / self.steps)
+        await self._report_steps(call, [base + share * step / self.steps for step in range(1, self.steps + 1)])
         # The completed weight with this node, normalised: parallel branches are not counted twice or lost.
         return max(min(1.0, so_far), job_progress(call.graph, also_done=[call.node["id"]]))
+
+    async def _report_steps(self, call: NodeCall, values: list[float]) -> None:
+        if self.seconds <= 0:
+            await call.progress.report(*values)  # no time passes between the steps: all in one round trip
+            return
+        for value in values:
+            await asyncio.sleep(self.seconds / len(values))
+            await call.progress.report(value)

@@ -377,3 +377,43 @@ async def test_a_killed_connection_does_not_stop_the_worker(redis_client, bridge
     await push(redis_client, bridge, job_id, pipeline_graph(job_id, "sadtalker"))
     nodes = nodes_by_id(await handback_of(redis_client, bridge, job_id))
     assert nodes["postprocess_video"]["status"] == "completed"
+
+
+async def test_a_zero_time_node_publishes_every_progress_step_rising(redis_client, bridge, start_worker, job_id):
+    steps = Simulator(0.0).steps
+    await start_worker()
+    async with JobChannels(redis_client, bridge, job_id) as channels:
+        await push(redis_client, bridge, job_id, pipeline_graph(job_id, "sadtalker"))
+        seen = await channels.until(count("data", 3))
+    values = progress_values(seen)
+    assert len(values) == 3 * steps and values == sorted(values) and len(set(values)) == len(values)
+    # Each node's steps come before its output.
+    kinds = [kind for kind, *_ in seen if kind != "status"]
+    assert kinds == (["progress"] * steps + ["data"]) * 3
+
+
+async def test_the_handback_and_its_ack_reach_redis_as_one_transaction(redis_url, redis_client, bridge, start_worker):
+    """One round trip, and both or neither: a worker that dies in between leaves no handback of a segment that is
+    still pending (and would be run again by whoever takes it over)."""
+    job_id = str(uuid.uuid4())
+    relevant = ("MULTI", "EXEC", f"XADD {bridge.control_stream}", f"XACK {bridge.data_stream}")
+    commands: list[str] = []
+    monitor_client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        async with monitor_client.monitor() as monitor:
+            await start_worker()
+            entry_id = await push(redis_client, bridge, job_id, pipeline_graph(job_id, "sadtalker"))
+            async with asyncio.timeout(TIMEOUT):
+                while len(commands) < 2 or not commands[-2].startswith("XACK"):  # the XACK and what follows it
+                    command = (await monitor.next_command())["command"]
+                    if command.startswith(relevant):
+                        commands.append(command)
+    finally:
+        await monitor_client.aclose()
+    assert commands[-4:] == [
+        "MULTI",
+        commands[-3],
+        f"XACK {bridge.data_stream} {bridge.workers_group} {entry_id}",
+        "EXEC",
+    ], commands
+    assert commands[-3].startswith(f"XADD {bridge.control_stream}") and job_id in commands[-3]
