@@ -2,7 +2,8 @@
 the command sequence is caught by that replay.
 
 The histories are recorded from real runs by tests/test_replay_paths.py (SPINBOT_RECORD_HISTORIES=1 writes them);
-the *_before_patches ones predate the `workflow.patched` changes and are kept so those runs still replay.
+the *_before_patches ones predate the `workflow.patched` changes, and the *_before_every_patch_above ones record one
+marker per change (before `EVERY_PATCH_ABOVE`); both are kept so those runs still replay.
 """
 
 from __future__ import annotations

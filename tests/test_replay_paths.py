@@ -67,6 +67,26 @@ def signals(history: WorkflowHistory) -> list[str]:
     ]
 
 
+PATCH_MARKER = "core_patch"
+UPSERT = "upsert"
+
+
+def commands_by_workflow_task(history: WorkflowHistory) -> list[list[str]]:
+    """The events after each completed workflow task, up to the next one: markers by name (patch, local activity),
+    "upsert" for a search-attribute upsert, the others by event type."""
+    tasks: list[list[str]] = []
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            tasks.append([])
+        elif tasks and event.HasField("marker_recorded_event_attributes"):
+            tasks[-1].append(event.marker_recorded_event_attributes.marker_name)
+        elif tasks and event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+            tasks[-1].append(UPSERT)
+        elif tasks:
+            tasks[-1].append(EventType.Name(event.event_type))
+    return tasks
+
+
 def started_input(history: WorkflowHistory) -> dict:
     started = history.events[0].workflow_execution_started_event_attributes
     return json.loads(started.input.payloads[0].data)
@@ -101,6 +121,11 @@ async def test_hybrid(stack, llm):
     history = await history_of(stack, job_id)
     assert signals(history) == [HANDBACK]
     assert EventType.EVENT_TYPE_TIMER_CANCELED in types(history), "the segment's wait ended by the handback"
+    # One patch marker, in the first workflow task: the job's status is upserted there and at the end, and no
+    # task in between upserts (sdk-core upserts TemporalChangeVersion with each patch marker it records).
+    tasks = commands_by_workflow_task(history)
+    assert sum(kinds.count(PATCH_MARKER) for kinds in tasks) == 1 and PATCH_MARKER in tasks[0]
+    assert [UPSERT in kinds for kinds in tasks] == [True] + [False] * (len(tasks) - 2) + [True]
     await replay_and_record("hybrid", history)
 
 
