@@ -16,22 +16,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from core import jobkeys
 from core.contracts import Bridge, contracts
 from core.messages import parse_graph_entry
-from core.redis import TRANSIENT, Entry, raise_if_cancelled, redis_client
+from core.redis import TRANSIENT, raise_if_cancelled, redis_client
 from core.retry import call_with_retry
 from core.settings import Settings
 from core.supervise import Supervisor, TaskHealth
 from core.timestamps import now_ms
 from core.wire import WireLimits
+from handoff.reporting import JobProgress, publish_event
 from handoff.streams import StreamConsumer
 from handoff.takeover import Liveness
 from workflows.graph import (
     OPTIONAL_NODE_FIELDS,
-    clamp_progress,
     merged_input,
     ready_nodes,
 )
@@ -41,6 +40,15 @@ if TYPE_CHECKING:
     from handoff.simulator import Simulator
 
 log = logging.getLogger(__name__)
+
+
+# KEYS: control stream, data stream; ARGV: max length, group, the data entry's id, then the handback's fields.
+_HAND_BACK = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+  'jobId', ARGV[4], 'created', ARGV[5], 'graph', ARGV[6])
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+return id
+"""
 
 
 class JobFinished(Exception):
@@ -53,50 +61,6 @@ class NodeFailure(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-
-
-async def publish_event(redis: aioredis.Redis, bridge: Bridge, kind: str, job_id: str, payload: dict) -> None:
-    """Publish on channel:<kind>:<jobId>; best effort, since pub/sub keeps nothing for absent listeners either."""
-    await publish_events(redis, bridge, kind, job_id, [payload])
-
-
-async def publish_events(redis: aioredis.Redis, bridge: Bridge, kind: str, job_id: str, payloads: list[dict]) -> None:
-    """Publish each payload on channel:<kind>:<jobId>, in order, in one round trip (best effort, as above)."""
-    if not payloads:
-        return
-    channel, created = bridge.channel(kind, job_id), now_ms()
-    pipe = redis.pipeline(transaction=False)
-    for payload in payloads:
-        pipe.publish(channel, json.dumps({"jobId": job_id, **payload, "created": created}))
-    try:
-        await pipe.execute()
-    except TRANSIENT as exc:
-        log.warning("could not publish %s for job %s (%s)", kind, job_id, exc)
-
-
-class JobProgress:
-    """One job's cumulative progress on channel:progress:<jobId>, never published moving backwards."""
-
-    def __init__(self, redis: aioredis.Redis, bridge: Bridge, job_id: str):
-        self.redis, self.bridge, self.job_id = redis, bridge, job_id
-        self.published = 0.0
-
-    async def base(self, fallback: float) -> float:
-        """Progress so far from job:<id>:progress, as the existing worker reads it; `fallback` if unset."""
-        try:
-            raw = await self.redis.get(self.bridge.progress_key(self.job_id))
-            return clamp_progress(float(raw)) if raw is not None else fallback
-        except (RedisError, OSError, ValueError):
-            return fallback
-
-    async def report(self, *values: float) -> None:
-        """Publish each value that rises above the last one, in order, in one round trip."""
-        rising = []
-        for value in map(clamp_progress, values):
-            if value > self.published:
-                self.published = value
-                rising.append({"progress": round(value, 6)})
-        await publish_events(self.redis, self.bridge, "progress", self.job_id, rising)
 
 
 @dataclass
@@ -214,11 +178,11 @@ class DataPlaneWorker:
 
         The caller has just checked that the job goes on; each later wave checks again."""
         progress = JobProgress(self.redis, self.bridge, job_id)
-        waves = 0
+        first_wave = True
         while ready := ready_nodes(graph, "python"):
-            if waves:
+            if not first_wave:
                 await self.stop_if_finished(job_id)
-            waves += 1
+            first_wave = False
             outcomes = await asyncio.gather(*(self.run_node(job_id, graph, node, progress) for node in ready))
             if not all(outcomes):
                 return False  # the job has failed: spend no more GPU time on it
@@ -262,12 +226,12 @@ class DataPlaneWorker:
         return False
 
     async def hand_back(self, job_id: str, graph: dict, entry_id: str) -> None:
-        """The graph onto the control stream and the segment's entry acked, both or neither (one round trip)."""
-        entry: Entry = {"jobId": job_id, "created": now_ms(), "graph": json.dumps(as_worker_serialises(graph))}
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(self.bridge.control_stream, entry, maxlen=self.bridge.max_length, approximate=True)
-        pipe.xack(self.bridge.data_stream, self.bridge.workers_group, entry_id)
-        await pipe.execute()
+        """The graph onto the control stream, then the segment's entry acked, in one round trip: a script stops at
+        a failed XADD, so the entry is never acked without its handback (MULTI/EXEC would ack it regardless)."""
+        graph_json = json.dumps(as_worker_serialises(graph))
+        keys = (self.bridge.control_stream, self.bridge.data_stream)
+        args = (self.bridge.max_length, self.bridge.workers_group, entry_id, job_id, now_ms(), graph_json)
+        await self.redis.eval(_HAND_BACK, len(keys), *keys, *args)
         log.info("job %s handed back", job_id)
 
     async def record_failure(self, job_id: str, graph: dict) -> None:

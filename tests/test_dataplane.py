@@ -392,28 +392,36 @@ async def test_a_zero_time_node_publishes_every_progress_step_rising(redis_clien
     assert kinds == (["progress"] * steps + ["data"]) * 3
 
 
-async def test_the_handback_and_its_ack_reach_redis_as_one_transaction(redis_url, redis_client, bridge, start_worker):
-    """One round trip, and both or neither: a worker that dies in between leaves no handback of a segment that is
-    still pending (and would be run again by whoever takes it over)."""
+async def test_the_handback_and_its_ack_are_one_round_trip(redis_url, redis_client, bridge, start_worker):
+    """One script: the XADD of the handback, then the XACK of the segment's entry."""
     job_id = str(uuid.uuid4())
-    relevant = ("MULTI", "EXEC", f"XADD {bridge.control_stream}", f"XACK {bridge.data_stream}")
-    commands: list[str] = []
+    relevant = ("EVAL", f"XADD {bridge.control_stream}", f"XACK {bridge.data_stream}")
+    commands: list[tuple[str, str]] = []  # (who ran it: "lua" inside a script, command)
     monitor_client = aioredis.from_url(redis_url, decode_responses=True)
     try:
         async with monitor_client.monitor() as monitor:
             await start_worker()
             entry_id = await push(redis_client, bridge, job_id, pipeline_graph(job_id, "sadtalker"))
             async with asyncio.timeout(TIMEOUT):
-                while len(commands) < 2 or not commands[-2].startswith("XACK"):  # the XACK and what follows it
-                    command = (await monitor.next_command())["command"]
-                    if command.startswith(relevant):
-                        commands.append(command)
+                while not commands or not commands[-1][1].startswith("XACK"):
+                    seen = await monitor.next_command()
+                    if seen["command"].startswith(relevant):
+                        commands.append((seen["client_type"], seen["command"]))
     finally:
         await monitor_client.aclose()
-    assert commands[-4:] == [
-        "MULTI",
-        commands[-3],
-        f"XACK {bridge.data_stream} {bridge.workers_group} {entry_id}",
-        "EXEC",
-    ], commands
-    assert commands[-3].startswith(f"XADD {bridge.control_stream}") and job_id in commands[-3]
+    (_, script), (by_xadd, xadd), (by_xack, xack) = commands[-3:]
+    assert script.startswith("EVAL") and by_xadd == by_xack == "lua", commands
+    assert xadd.startswith(f"XADD {bridge.control_stream}") and job_id in xadd
+    assert xack == f"XACK {bridge.data_stream} {bridge.workers_group} {entry_id}"
+
+
+async def test_a_handback_that_cannot_be_written_leaves_its_entry_pending(redis_client, bridge, start_worker, job_id):
+    """Never acked without its handback: the entry stays pending, for this worker's retry or a taker-over."""
+    await redis_client.set(bridge.control_stream, "not a stream")  # every XADD to it fails (WRONGTYPE)
+    await start_worker()
+    async with JobChannels(redis_client, bridge, job_id) as channels:
+        entry_id = await push(redis_client, bridge, job_id, pipeline_graph(job_id, "sadtalker"))
+        await channels.until(count("data", 3))  # every node ran; the handback comes next
+    await asyncio.sleep(0.5)
+    pending = await redis_client.xpending_range(bridge.data_stream, bridge.workers_group, "-", "+", 10)
+    assert [p["message_id"] for p in pending] == [entry_id]

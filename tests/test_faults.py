@@ -65,7 +65,6 @@ from tests.cluster import (
     stopped_holding,
     tails,
 )
-from workflows.job import KEEP_EARLY_HANDBACK
 from workflows.names import HANDBACK
 
 pytestmark = pytest.mark.timeout(150)
@@ -492,11 +491,24 @@ async def first_push_ms(deployment: Deployment) -> dict[str, int]:
     return first
 
 
+def _decoded(payloads: Any) -> Any:
+    return json.loads(payloads.payloads[0].data or b"null") if payloads.payloads else None
+
+
 async def kept_an_early_handback(deployment: Deployment, job_id: str) -> bool:
-    """Whether the job's workflow took the path that keeps a handback until its re-run step reopens the segment."""
+    """Whether the job's workflow took the path that keeps a handback until its re-run step reopens the segment: the
+    handback of a segment is recorded before the step that pushed it (a re-run, after the crash lost the first)."""
+    handed_back: list[object] = []  # the segment tags signalled so far
     async for event in deployment.temporal.get_workflow_handle(job_id).fetch_history_events():
-        if event.HasField("marker_recorded_event_attributes"):
-            if KEEP_EARLY_HANDBACK.encode() in event.marker_recorded_event_attributes.SerializeToString():
+        if event.HasField("workflow_execution_signaled_event_attributes"):
+            signal = event.workflow_execution_signaled_event_attributes
+            if signal.signal_name == HANDBACK:
+                graph = _decoded(signal.input)["graph"]
+                handed_back.append((graph.get("metadata") or {}).get("handoff"))
+        elif handed_back and event.HasField("marker_recorded_event_attributes"):
+            details = event.marker_recorded_event_attributes.details
+            outcome = _decoded(details["result"]) if "result" in details else None
+            if isinstance(outcome, dict) and (outcome.get("push") or {}).get("segment") in handed_back:
                 return True
     return False
 

@@ -28,6 +28,7 @@ from tests.e2e import BRIDGE, graph_request, outcome, pushed_segment, submit, wa
 from workflows.inputs import JobInput
 from workflows.job import JobWorkflow
 from workflows.names import DATAPLANE_FAILED, HANDBACK, JOB_WORKFLOW, WORKFLOW_QUEUE
+from workflows.patches import EVERY_PATCH_ABOVE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -87,6 +88,15 @@ def commands_by_workflow_task(history: WorkflowHistory) -> list[list[str]]:
     return tasks
 
 
+def patch_ids(history: WorkflowHistory) -> list[str]:
+    markers = [event.marker_recorded_event_attributes for event in history.events]
+    return [
+        json.loads(marker.details["patch-data"].payloads[0].data)["id"]
+        for marker in markers
+        if marker.marker_name == PATCH_MARKER
+    ]
+
+
 def started_input(history: WorkflowHistory) -> dict:
     started = history.events[0].workflow_execution_started_event_attributes
     return json.loads(started.input.payloads[0].data)
@@ -124,7 +134,7 @@ async def test_hybrid(stack, llm):
     # One patch marker, in the first workflow task: the job's status is upserted there and at the end, and no
     # task in between upserts (sdk-core upserts TemporalChangeVersion with each patch marker it records).
     tasks = commands_by_workflow_task(history)
-    assert sum(kinds.count(PATCH_MARKER) for kinds in tasks) == 1 and PATCH_MARKER in tasks[0]
+    assert patch_ids(history) == [EVERY_PATCH_ABOVE] and PATCH_MARKER in tasks[0]
     assert [UPSERT in kinds for kinds in tasks] == [True] + [False] * (len(tasks) - 2) + [True]
     await replay_and_record("hybrid", history)
 

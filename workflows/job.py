@@ -13,6 +13,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from workflows import graph as g
+    from workflows import patches as p
     from workflows import segments as s
     from workflows.activity_calls import failure_message, retry_policy
     from workflows.inputs import Handback, JobInput, JobSnapshot, NodeTask, Resumed
@@ -23,18 +24,6 @@ with workflow.unsafe.imports_passed_through():
 STATUS_KEY = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
 SYNC_TIMEOUT = timedelta(seconds=30)
 HEARTBEAT_TIMEOUT = timedelta(seconds=20)
-# workflow.patched ids: changes to the command sequence, kept until no run from before them remains.
-CLEAR_WAKEUP_BEFORE_SYNC = "clear-wakeup-before-sync"
-SEGMENT_TAG_WITHOUT_RUN_ID = "segment-tag-without-run-id"  # node-plane activities heartbeat every second
-SEGMENT_TIMEOUT_FROM_MANIFEST = "segment-timeout-from-manifest"
-FAILURE_WITHOUT_GRAPH = "dataplane-failure-without-graph"
-CONTINUE_AS_NEW = "continue-as-new-when-suggested"
-KEEP_EARLY_HANDBACK = "keep-handback-of-segment-not-yet-reopened"
-# A run that starts with this marker has every change above. sdk-core upserts TemporalChangeVersion for each patch a
-# run records, and each workflow task that upserts costs Temporal a visibility write: one marker in the first task,
-# which upserts the job's status anyway, instead of one per change in later tasks. Runs from before it still ask for
-# each change by its own id. A later change gets an id of its own, as usual.
-EVERY_PATCH_ABOVE = "every-patch-above-2026-11-26"
 
 
 @workflow.defn(name=JOB_WORKFLOW)
@@ -54,6 +43,7 @@ class JobWorkflow:
         self.outputs: list[dict] = []  # node outputs to announce on channel:data at the next sync
         self.in_flight: dict[str, asyncio.Task] = {}
         self.early: s.Kept = []  # handbacks of a segment this execution has not opened yet (see segments.py)
+        self.has_every_patch = False  # set first thing in run()
 
     @workflow.query(name=STATE)
     def state(self) -> dict:
@@ -71,7 +61,7 @@ class JobWorkflow:
 
     @workflow.run
     async def run(self, job: JobInput) -> dict:
-        self.has_every_patch = workflow.patched(EVERY_PATCH_ABOVE)  # first: before any other command of the run
+        self.has_every_patch = workflow.patched(p.EVERY_PATCH_ABOVE)  # first: before any other command of the run
         self.graph = job.graph
         self.job = job
         if job.resumed:
@@ -90,7 +80,7 @@ class JobWorkflow:
     async def _drive(self) -> None:
         """Start what is ready, wait for any change, record it; until nothing can move."""
         status: str | None = JobStatus.RUNNING  # recorded together with the first nodes started
-        early_clear = self._patched(CLEAR_WAKEUP_BEFORE_SYNC)
+        early_clear = self._patched(p.CLEAR_WAKEUP_BEFORE_SYNC)
         while True:
             if early_clear:
                 self.changed = False  # cleared before the sync: a signal or completion during it must wake us
@@ -120,7 +110,7 @@ class JobWorkflow:
     def _continue_as_new_now(self) -> bool:
         """When Temporal suggests it and the job is between steps: nothing running, no segment out."""
         quiet = not self.in_flight and self.open_segment is None and not self.inbox and not self.early
-        return quiet and workflow.info().is_continue_as_new_suggested() and self._patched(CONTINUE_AS_NEW)
+        return quiet and workflow.info().is_continue_as_new_suggested() and self._patched(p.CONTINUE_AS_NEW)
 
     async def _continue_as_new(self) -> None:
         if self._dirty or self.outputs:
@@ -186,7 +176,7 @@ class JobWorkflow:
             return False
         self.segment += 1
         self.open_segment = {"segment": self.segment, "attempt": self.job.attempt}
-        if not self._patched(SEGMENT_TAG_WITHOUT_RUN_ID):
+        if not self._patched(p.SEGMENT_TAG_WITHOUT_RUN_ID):
             # Histories from before the patch tagged the run too. Without it, a run reset by an operator
             # rebuilds on replay the very tag it already pushed, and accepts that segment's handback.
             self.open_segment["runId"] = workflow.info().run_id
@@ -200,7 +190,7 @@ class JobWorkflow:
 
     def _segment_budget(self) -> float:
         ceiling = self.job.segment_timeout_seconds
-        if not self.job.python_timeouts or not self._patched(SEGMENT_TIMEOUT_FROM_MANIFEST):
+        if not self.job.python_timeouts or not self._patched(p.SEGMENT_TIMEOUT_FROM_MANIFEST):
             return ceiling
         return g.python_work_budget(self.graph, self.job.python_timeouts, ceiling)
 
@@ -222,7 +212,7 @@ class JobWorkflow:
             kind, handback = self.inbox.pop(0)
             tag = s.tag_of(handback)
             if self.open_segment is None or tag != self.open_segment:
-                if s.not_opened_yet(tag, self.job.attempt, self.segment) and self._patched(KEEP_EARLY_HANDBACK):
+                if s.not_opened_yet(tag, self.job.attempt, self.segment) and self._patched(p.KEEP_EARLY_HANDBACK):
                     # Before the patch such a handback was dropped, and the job waited for its segment timeout.
                     workflow.logger.info("keeping %s for segment %s until this run reopens it", kind, tag)
                     self.early.append((kind, handback))
@@ -231,7 +221,7 @@ class JobWorkflow:
                 continue
             merged = g.merge_handback(self.graph, handback.graph)
             if kind == DATAPLANE_FAILED and not g.failed_nodes(merged):
-                if handback.reason and self._patched(FAILURE_WITHOUT_GRAPH):
+                if handback.reason and self._patched(p.FAILURE_WITHOUT_GRAPH):
                     # The data plane said the job failed but its graph was overwritten: fail the segment now.
                     self._fail_python_nodes(self.segment_ready, handback.reason, "DataPlaneFailed")
                     self.open_segment = None
