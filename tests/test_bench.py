@@ -10,6 +10,7 @@ import time
 import pytest
 
 from bench.floor import measure_floor, shape_of
+from bench.hops import HOPS, measure_hops
 from bench.load import api_client, finished_jobs, measure_load, run_one
 from bench.report import KEYS, Report
 from bench.sizes import plan_ms
@@ -67,3 +68,13 @@ async def test_the_bench_websocket_client_sees_a_job_from_its_state_to_completed
         client.close()
     with pytest.raises(ConnectionError):  # a refused handshake is a clear error, not a hang
         await BenchClient.connect(stack.api_url + "/nowhere", timeout=10)
+
+
+async def test_the_hops_of_a_paced_job_add_up_to_its_whole_time(stack, llm):
+    hops = await measure_hops(stack.api_url, stack.settings.temporal_address, stack.settings.redis_url, jobs=2)
+    *steps, (whole, _, _) = HOPS
+    for job in range(2):
+        parts = [hops[label][job] for label, _, _ in steps]
+        # One machine's clocks at millisecond resolution: a hop can read a millisecond below zero.
+        assert all(part > -2 for part in parts), dict(zip([label for label, _, _ in steps], parts, strict=True))
+        assert sum(parts) == pytest.approx(hops[whole][job]) and hops[whole][job] > 0
