@@ -13,6 +13,7 @@ import statistics
 import time
 from typing import Any
 
+import httpx
 import redis.asyncio as aioredis
 from rich.console import Console
 from rich.table import Table
@@ -97,7 +98,9 @@ async def measure_hops(api_url: str, temporal: str, redis_url: str, jobs: int) -
     return hops
 
 
-async def _one_job(api, finished: Finished, client: Client, redis: aioredis.Redis) -> dict[str, float]:
+async def _one_job(
+    api: httpx.AsyncClient, finished: Finished, client: Client, redis: aioredis.Redis
+) -> dict[str, float]:
     posted_at = time.time()
     job_id, posted = await submit(api)
     completed = await finished.wait(job_id)

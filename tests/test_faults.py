@@ -65,7 +65,9 @@ from tests.cluster import (
     stopped_holding,
     tails,
 )
+from workflows.inputs import Handback
 from workflows.names import HANDBACK
+from workflows.segments import tag_of
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -503,8 +505,7 @@ async def kept_an_early_handback(deployment: Deployment, job_id: str) -> bool:
         if event.HasField("workflow_execution_signaled_event_attributes"):
             signal = event.workflow_execution_signaled_event_attributes
             if signal.signal_name == HANDBACK:
-                graph = _decoded(signal.input)["graph"]
-                handed_back.append((graph.get("metadata") or {}).get("handoff"))
+                handed_back.append(tag_of(Handback(_decoded(signal.input)["graph"])))
         elif handed_back and event.HasField("marker_recorded_event_attributes"):
             details = event.marker_recorded_event_attributes.details
             outcome = _decoded(details["result"]) if "result" in details else None

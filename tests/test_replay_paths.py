@@ -89,11 +89,11 @@ def commands_by_workflow_task(history: WorkflowHistory) -> list[list[str]]:
 
 
 def patch_ids(history: WorkflowHistory) -> list[str]:
-    markers = [event.marker_recorded_event_attributes for event in history.events]
+    markers = [
+        e.marker_recorded_event_attributes for e in history.events if e.HasField("marker_recorded_event_attributes")
+    ]
     return [
-        json.loads(marker.details["patch-data"].payloads[0].data)["id"]
-        for marker in markers
-        if marker.marker_name == PATCH_MARKER
+        json.loads(m.details["patch-data"].payloads[0].data)["id"] for m in markers if m.marker_name == PATCH_MARKER
     ]
 
 
