@@ -51,8 +51,10 @@ async def test_pipeline_completes_and_every_store_agrees(stack, store, llm, vari
     assert "a fox" in llm.requests[-1]["prompt"]
     for node_id in python_nodes:
         assert nodes[node_id]["output"]["simulated"] is True
-    progress = [n["output"]["currentProgress"] for n in graph["nodes"]]
-    assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
+    progress = {node_id: node["output"]["currentProgress"] for node_id, node in nodes.items()}
+    # Progress only rises along each edge; parallel branches (svd_wav2lip's) may finish in either order.
+    assert all(progress[edge["from"]] <= progress[edge["to"]] for edge in graph["edges"]), progress
+    assert progress[graph["nodes"][-1]["id"]] == pytest.approx(1.0)
     statuses = [e["status"] for e in reversed(detail["events"]) if e["status"]]
     assert statuses[0] == "advertised" and statuses[-1] == "completed" and "running" in statuses
     assert statuses.count("completed") == 1
