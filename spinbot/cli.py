@@ -21,6 +21,7 @@ from core.logs import setup_logging
 from core.metrics import serve_metrics
 from core.settings import settings
 from spinbot.cli_jobs import register_job_commands
+from spinbot.priority import BATCH_NICE
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="MySpinBot control plane on Temporal.")
 register_job_commands(app)
@@ -257,6 +258,9 @@ def dev(
     ] = True,
     sim_seconds: Annotated[float, typer.Option(help="Simulated duration of each python node")] = 2.0,
     metrics_port: Annotated[int, typer.Option(help="First of three metrics ports: worker, Temporal SDK, relay")] = 9464,
+    batch_nice: Annotated[
+        int, typer.Option(min=0, max=19, help="How much lower the roles that run jobs are scheduled than the API")
+    ] = BATCH_NICE,
 ):
     """Everything on one machine: Temporal, Redis, PostgreSQL, API, workers, relay, data plane."""
     from spinbot.dev import DevOptions, run_dev
@@ -272,5 +276,6 @@ def dev(
         simulate,
         sim_seconds,
         metrics_port,
+        batch_nice,
     )
     raise typer.Exit(run_dev(options))

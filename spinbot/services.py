@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from spinbot.ports import port_taken
+from spinbot.priority import lower_priority
 from workflows.names import SEARCH_ATTRIBUTES
 
 _PR_SET_PDEATHSIG = 1
@@ -57,9 +58,15 @@ def _die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass  # not Linux: stopping relies on Child.stop()
 
 
-def popen(cmd: list[str], **kwargs) -> subprocess.Popen:
-    """A child process in its own session (Ctrl-C goes to us, not to it) that dies with us."""
-    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
+def popen(cmd: list[str], nice: int = 0, **kwargs) -> subprocess.Popen:
+    """A child process in its own session (Ctrl-C goes to us, not to it) that dies with us, `nice` lower in CPU
+    priority (spinbot.priority)."""
+    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=partial(_before_exec, nice), **kwargs)
+
+
+def _before_exec(nice: int) -> None:
+    lower_priority(nice)
+    _die_with_parent()
 
 
 def _bin(name: str) -> str:
@@ -109,6 +116,7 @@ def start_temporal(
     search_attributes: bool = True,
     dynamic_config: dict[str, object] | None = None,
     metrics_port: int | None = None,
+    nice: int = 0,
 ) -> Child:
     """`temporal server start-dev` on a SQLite file, so jobs survive a restart; `search_attributes=False` starts it
     plain, like a cluster where spinbot's roles must register their search attributes themselves. `metrics_port`
@@ -140,7 +148,7 @@ def start_temporal(
     if metrics_port:
         cmd += ["--metrics-port", str(metrics_port)]
     out = open(log_path or os.devnull, "ab")
-    proc = popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    proc = popen(cmd, nice, stdout=out, stderr=subprocess.STDOUT)
     wait_for_port(port, proc, "Temporal dev server")
     ui = f"http://127.0.0.1:{ui_port}" if ui_port else ""
     return Child("temporal", proc, f"127.0.0.1:{port}", {"ui": ui})
@@ -167,7 +175,7 @@ def start_redis(data_dir: Path, port: int, persist: bool = True) -> Child:
 PG_USER = "pgserver"  # PostgreSQL refuses to run as root: as root, it runs as this user (pgserver's own choice)
 
 
-def start_postgres(data_dir: Path, timeout: float = 30.0) -> Child:
+def start_postgres(data_dir: Path, timeout: float = 30.0, nice: int = 0) -> Child:
     """PostgreSQL (the `pgserver` package's binaries) as a child in the foreground, on a unix socket only.
 
     Not through pg_ctl, which detaches it: as our child it dies with us (fast shutdown) and can be restarted.
@@ -187,7 +195,7 @@ def start_postgres(data_dir: Path, timeout: float = 30.0) -> Child:
     cmd = [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(data_dir), "-k", str(socket_dir), "-h", ""]
     log = open(data_dir / "log", "ab")
     proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=partial(_as_user, user)
+        cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=partial(_as_user, user, nice)
     )
     deadline = time.monotonic() + timeout
     while _postmaster(data_dir) != (proc.pid, "ready"):
@@ -200,9 +208,10 @@ def start_postgres(data_dir: Path, timeout: float = 30.0) -> Child:
     return Child("postgres", proc, f"postgresql://postgres:@/postgres?host={socket_dir}", stop_signal=signal.SIGINT)
 
 
-def _as_user(user: str | None) -> None:
-    """Before exec: drop to `user` (as root), then ask for SIGINT (fast shutdown) when our thread dies.
-    The order matters: changing the user clears the parent-death signal."""
+def _as_user(user: str | None, nice: int) -> None:
+    """Before exec: lower the CPU priority by `nice`, drop to `user` (as root), then ask for SIGINT (fast shutdown)
+    when our thread dies. The order matters: changing the user clears the parent-death signal."""
+    lower_priority(nice)
     if user:
         entry = pwd.getpwnam(user)
         os.setgid(entry.pw_gid)

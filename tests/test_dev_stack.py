@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from spinbot.ports import LOWEST_PORT, free_port, port_taken
+from spinbot.priority import BATCH_NICE
 from tests.dev_process import DevOutput, dev_children, dev_ports, start_dev
 
 pytestmark = pytest.mark.timeout(180)
@@ -150,17 +151,42 @@ def _kill_child(proc: subprocess.Popen, output: DevOutput, name: str) -> None:
     assert dev_children(proc.pid)[name] != pid
 
 
+def _priorities(pid: int) -> dict[str, tuple[int, int | None]]:
+    """Each child's (nice, its session's autogroup nice or None without autogroup), by role."""
+    found = {}
+    for role, child in dev_children(pid).items():
+        nice = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        group = Path(f"/proc/{child}/autogroup")
+        found[role] = (nice, int(group.read_text().split()[-1]) if group.exists() else None)
+    return found
+
+
+def _assert_jobs_run_at_lower_priority(pid: int) -> None:
+    ours = os.getpriority(os.PRIO_PROCESS, 0)  # children inherit it; each starts a session, whose group starts at 0
+    autogroup = Path("/proc/self/autogroup").exists()
+    serving = (ours, 0 if autogroup else None)
+    lower = (min(19, ours + BATCH_NICE), BATCH_NICE if autogroup else None)
+    expected = {role: serving if role in ("api", "redis") else lower for role in ROLES}
+    assert _priorities(pid) == expected
+
+
+ROLES = ("worker", "relay", "dataplane", "api", "temporal", "redis", "postgres")
+
+
 def test_dev_stack_restarts_a_killed_role_and_each_killed_service(tmp_path, ollama):
+    """...with each child's CPU priority as it started: the roles that run jobs below the API and Redis."""
     ports = dev_ports()
     proc = start_dev(tmp_path / "data", ports, ollama.url)
     output = DevOutput(proc)
     try:
         output.wait_for("ready;")
-        assert set(dev_children(proc.pid)) >= {"worker", "relay", "dataplane", "api", "temporal", "redis", "postgres"}
+        assert set(dev_children(proc.pid)) >= set(ROLES)
+        _assert_jobs_run_at_lower_priority(proc.pid)
         with httpx.Client(base_url=f"http://127.0.0.1:{ports['api']}", timeout=10) as api:
             for name in ("worker", "relay", "redis", "postgres", "temporal"):
                 _kill_child(proc, output, name)
                 _run_job_after_a_restart(api, output, name)  # the stack still runs jobs, on the same ports and data
+        _assert_jobs_run_at_lower_priority(proc.pid)
     finally:
         code = _stop(proc)
     assert code == 0, "".join(output.lines[-40:])
