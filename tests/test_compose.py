@@ -294,3 +294,9 @@ def test_grafana_is_provisioned_with_the_dashboard(services):
     uids = {panel["datasource"]["uid"] for panel in dashboard["panels"] if panel["type"] != "row"}
     assert uids == {source["uid"]}
     assert source["url"] == "http://prometheus:9090"
+
+
+def test_the_api_and_redis_go_first_when_a_shared_host_is_busy(services):
+    """As in `spinbot dev` (spinbot/priority.py): what answers people has the larger CPU weight (Docker's is 1024)."""
+    for name, service in services.items():
+        assert (int(service.get("cpu_shares", 1024)) > 1024) == (name in {"api", "redis"}), name
