@@ -16,7 +16,7 @@ import httpx
 
 from core.migrate import migrate_url
 from core.settings import settings
-from spinbot.priority import BATCH_NICE, niceness
+from spinbot.priority import BATCH_NICE, how_much_lower
 from spinbot.services import (
     Child,
     ServiceError,
@@ -49,8 +49,8 @@ class DevOptions:
     metrics_port: int = 9464  # worker; +1 Temporal SDK; +2 relay
     batch_nice: int = BATCH_NICE  # how much lower the roles that run jobs are scheduled (spinbot.priority)
 
-    def nice(self, role: str) -> int:
-        return niceness(role, self.batch_nice)
+    def lower_by(self, role: str) -> int:
+        return how_much_lower(role, self.batch_nice)
 
     @property
     def metrics_ports(self) -> dict[str, int]:
@@ -62,8 +62,8 @@ def _say(message: str) -> None:
     print(f"[spinbot dev] {message}", flush=True)
 
 
-def _spawn(name: str, args: list[str], env: dict, nice: int) -> Child:
-    return Child(name, popen([sys.executable, "-m", "spinbot", *args], nice, env=env))
+def _spawn(name: str, args: list[str], env: dict, lower_by: int) -> Child:
+    return Child(name, popen([sys.executable, "-m", "spinbot", *args], lower_by, env=env))
 
 
 def _llm_answers(endpoint: str) -> bool:
@@ -106,11 +106,11 @@ def _start_stack(options: DevOptions, supervisor: Supervisor) -> dict[str, Child
             options.ui_port,
             data / "temporal.log",
             dynamic_config=DEV_TEMPORAL_CONFIG,
-            nice=options.nice("temporal"),
+            lower_by=options.lower_by("temporal"),
         ),
     )
     redis = supervisor.start("redis", lambda: start_redis(data / "redis", options.redis_port))
-    postgres = supervisor.start("postgres", lambda: start_postgres(data / "pg", nice=options.nice("postgres")))
+    postgres = supervisor.start("postgres", lambda: start_postgres(data / "pg"))
     asyncio.run(migrate_url(postgres.url))
     env = dict(
         os.environ,
@@ -122,7 +122,7 @@ def _start_stack(options: DevOptions, supervisor: Supervisor) -> dict[str, Child
     )
     children = {"temporal": temporal, "redis": redis, "postgres": postgres}
     for name, args in _roles(options):
-        children[name] = supervisor.start(name, partial(_spawn, name, args, env, options.nice(name)))
+        children[name] = supervisor.start(name, partial(_spawn, name, args, env, options.lower_by(name)))
     wait_for_port(options.api_port, children["api"].proc, "API", timeout=60)
     return children
 

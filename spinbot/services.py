@@ -58,14 +58,14 @@ def _die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass  # not Linux: stopping relies on Child.stop()
 
 
-def popen(cmd: list[str], nice: int = 0, **kwargs) -> subprocess.Popen:
-    """A child process in its own session (Ctrl-C goes to us, not to it) that dies with us, `nice` lower in CPU
-    priority (spinbot.priority)."""
-    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=partial(_before_exec, nice), **kwargs)
+def popen(cmd: list[str], lower_by: int = 0, **kwargs) -> subprocess.Popen:
+    """A child process in its own session (Ctrl-C goes to us, not to it) that dies with us, its CPU priority
+    `lower_by` lower than ours (spinbot.priority)."""
+    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=partial(_before_exec, lower_by), **kwargs)
 
 
-def _before_exec(nice: int) -> None:
-    lower_priority(nice)
+def _before_exec(lower_by: int) -> None:
+    lower_priority(lower_by)
     _die_with_parent()
 
 
@@ -116,7 +116,7 @@ def start_temporal(
     search_attributes: bool = True,
     dynamic_config: dict[str, object] | None = None,
     metrics_port: int | None = None,
-    nice: int = 0,
+    lower_by: int = 0,
 ) -> Child:
     """`temporal server start-dev` on a SQLite file, so jobs survive a restart; `search_attributes=False` starts it
     plain, like a cluster where spinbot's roles must register their search attributes themselves. `metrics_port`
@@ -148,7 +148,7 @@ def start_temporal(
     if metrics_port:
         cmd += ["--metrics-port", str(metrics_port)]
     out = open(log_path or os.devnull, "ab")
-    proc = popen(cmd, nice, stdout=out, stderr=subprocess.STDOUT)
+    proc = popen(cmd, lower_by, stdout=out, stderr=subprocess.STDOUT)
     wait_for_port(port, proc, "Temporal dev server")
     ui = f"http://127.0.0.1:{ui_port}" if ui_port else ""
     return Child("temporal", proc, f"127.0.0.1:{port}", {"ui": ui})
@@ -175,7 +175,7 @@ def start_redis(data_dir: Path, port: int, persist: bool = True) -> Child:
 PG_USER = "pgserver"  # PostgreSQL refuses to run as root: as root, it runs as this user (pgserver's own choice)
 
 
-def start_postgres(data_dir: Path, timeout: float = 30.0, nice: int = 0) -> Child:
+def start_postgres(data_dir: Path, timeout: float = 30.0) -> Child:
     """PostgreSQL (the `pgserver` package's binaries) as a child in the foreground, on a unix socket only.
 
     Not through pg_ctl, which detaches it: as our child it dies with us (fast shutdown) and can be restarted.
@@ -195,7 +195,7 @@ def start_postgres(data_dir: Path, timeout: float = 30.0, nice: int = 0) -> Chil
     cmd = [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(data_dir), "-k", str(socket_dir), "-h", ""]
     log = open(data_dir / "log", "ab")
     proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=partial(_as_user, user, nice)
+        cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=partial(_as_user, user)
     )
     deadline = time.monotonic() + timeout
     while _postmaster(data_dir) != (proc.pid, "ready"):
@@ -208,10 +208,9 @@ def start_postgres(data_dir: Path, timeout: float = 30.0, nice: int = 0) -> Chil
     return Child("postgres", proc, f"postgresql://postgres:@/postgres?host={socket_dir}", stop_signal=signal.SIGINT)
 
 
-def _as_user(user: str | None, nice: int) -> None:
-    """Before exec: lower the CPU priority by `nice`, drop to `user` (as root), then ask for SIGINT (fast shutdown)
-    when our thread dies. The order matters: changing the user clears the parent-death signal."""
-    lower_priority(nice)
+def _as_user(user: str | None) -> None:
+    """Before exec: drop to `user` (as root), then ask for SIGINT (fast shutdown) when our thread dies.
+    The order matters: changing the user clears the parent-death signal."""
     if user:
         entry = pwd.getpwnam(user)
         os.setgid(entry.pw_gid)

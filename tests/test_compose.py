@@ -296,7 +296,7 @@ def test_grafana_is_provisioned_with_the_dashboard(services):
     assert source["url"] == "http://prometheus:9090"
 
 
-def test_the_api_and_redis_go_first_when_a_shared_host_is_busy(services):
+def test_the_proxy_api_and_redis_go_first_when_a_shared_host_is_busy(services):
     """As in `spinbot dev` (spinbot/priority.py): what answers people has the larger CPU weight (Docker's is 1024)."""
     for name, service in services.items():
-        assert (int(service.get("cpu_shares", 1024)) > 1024) == (name in {"api", "redis"}), name
+        assert (int(service.get("cpu_shares", 1024)) > 1024) == (name in {"proxy", "api", "redis"}), name

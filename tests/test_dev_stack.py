@@ -151,6 +151,10 @@ def _kill_child(proc: subprocess.Popen, output: DevOutput, name: str) -> None:
     assert dev_children(proc.pid)[name] != pid
 
 
+ROLES = ("worker", "relay", "dataplane", "api", "temporal", "redis", "postgres")
+LOWERED = ("worker", "relay", "dataplane", "temporal")  # PostgreSQL's backends each start a session of their own
+
+
 def _priorities(pid: int) -> dict[str, tuple[int, int | None]]:
     """Each child's (nice, its session's autogroup nice or None without autogroup), by role."""
     found = {}
@@ -162,15 +166,12 @@ def _priorities(pid: int) -> dict[str, tuple[int, int | None]]:
 
 
 def _assert_jobs_run_at_lower_priority(pid: int) -> None:
+    """The settings, not their effect (which needs the cores busy: BENCHMARKS.md measures it)."""
     ours = os.getpriority(os.PRIO_PROCESS, 0)  # children inherit it; each starts a session, whose group starts at 0
     autogroup = Path("/proc/self/autogroup").exists()
-    serving = (ours, 0 if autogroup else None)
-    lower = (min(19, ours + BATCH_NICE), BATCH_NICE if autogroup else None)
-    expected = {role: serving if role in ("api", "redis") else lower for role in ROLES}
-    assert _priorities(pid) == expected
-
-
-ROLES = ("worker", "relay", "dataplane", "api", "temporal", "redis", "postgres")
+    as_started = (ours, 0 if autogroup else None)
+    lowered = (min(19, ours + BATCH_NICE), BATCH_NICE if autogroup else None)
+    assert _priorities(pid) == {role: lowered if role in LOWERED else as_started for role in ROLES}
 
 
 def test_dev_stack_restarts_a_killed_role_and_each_killed_service(tmp_path, ollama):
