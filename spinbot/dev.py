@@ -16,7 +16,7 @@ import httpx
 
 from core.migrate import migrate_url
 from core.settings import settings
-from spinbot.priority import BATCH_NICE, LOWERED_ROLES, how_much_lower
+from spinbot.priority import BATCH_NICE, how_much_lower
 from spinbot.services import (
     Child,
     ServiceError,
@@ -145,9 +145,8 @@ def _print_urls(options: DevOptions, children: dict[str, Child]) -> None:
     endpoint = settings().llm_endpoint
     if not _llm_answers(endpoint):
         _say(f"warning: no LLM answers at {endpoint}; script nodes will fail until Ollama runs there")
-    if options.batch_nice:
-        lowered = ", ".join(sorted(LOWERED_ROLES))
-        _say(f"CPU priority  {lowered} run {options.batch_nice} below the API and Redis (--batch-nice)")
+    if lowered := [name for name in children if options.lower_by(name)]:
+        _say(f"CPU priority  {', '.join(lowered)} run {options.batch_nice} below the API and Redis (--batch-nice)")
     _say("ready; a child that dies is restarted; Ctrl-C stops everything")
 
 
