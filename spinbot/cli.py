@@ -259,7 +259,13 @@ def dev(
     sim_seconds: Annotated[float, typer.Option(help="Simulated duration of each python node")] = 2.0,
     metrics_port: Annotated[int, typer.Option(help="First of three metrics ports: worker, Temporal SDK, relay")] = 9464,
     batch_nice: Annotated[
-        int, typer.Option(min=0, max=19, help="How much lower the roles that run jobs are scheduled than the API")
+        int,
+        typer.Option(
+            min=0,
+            max=19,
+            envvar="SPINBOT_BATCH_NICE",
+            help="How much lower the roles that run jobs are scheduled than the API",
+        ),
     ] = BATCH_NICE,
 ):
     """Everything on one machine: Temporal, Redis, PostgreSQL, API, workers, relay, data plane."""

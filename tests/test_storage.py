@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
+import sys
 import uuid
 
 import httpx
@@ -14,11 +16,11 @@ from temporalio.exceptions import ApplicationError
 from activities.artifacts import upload_artifact
 from activities.resources import Resources
 from core.contracts import contracts
+from core.minio_store import MinioStore
 from core.settings import Settings
 from core.storage import (
     InvalidObjectName,
     LocalStore,
-    MinioStore,
     ObjectNotFound,
     StorageError,
     object_store,
@@ -151,6 +153,23 @@ def test_object_store_follows_settings(tmp_path):
     local = object_store(Settings(artifacts_dir=tmp_path))
     assert isinstance(local, LocalStore) and local.root == tmp_path
 
+
+
+def test_only_a_process_configured_for_minio_loads_the_s3_client(tmp_path):
+    """The S3 client and what it brings (~6 MB a process) load only with MINIO_ENDPOINT set: every role of the dev
+    stack, which keeps objects in a folder, stays without it (the API's memory goal, issue 11)."""
+    script = f"""
+import sys
+import api.app, activities.registry, handoff.service, spinbot.cli
+from core.settings import Settings
+from core.storage import object_store
+object_store(Settings(artifacts_dir={str(tmp_path)!r}))
+print(sorted(name for name in sys.modules if name.split(".")[0] in ("minio", "Crypto", "argon2")))
+object_store(Settings.model_validate({{"MINIO_ENDPOINT": "127.0.0.1:9000"}}))
+print("minio" in sys.modules)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert run.stdout.splitlines() == ["[]", "True"], run.stdout + run.stderr
 
 # --- artifacts.upload_artifact ---------------------------------------------------------------------------------
 
