@@ -45,3 +45,18 @@ def test_children_started_together_are_each_lowered_without_cap_sys_admin():
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == [f"{min(19, ours + 10)} 10"] * 3, done.stdout + done.stderr
+
+
+def test_the_batch_priority_is_read_from_the_environment_and_checked():
+    """SPINBOT_BATCH_NICE sets --batch-nice (the bench compares priorities through it); out of range, dev refuses
+    before it starts anything."""
+    env = dict(os.environ, SPINBOT_BATCH_NICE="25", COLUMNS="200")  # wide enough for typer's message on one line
+    run = subprocess.run(
+        [sys.executable, "-m", "spinbot", "dev", "--data-dir", "/nonexistent/never-made"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "(env var: 'SPINBOT_BATCH_NICE')" in run.stderr and "less than or equal to 19" in run.stderr
