@@ -154,7 +154,6 @@ def test_object_store_follows_settings(tmp_path):
     assert isinstance(local, LocalStore) and local.root == tmp_path
 
 
-
 def test_only_a_process_configured_for_minio_loads_the_s3_client(tmp_path):
     """The S3 client and what it brings (~6 MB a process) load only with MINIO_ENDPOINT set: every role of the dev
     stack, which keeps objects in a folder, stays without it (the API's memory goal, issue 11)."""
@@ -170,6 +169,7 @@ print("minio" in sys.modules)
 """
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert run.stdout.splitlines() == ["[]", "True"], run.stdout + run.stderr
+
 
 # --- artifacts.upload_artifact ---------------------------------------------------------------------------------
 
