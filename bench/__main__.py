@@ -1,9 +1,10 @@
 """`make bench`: one run of a real `spinbot dev` stack, everything side by side, ending with one JSON line.
 
-Phases, in order: planning a 500-node graph (in this process); then against the stack: sadtalker latency paced and
-back to back; sadtalker throughput with GET /api/status timed meanwhile; the bare-Temporal floor shaped like a
-sadtalker job's history, on the same server, queued and paced; WebSocket fan-out to 100, then to 1,000 clients; a
-200-node job's history. Then a soak on a fresh stack.
+Phases, in order: planning a 500-node graph (in this process); then against the stack, side by side with the
+bare-Temporal floor shaped like a sadtalker job's history (on the same server, its workflows timed between our jobs):
+sadtalker latency paced (each in turn with a floor workflow) and back to back; rounds of queued sadtalker jobs, with
+GET /api/status timed meanwhile, in turn with rounds of queued floor workflows; WebSocket fan-out to 100, then to
+1,000 clients; a 200-node job's history. Then a soak on a fresh stack.
 Run: `make bench` or `.venv/bin/python -m bench [--soak 200 --ws-clients 100]` for a quick run.
 """
 
@@ -15,8 +16,8 @@ import sys
 
 from temporalio.client import Client
 
-from bench.floor import measure_floor, shape_of
-from bench.load import PACED_PAUSE, Finished, api_client, finished_jobs, measure_load, run_one
+from bench.floor import floor_workers, shape_of
+from bench.load import Finished, api_client, finished_jobs, measure_load, run_one
 from bench.report import Report
 from bench.sizes import history_of_job, plan_ms
 from bench.soak import soak
@@ -33,6 +34,7 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--queued", type=int, default=60, help="jobs (and floor workflows) queued at once")
     parser.add_argument("--runs", type=int, default=20, help="jobs timed one at a time, paced and back to back")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of queued jobs, ours and the floor's in turn")
     parser.add_argument("--ws-clients", type=int, default=1000, help="WebSocket clients (0: skip)")
     parser.add_argument("--ws-jobs", type=int, default=10, help="running jobs the clients' subscriptions spread over")
     parser.add_argument("--history-nodes", type=int, default=200, help="nodes of the history job (0: skip)")
@@ -84,12 +86,16 @@ async def measure(stack: BenchStack, args: argparse.Namespace, report: Report) -
         say(f"one sadtalker job's history: {shape.describe()}")
 
         async def load_and_floor() -> tuple:
-            load = await measure_load(stack.api_url, finished, args.queued, args.runs)
-            say(f"floor: {args.queued} bare workflows of that shape queued at once, then {args.runs} paced")
-            floor = await measure_floor(stack.temporal_address, shape, args.queued, args.runs, PACED_PAUSE)
-            return load, floor, shape
+            async with floor_workers(stack.temporal_address, shape) as floor:
+                load, floor_figures = await measure_load(
+                    stack.api_url, finished, floor, args.queued, args.runs, args.rounds
+                )
+            return load, floor_figures, shape
 
-        name = f"latency ({args.runs} paced, {args.runs} back to back), then {args.queued} queued"
+        name = (
+            f"side by side with the floor (bare workflows of that shape): {args.runs} paced each in turn,"
+            f" {args.runs} back to back, then {args.rounds} rounds each of {args.queued} queued, in turn"
+        )
         await phase(report, name, load_and_floor(), lambda r, found: add_load(r, *found))
         if args.ws_clients:
             name = f"WebSocket fan-out: {args.ws_clients} clients over {args.ws_jobs} running jobs"

@@ -4,11 +4,12 @@ activities, signals and timers, counted from a real job's history), many queued 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 
@@ -118,13 +119,33 @@ class FloorWorkflow:
 
 @dataclass
 class FloorFigures:
-    jobs_per_s: float
-    paced: list[float]  # seconds from start to result, one workflow at a time
+    jobs_per_s: float = 0.0
+    paced: list[float] = field(default_factory=list)  # seconds from start to result, one workflow at a time
 
 
-async def measure_floor(address: str, shape: Shape, queued: int, runs: int = 0, pause: float = 0.5) -> FloorFigures:
-    """The floor's throughput (`queued` workflows started at once, until the last ends, after a warm-up of three),
-    then `runs` workflows one at a time, `pause` seconds apart, as our paced jobs are timed."""
+class Floor:
+    """The floor's workers, up for a whole phase, so that its workflows are timed between our jobs: measured
+    minutes apart, a drifting machine (this one's CPU per job moved by a third within minutes) blurs the ratio."""
+
+    def __init__(self, client: Client, shape: Shape):
+        self.client, self.shape = client, shape
+
+    async def batch(self, count: int) -> tuple[int, float]:
+        """`count` workflows started at once: (how many, seconds until the last ended)."""
+        started = time.perf_counter()
+        handles = await asyncio.gather(*(start(self.client, self.shape) for _ in range(count)))
+        await asyncio.gather(*(handle.result() for handle in handles))
+        return count, time.perf_counter() - started
+
+    async def one(self) -> float:
+        """Seconds from start to result of one workflow."""
+        started = time.perf_counter()
+        await (await start(self.client, self.shape)).result()
+        return time.perf_counter() - started
+
+
+@contextlib.asynccontextmanager
+async def floor_workers(address: str, shape: Shape) -> AsyncIterator[Floor]:
     if shape.signals > shape.local_activities:
         raise ValueError(f"the floor hands back from a local activity: {shape.describe()}")
     client = await Client.connect(address)
@@ -133,21 +154,7 @@ async def measure_floor(address: str, shape: Shape, queued: int, runs: int = 0, 
         Worker(client, task_queue=FLOOR_WORKFLOWS, workflows=[FloorWorkflow], activities=[floor.sync]),
         Worker(client, task_queue=FLOOR_ACTIVITIES, activities=[floor.work]),
     ):
-
-        async def batch(count: int) -> float:
-            started = time.perf_counter()
-            handles = await asyncio.gather(*(start(client, shape) for _ in range(count)))
-            await asyncio.gather(*(handle.result() for handle in handles))
-            return count / (time.perf_counter() - started)
-
-        await batch(3)
-        figures = FloorFigures(await batch(queued), [])
-        for _ in range(runs):
-            await asyncio.sleep(pause)
-            started = time.perf_counter()
-            await (await start(client, shape)).result()
-            figures.paced.append(time.perf_counter() - started)
-        return figures
+        yield Floor(client, shape)
 
 
 def start(client: Client, shape: Shape) -> Awaitable[WorkflowHandle]:

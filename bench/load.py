@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import httpx
 import redis.asyncio as aioredis
 
+from bench.floor import Floor, FloorFigures
 from bench.http_probe import HttpProbe
 from workflows.names import CONTROL_SOURCE
 from workflows.status import JobStatus
@@ -96,6 +97,7 @@ class LoadFigures:
     paced: list[float] = field(default_factory=list)
     jobs_per_s: float = 0.0
     queued: int = 0
+    rounds: int = 1
     status_lookups: list[float] = field(default_factory=list)
     failed: int = 0
 
@@ -134,12 +136,30 @@ async def throughput(api: httpx.AsyncClient, finished: Finished, queued: int) ->
     return queued / elapsed, lookups, failed
 
 
-async def measure_load(api_url: str, finished: Finished, queued: int, runs: int = 20) -> LoadFigures:
-    figures = LoadFigures(queued=queued)
+async def measure_load(
+    api_url: str, finished: Finished, floor: Floor, queued: int, runs: int = 20, rounds: int = 2
+) -> tuple[LoadFigures, FloorFigures]:
+    """Our jobs and the floor's workflows side by side: paced one of ours, then one of the floor's, `runs` times;
+    ours back to back; then `rounds` of `queued` at once, ours and the floor's in turn. Each rate is the rounds'
+    jobs over their summed time."""
+    figures, floor_figures = LoadFigures(queued=queued, rounds=rounds), FloorFigures()
     async with api_client(api_url) as api:
-        await latencies(api, finished, 3, 0.0)  # warm up connections and caches
-        figures.paced = await latencies(api, finished, runs, PACED_PAUSE)
+        await latencies(api, finished, 3, 0.0)  # warm up connections and caches, ours and the floor's
+        await floor.batch(3)
+        for _ in range(runs):
+            figures.paced += await latencies(api, finished, 1, PACED_PAUSE)
+            await asyncio.sleep(PACED_PAUSE)
+            floor_figures.paced.append(await floor.one())
         figures.back_to_back = await latencies(api, finished, runs, 0.0)
-        await asyncio.sleep(1.0)  # let the back-to-back run's after-effects settle
-        figures.jobs_per_s, figures.status_lookups, figures.failed = await throughput(api, finished, queued)
-    return figures
+        ours, theirs = [], []
+        for _ in range(rounds):
+            await asyncio.sleep(1.0)  # let what ran before settle
+            rate, lookups, failed = await throughput(api, finished, queued)
+            ours.append(queued / rate)
+            figures.status_lookups += lookups
+            figures.failed += failed
+            await asyncio.sleep(1.0)
+            theirs.append((await floor.batch(queued))[1])
+    figures.jobs_per_s = queued * rounds / sum(ours)
+    floor_figures.jobs_per_s = queued * rounds / sum(theirs)
+    return figures, floor_figures

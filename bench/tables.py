@@ -29,28 +29,28 @@ def add_load(report: Report, load: LoadFigures, floor_figures: FloorFigures, sha
     report.add(
         "floor: bare Temporal workflows/s",
         f"{floor:.1f}",
-        note=f"{load.queued} queued, same server, same run; each as one sadtalker job's history: {shape.describe()}",
+        note=f"{_rounds(load)} in turn with ours, same server; each as one sadtalker job's history: {shape.describe()}",
     )
     report.add(
         "sadtalker jobs/s",
         f"{load.jobs_per_s:.1f} ({share:.2f} of the floor)",
         f"≥ {FLOOR_SHARE_GOAL} × floor",
         share >= FLOOR_SHARE_GOAL,
-        f"{load.queued} queued at once over HTTP, until the last `completed`; {load.failed} failed",
+        f"{_rounds(load)} over HTTP, each until its last `completed`; {load.failed} failed",
     )
     report.add(
         "POST → completed, paced, p50 / p90",
         f"{f['latency_p50_ms']} / {ms(load.paced, 0.9)} ms",
         f"≤ {LATENCY_GOAL_MS} ms",
         at_most(f["latency_p50_ms"], LATENCY_GOAL_MS),
-        f"{len(load.paced)} jobs, {PACED_PAUSE:g} s apart"
+        f"{len(load.paced)} jobs, {PACED_PAUSE:g} s apart, each followed by one of the floor's"
         + _against_floor(f["latency_p50_ms"], f["floor_latency_p50_ms"]),
     )
     report.add(
         "floor: bare Temporal workflow, paced, p50 / p90",
         f"{f['floor_latency_p50_ms']} / {ms(floor_figures.paced, 0.9)} ms",
-        note=f"{len(floor_figures.paced)} of the floor's workflows one at a time, {PACED_PAUSE:g} s apart, start →"
-        " result: what Temporal alone takes for that shape on this server",
+        note=f"{len(floor_figures.paced)} of the floor's workflows, each {PACED_PAUSE:g} s after one of our paced jobs,"
+        " start → result: what Temporal alone takes for that shape on this server",
     )
     report.add(
         "POST → completed, back to back, p50 / p90",
@@ -63,8 +63,12 @@ def add_load(report: Report, load: LoadFigures, floor_figures: FloorFigures, sha
         f"p99 ≤ {STATUS_P99_GOAL_MS} ms",
         at_most(f["status_p99_ms"], STATUS_P99_GOAL_MS),
         f"{len(load.status_lookups)} lookups, one every {STATUS_EVERY * 1000:.0f} ms,"
-        f" while the {load.queued} queued jobs ran (bench.http_probe: one keep-alive connection, no httpx)",
+        f" while our {_rounds(load)} ran (bench.http_probe: one keep-alive connection, no httpx)",
     )
+
+
+def _rounds(load: LoadFigures) -> str:
+    return f"{load.rounds} round{'s' if load.rounds > 1 else ''} of {load.queued} queued at once"
 
 
 def _against_floor(ours: float | None, floor: float | None) -> str:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bench.floor import measure_floor, shape_of
+from bench.floor import floor_workers, shape_of
 from bench.hops import HOPS, measure_hops
 from bench.load import api_client, finished_jobs, measure_load, run_one
 from bench.report import KEYS, Report
@@ -31,10 +31,11 @@ async def test_the_bench_counts_a_job_runs_its_floor_and_prints_one_json_line(st
         # A sadtalker job: the script activity, a sync per state change, the data plane's handback with its timer.
         assert shape.activities == 1 and shape.signals == 1 and shape.timers == 1, shape
         assert shape.local_activities >= shape.signals, shape
-        load = await measure_load(stack.api_url, finished, queued=3, runs=1)
-        floor = await measure_floor(stack.settings.temporal_address, shape, queued=3, runs=2, pause=0)
-    assert load.failed == 0 and len(load.paced) == len(load.back_to_back) == 1 and load.status_lookups
-    assert floor.jobs_per_s > 0 and len(floor.paced) == 2
+        async with floor_workers(stack.settings.temporal_address, shape) as side:
+            load, floor = await measure_load(stack.api_url, finished, side, queued=3, runs=2, rounds=2)
+    assert load.failed == 0 and len(load.paced) == len(load.back_to_back) == 2 and load.status_lookups
+    assert load.jobs_per_s > 0 and load.rounds == 2
+    assert floor.jobs_per_s > 0 and len(floor.paced) == 2  # one after each of our paced jobs
 
     report = Report()
     add_load(report, load, floor, shape)
