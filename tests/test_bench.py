@@ -10,7 +10,7 @@ import time
 import pytest
 
 from bench.floor import floor_workers, shape_of
-from bench.hops import HOPS, measure_hops
+from bench.hops import HOPS, OURS_ONLY, TOGETHER, measure_hops, table
 from bench.load import api_client, finished_jobs, measure_load, run_one
 from bench.report import KEYS, Report
 from bench.sizes import plan_ms
@@ -72,10 +72,21 @@ async def test_the_bench_websocket_client_sees_a_job_from_its_state_to_completed
 
 
 async def test_the_hops_of_a_paced_job_add_up_to_its_whole_time(stack, llm):
-    hops = await measure_hops(stack.api_url, stack.settings.temporal_address, stack.settings.redis_url, jobs=2)
+    ours, floor = await measure_hops(stack.api_url, stack.settings.temporal_address, stack.settings.redis_url, jobs=2)
     *steps, (whole, _, _) = HOPS
-    for job in range(2):
-        parts = [hops[label][job] for label, _, _ in steps]
-        # One machine's clocks at millisecond resolution: a hop can read a millisecond below zero.
-        assert all(part > -2 for part in parts), dict(zip([label for label, _, _ in steps], parts, strict=True))
-        assert sum(parts) == pytest.approx(hops[whole][job]) and hops[whole][job] > 0
+    for hops in (ours, floor):
+        for job in range(2):
+            parts = [hops[label][job] for label, _, _ in steps if label in hops]
+            # One machine's clocks at millisecond resolution: a hop can read a millisecond below zero.
+            assert all(part > -2 for part in parts), parts
+            if hops is ours:
+                assert sum(parts) == pytest.approx(hops[whole][job]) and hops[whole][job] > 0
+    # The floor has every hop but the three of our hand-off, which it has as one (its local activity signals).
+    (together, _, _), *_ = TOGETHER
+    assert set(floor) == {label for label, _, end in HOPS if end not in OURS_ONLY} | {together}
+    assert all(len(values) == 2 and values[0] > 0 for label, values in floor.items() if label != together)
+    missing = [label for label, _, _ in steps if label not in floor]
+    for job in range(2):  # the floor's steps add up to its whole too, with its hand-off as one step
+        parts = [floor[label][job] for label, _, _ in steps if label in floor] + [floor[together][job]]
+        assert sum(parts) == pytest.approx(floor[whole][job]), (missing, parts)
+    table(ours, floor)  # prints what it measured, a floor column beside ours
