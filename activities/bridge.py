@@ -40,8 +40,9 @@ class BridgeActivities:
 
         The step's status and data events are written with its snapshot, so they are in job_events whether or not
         a relay hears them (none subscribed at that moment: a relay restarting, Redis restarting under them all);
-        a relay that does hear one finds its row there (same fingerprint). Progress is left to the relays, which
-        coalesce it. Returns what happened to a pushed or withdrawn segment, so the job's history shows it.
+        relays leave the workflow's own status and data messages alone (they carry its eventId). Progress is left
+        to the relays, which coalesce it. Returns what happened to a pushed or withdrawn segment, so the job's
+        history shows it.
         """
         run_id = activity.info().workflow_run_id or ""
         created = str(snap.at_ms) if snap.at_ms else now_ms()

@@ -11,6 +11,7 @@ from core.contracts import Bridge, ContractError, check, first_error
 from core.failures import clean_error
 from core.wire import WireLimits, load_json, text_of
 from workflows.graph import clamp_progress, drop_nulls
+from workflows.names import CONTROL_SOURCE
 
 
 def parse_graph_entry(fields: dict) -> tuple[str, dict]:
@@ -51,6 +52,14 @@ class JobEvent:
     fingerprint: str
     error: dict | None = None  # a `failed` status may say why: {nodeId, message, code}
     source: str | None = None  # "control-plane" on the workflow's own status messages
+    event_id: str | None = None  # set by the workflow's own messages only (activities/bridge.py)
+
+    @property
+    def recorded_by_workflow(self) -> bool:
+        """The workflow's own status and data messages: their rows were written with the step's snapshot."""
+        if self.event_id is None:
+            return False
+        return self.kind == "data" or (self.kind == "status" and self.source == CONTROL_SOURCE)
 
 
 def channel_job(bridge: Bridge, channel: bytes | str) -> tuple[str, str]:
@@ -92,6 +101,7 @@ def parse_event(
         fingerprint=fingerprint(channel, raw, payload.get("eventId")),
         error=clean_error(payload.get("error")) if kind == "status" else None,
         source=payload["source"] if kind == "status" and isinstance(payload.get("source"), str) else None,
+        event_id=payload["eventId"] if isinstance(payload.get("eventId"), str) and payload["eventId"] else None,
     )
 
 

@@ -8,6 +8,7 @@ from temporalio.client import Client
 from temporalio.envconfig import ClientConfig, ClientConnectConfig
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
+from core.payloads import DATA_CONVERTER
 from core.retry import call_with_retry
 
 RPC_TIMEOUT = timedelta(seconds=10)  # every single call to Temporal; none may hang a request or a relay
@@ -50,6 +51,6 @@ async def connect(
     return await call_with_retry(
         f"connecting to Temporal at {options['target_host']}",
         (RuntimeError,),
-        lambda: Client.connect(**options, runtime=runtime),
+        lambda: Client.connect(**options, runtime=runtime, data_converter=DATA_CONVERTER),
         timeout=timeout,
     )

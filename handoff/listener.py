@@ -3,6 +3,9 @@
 It also notices a data-plane failure that arrives without a handback (status `failed` plus the
 graph in `job:<id>`) and signals the workflow, so a job never waits forever.
 
+The workflow's own status and data messages are not written again: its step wrote their rows with its snapshot
+(activities/bridge.py), so they cost a relay no PostgreSQL round trip.
+
 Progress is folded: a data plane reports it in bursts (nine messages in a few milliseconds for one
 sadtalker segment), and only the highest value matters to the keys and the coalesced job_events row.
 The listener keeps the highest message per job; `record_progress`, a task of its own, writes what is
@@ -76,6 +79,8 @@ class EventListener:
         if event.progress is not None:
             self._hold_progress(channel, raw, event)
             return
+        if event.recorded_by_workflow:
+            return  # its row went in with the workflow's snapshot (activities/bridge.py): one write saved per message
         recorded = await self.events.record(channel, raw, event)
         # Only the data plane's failures need a signal (never the workflow's own), and only from the relay
         # that recorded the message first: several relays hear every message.

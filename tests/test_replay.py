@@ -16,6 +16,7 @@ from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
+from core.payloads import DATA_CONVERTER
 from tests.altered_workflows import (
     ExtraTimerJobWorkflow,
     SkipsFirstSyncJobWorkflow,
@@ -37,7 +38,8 @@ def committed(path: Path) -> WorkflowHistory:
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
 async def test_committed_history_replays(path):
-    await Replayer(workflows=[JobWorkflow]).replay_workflow(committed(path))
+    # With the converter our workers read histories with (core.payloads), as they would after a restart.
+    await Replayer(workflows=[JobWorkflow], data_converter=DATA_CONVERTER).replay_workflow(committed(path))
 
 
 # --- a non-deterministic change is caught (the altered workflows: tests/altered_workflows.py) ----------------
