@@ -15,7 +15,6 @@ import statistics
 import time
 from typing import Any
 
-import httpx
 import redis.asyncio as aioredis
 from rich.console import Console
 from rich.table import Table
@@ -24,6 +23,7 @@ from temporalio.client import Client, WorkflowHandle
 from bench.floor import HANDBACK as FLOOR_HANDBACK
 from bench.floor import Floor, floor_workers, shape_of
 from bench.floor import start as start_floor_workflow
+from bench.http_probe import ApiClient
 from bench.load import PACED_PAUSE, Finished, api_client, finished_jobs, latencies, run_one, submit
 from bench.stack import bench_stack
 from core.contracts import contracts
@@ -130,9 +130,7 @@ def _add(hops: dict[str, list[float]], marks: dict[str, float]) -> None:
             hops[label].append(marks[end] - marks[start])
 
 
-async def _one_job(
-    api: httpx.AsyncClient, finished: Finished, client: Client, redis: aioredis.Redis
-) -> dict[str, float]:
+async def _one_job(api: ApiClient, finished: Finished, client: Client, redis: aioredis.Redis) -> dict[str, float]:
     posted_at = time.time()
     job_id, posted = await submit(api)
     completed = await finished.wait(job_id)

@@ -10,16 +10,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import httpx
 import redis.asyncio as aioredis
 
 from bench.floor import Floor, FloorFigures
-from bench.http_probe import HttpProbe
+from bench.http_probe import ApiClient, HttpProbe
 from workflows.names import CONTROL_SOURCE
 from workflows.status import JobStatus
 
-# Idle connections are dropped before uvicorn's keep-alive (5 s) ends, so a reuse never races the server's close.
-KEEPALIVE_EXPIRY = 2.0
 SADTALKER = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "bench"}}}
 ENDINGS = (JobStatus.COMPLETED, JobStatus.FAILED)
 STATUS_EVERY = 0.02  # GET /api/status under load: 50 lookups a second
@@ -73,19 +70,19 @@ async def finished_jobs(redis_url: str) -> AsyncIterator[Finished]:
         await redis.aclose()
 
 
-def api_client(api_url: str, connections: int = 100) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=connections, keepalive_expiry=KEEPALIVE_EXPIRY)
-    return httpx.AsyncClient(base_url=api_url, timeout=60, limits=limits)
+def api_client(api_url: str, connections: int = 100) -> ApiClient:
+    return ApiClient(api_url, connections)
 
 
-async def submit(api: httpx.AsyncClient, request: dict | None = None) -> tuple[str, float]:
+async def submit(api: ApiClient, request: dict | None = None) -> tuple[str, float]:
     started = time.perf_counter()
-    reply = await api.post("/api/jobs", json=request or SADTALKER)
-    reply.raise_for_status()
-    return reply.json()["jobId"], started
+    status, body = await api.post_json("/api/jobs", request or SADTALKER)
+    if status != 200:
+        raise RuntimeError(f"POST /api/jobs: {status} {body[:200]!r}")
+    return json.loads(body)["jobId"], started
 
 
-async def run_one(api: httpx.AsyncClient, finished: Finished) -> tuple[str, float]:
+async def run_one(api: ApiClient, finished: Finished) -> tuple[str, float]:
     """(job id, seconds from POST to completed) of one sadtalker job."""
     job_id, started = await submit(api)
     return job_id, await finished.wait(job_id) - started
@@ -102,7 +99,7 @@ class LoadFigures:
     failed: int = 0
 
 
-async def latencies(api: httpx.AsyncClient, finished: Finished, runs: int, pause: float) -> list[float]:
+async def latencies(api: ApiClient, finished: Finished, runs: int, pause: float) -> list[float]:
     times = []
     for _ in range(runs):
         if pause:
@@ -111,12 +108,12 @@ async def latencies(api: httpx.AsyncClient, finished: Finished, runs: int, pause
     return times
 
 
-async def throughput(api: httpx.AsyncClient, finished: Finished, queued: int) -> tuple[float, list[float], int]:
+async def throughput(api: ApiClient, finished: Finished, queued: int) -> tuple[float, list[float], int]:
     """`queued` jobs submitted at once: (jobs/s until the last ends, GET /api/status times meanwhile, failed)."""
     started = time.perf_counter()
     jobs = [job for job, _ in await asyncio.gather(*(submit(api) for _ in range(queued)))]
     lookups: list[float] = []
-    probe = HttpProbe(str(api.base_url))
+    probe = HttpProbe(api.base_url)
 
     async def look_up_status() -> None:
         # Paced, as pollers are: a loop asking as fast as it can would add its own load (it took about a quarter

@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass
 
 import asyncpg
-import httpx
 import redis.asyncio as aioredis
 
+from bench.http_probe import ApiClient
 from bench.load import Finished, api_client, run_one
 from workflows.status import JobStatus
 
@@ -63,12 +63,12 @@ async def soak(
         gate = asyncio.Semaphore(in_flight)
         outcomes: list[str] = []
 
-        async def one(api: httpx.AsyncClient) -> None:
+        async def one(api: ApiClient) -> None:
             async with gate:
                 try:
                     job_id, _ = await run_one(api, finished)
                     outcomes.append(finished.outcome[job_id])
-                except (httpx.HTTPError, TimeoutError) as exc:
+                except (RuntimeError, OSError, TimeoutError) as exc:  # an error answer, a lost connection
                     outcomes.append(type(exc).__name__)
 
         started = time.perf_counter()

@@ -63,7 +63,7 @@ def add_load(report: Report, load: LoadFigures, floor_figures: FloorFigures, sha
         f"p99 ≤ {STATUS_P99_GOAL_MS} ms",
         at_most(f["status_p99_ms"], STATUS_P99_GOAL_MS),
         f"{len(load.status_lookups)} lookups, one every {STATUS_EVERY * 1000:.0f} ms,"
-        f" while our {_rounds(load)} ran (bench.http_probe: one keep-alive connection, no httpx)",
+        f" while our {_rounds(load)} ran (bench.http_probe: one keep-alive connection of its own)",
     )
 
 

@@ -11,7 +11,9 @@ import pytest
 
 from bench.floor import floor_workers, shape_of
 from bench.hops import HOPS, OURS_ONLY, TOGETHER, measure_hops, table
+from bench.http_probe import KEEPALIVE_EXPIRY, ApiClient
 from bench.load import api_client, finished_jobs, measure_load, run_one
+from bench.load import submit as submit_over_http
 from bench.report import KEYS, Report
 from bench.sizes import plan_ms
 from bench.tables import add_load, add_plan
@@ -47,6 +49,27 @@ async def test_the_bench_counts_a_job_runs_its_floor_and_prints_one_json_line(st
     assert figures["jobs_per_s"] > 0 and figures["floor_jobs_per_s"] > 0 and figures["plan_500_ms"] > 0
     assert figures["floor_latency_p50_ms"] > 0
     assert figures["ws_clients"] is None  # that phase did not run
+
+
+async def test_the_bench_http_client_keeps_a_few_connections_and_says_what_the_api_refused(stack, llm):
+    """bench.http_probe's ApiClient, which submits the bench's jobs: requests beyond its connections wait for one,
+    connections are reused, an error answer is returned as is (submit raises on it), and a request after the
+    keep-alive expiry opens a fresh connection instead of racing the server's close."""
+    async with ApiClient(stack.api_url, connections=2) as api:
+        jobs = await asyncio.gather(*(submit_over_http(api) for _ in range(6)))
+        assert len({job_id for job_id, _ in jobs}) == 6 and api.opened == 2
+        status, body = await api.post_json("/api/jobs", {"mode": "fixed_graph", "variant": "nope"})
+        assert status == 400 and "error" in json.loads(body)
+        with pytest.raises(RuntimeError, match="400"):
+            await submit_over_http(api, {"mode": "nope"})
+        status, _ = await api.request("GET", "/health")
+        assert status == 200 and api.opened == 2
+        for connection in api.idle:
+            connection.used_at -= KEEPALIVE_EXPIRY + 1  # as if idle that long
+        kept = [connection.streams for connection in api.idle]
+        status, _ = await api.request("GET", "/health")
+        assert status == 200 and all(streams is not None for streams in kept)
+        assert any(connection.streams not in kept for connection in api.idle)  # that one was opened again
 
 
 async def test_the_bench_websocket_client_sees_a_job_from_its_state_to_completed(stack, llm):
