@@ -156,7 +156,7 @@ async def measure_load(
             figures.status_lookups += lookups
             figures.failed += failed
             await asyncio.sleep(1.0)
-            theirs.append((await floor.batch(queued))[1])
+            theirs.append(await floor.batch(queued))
     figures.jobs_per_s = queued * rounds / sum(ours)
     floor_figures.jobs_per_s = queued * rounds / sum(theirs)
     return figures, floor_figures
