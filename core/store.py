@@ -153,9 +153,10 @@ class Store:
             [event.created for event in events],
         )
 
-    async def apply_event(self, event: Event) -> bool:
+    async def apply_event(self, event: Event) -> bool | None:
         """Record one pub/sub message once (a coalesced progress row: raise it to the message's progress). False if
-        skipped: already recorded, no such job, or a coalesced row that already holds as much.
+        skipped: already recorded, or a coalesced row that already holds as much; None if the job has no row (none
+        yet: its first step writes the row and pushes its first segment at once, or an unknown job).
 
         Only the workflow decides a job's status (its snapshots): a status message is history, never the job's
         fate. Reported progress raises the job's, up to its ceiling, while the job is not finished.
@@ -177,7 +178,7 @@ class Store:
                 WHERE job_id = $1 AND $3::float8 IS NOT NULL AND NOT status = ANY($7::text[])
                       AND EXISTS (SELECT 1 FROM ev)
             )
-            SELECT event_id FROM ev
+            SELECT (SELECT event_id FROM ev) AS event_id, EXISTS (SELECT 1 FROM jobs WHERE job_id = $1) AS known
             """,
             uuid.UUID(event.job_id),
             event.status,
@@ -187,7 +188,9 @@ class Store:
             event.created,
             list(jobkeys.TERMINAL),
         )
-        return row is not None
+        if row["event_id"] is not None:
+            return True
+        return False if row["known"] else None
 
     async def delete_expired_events(self, retention_seconds: float, batch: int) -> int:
         """Delete up to `batch` job_events rows of jobs that finished more than `retention_seconds` ago; returns how

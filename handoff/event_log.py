@@ -60,8 +60,8 @@ class EventLog:
         )
 
     async def record(self, channel: str | bytes, raw: str | bytes, event: JobEvent) -> bool | None:
-        """True when this call wrote the event, False when it was already there (or has no job), None when
-        PostgreSQL is down and the event waits in the backlog."""
+        """True when this call wrote the event; False when it was already there (or names no job); None when
+        that is not known: the job has no row yet, or PostgreSQL is down and the event waits in the backlog."""
         if not is_job_id(event.job_id):
             return False
         try:

@@ -83,7 +83,8 @@ class EventListener:
             return  # its row went in with the workflow's snapshot (activities/bridge.py): one write saved per message
         recorded = await self.events.record(channel, raw, event)
         # Only the data plane's failures need a signal (never the workflow's own), and only from the relay
-        # that recorded the message first: several relays hear every message.
+        # that recorded the message first: several relays hear every message. A job without a row yet (its first
+        # push and row are written at once) lets every relay signal: the workflow takes the first, drops the rest.
         if event.status == JobStatus.FAILED and event.source != CONTROL_SOURCE and recorded is not False:
             await self._detect_dataplane_failure(event.job_id)
 

@@ -202,6 +202,25 @@ async def test_two_relays_hearing_one_failure_signal_it_once(stack, store):
     assert await signals(stack.temporal, job_id, DATAPLANE_FAILED) == 1
 
 
+async def test_a_failure_heard_before_the_jobs_first_row_still_ends_the_wait(stack, store):
+    """The step that pushes a job's first segment writes its row and the push at once, so a data plane that fails at
+    once can report it before the row exists. No relay records a message of a job without a row, yet one of them
+    must still signal the failure: the job would otherwise wait for its segment timeout (60 s here)."""
+    async with stack.no_dataplane():
+        job_id = await start_python_job(stack)
+        await fail_in_redis_like_the_worker(stack, job_id)
+        await wait_for(lambda: store.job(job_id), what=f"the row of job {job_id}")
+        async with store.pool.acquire() as db:  # back to the moment before the row was written
+            await db.execute("DELETE FROM jobs WHERE job_id = $1", uuid.UUID(job_id))
+        channel, raw = status_message(job_id, "failed")
+        for relay in (listener(stack, store, "relay-a"), listener(stack, store, "relay-b")):
+            await relay.on_message(channel, raw)
+        state, message = await outcome(stack, job_id, timeout=10)
+    assert state == "failed" and message and "CUDA out of memory" in message
+    # Neither could know it was first, so both signalled; the workflow took the first and dropped the repeat.
+    assert await signals(stack.temporal, job_id, DATAPLANE_FAILED) == 2
+
+
 async def test_a_failure_whose_graph_was_overwritten_still_ends_the_wait(stack, store):
     """The worker's failed graph in job:<id> was replaced by ours before the relay read it."""
     async with stack.no_dataplane():
