@@ -40,7 +40,7 @@ class BridgeActivities:
 
         The step's status and data events are written with its snapshot, so they are in job_events whether or not
         a relay hears them (none subscribed at that moment: a relay restarting, Redis restarting under them all);
-        relays leave the workflow's own status and data messages alone (they carry its eventId). Progress is left
+        relays leave the workflow's own status messages alone (`control-plane`, with its eventId). Progress is left
         to the relays, which coalesce it. Returns what happened to a pushed or withdrawn segment, so the job's
         history shows it.
         """

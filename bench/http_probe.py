@@ -30,7 +30,7 @@ class HttpProbe:
         self.used_at = 0.0
 
     async def get(self, path: str) -> bytes:
-        """The body of a 200 answer. The connection is asked often enough that keep-alive never closes it."""
+        """The body of a 200 answer."""
         status, body = await self.request("GET", path)
         if status != 200:
             raise RuntimeError(f"GET {path}: {status} {body[:200]!r}")
@@ -67,6 +67,7 @@ class HttpProbe:
         if body:
             out += self.http.send(h11.Data(data=body))
         writer.write(out + self.http.send(h11.EndOfMessage()))
+        await writer.drain()
         status, chunks = 0, []
         while True:
             event = self.http.next_event()
@@ -80,7 +81,10 @@ class HttpProbe:
             elif isinstance(event, h11.Data):
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
-                self.http.start_next_cycle()
+                if h11.MUST_CLOSE in (self.http.our_state, self.http.their_state):
+                    await self.aclose()  # the server said `Connection: close` (a 503 at its limit, a shutdown)
+                else:
+                    self.http.start_next_cycle()
                 return status, b"".join(chunks)
 
 
@@ -91,7 +95,7 @@ class ApiClient:
         self.base_url, self.timeout = base_url, timeout
         self.idle: list[HttpProbe] = []
         self.slots = asyncio.Semaphore(connections)
-        self.opened = 0  # connections made so far, for tests and curiosity
+        self.opened = 0  # connection objects made so far (each reconnects by itself after its keep-alive expiry)
 
     async def post_json(self, path: str, document: object) -> tuple[int, bytes]:
         return await self.request("POST", path, json.dumps(document).encode())

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 import asyncpg
+import h11
 import redis.asyncio as aioredis
 
 from bench.http_probe import ApiClient
@@ -68,7 +69,7 @@ async def soak(
                 try:
                     job_id, _ = await run_one(api, finished)
                     outcomes.append(finished.outcome[job_id])
-                except (RuntimeError, OSError, TimeoutError) as exc:  # an error answer, a lost connection
+                except (RuntimeError, OSError, TimeoutError, h11.ProtocolError) as exc:  # an error answer, a lost link
                     outcomes.append(type(exc).__name__)
 
         started = time.perf_counter()

@@ -52,14 +52,13 @@ class JobEvent:
     fingerprint: str
     error: dict | None = None  # a `failed` status may say why: {nodeId, message, code}
     source: str | None = None  # "control-plane" on the workflow's own status messages
-    event_id: str | None = None  # set by the workflow's own messages only (activities/bridge.py)
+    event_id: str | None = None  # the message's own identity, when its publisher gives one (the workflow does)
 
     @property
     def recorded_by_workflow(self) -> bool:
-        """The workflow's own status and data messages: their rows were written with the step's snapshot."""
-        if self.event_id is None:
-            return False
-        return self.kind == "data" or (self.kind == "status" and self.source == CONTROL_SOURCE)
+        """The workflow's own status messages (`control-plane`, with its eventId): their rows were written with the
+        step's snapshot. A data message says nothing of who sent it, so every one is recorded."""
+        return self.kind == "status" and self.source == CONTROL_SOURCE and self.event_id is not None
 
 
 def channel_job(bridge: Bridge, channel: bytes | str) -> tuple[str, str]:

@@ -3,7 +3,7 @@
 It also notices a data-plane failure that arrives without a handback (status `failed` plus the
 graph in `job:<id>`) and signals the workflow, so a job never waits forever.
 
-The workflow's own status and data messages are not written again: its step wrote their rows with its snapshot
+The workflow's own status messages are not written again: its step wrote their rows with its snapshot
 (activities/bridge.py), so they cost a relay no PostgreSQL round trip.
 
 Progress is folded: a data plane reports it in bursts (nine messages in a few milliseconds for one

@@ -152,30 +152,6 @@ async def test_the_workflows_own_events_are_recorded_with_its_snapshot_when_no_r
     assert len([e for e in await store.events(job_id) if e["status"] or e["data"]]) == 2
 
 
-async def test_a_relay_leaves_the_workflows_own_status_and_data_to_its_snapshot(stack, store):
-    """The workflow's status and data messages (its eventId, and `control-plane` on a status) were written with the
-    step's snapshot, so a relay writes nothing for them: one PostgreSQL write fewer per message. The data plane's
-    messages, and a status that only claims an eventId, are recorded as before."""
-    job_id = str(uuid.uuid4())
-    await store.create_job(job_id, {}, "custom")
-    relay = listener(stack, store, "own-events")
-    output = json.dumps({"nodeId": "script", "output": {"narration": "hello"}})
-    workflows_own = [
-        status_message(job_id, "running", source=CONTROL_SOURCE, eventId="run/status/running"),
-        (BRIDGE.channel("data", job_id), json.dumps({"jobId": job_id, "data": output, "eventId": "run/data/script"})),
-    ]
-    data_planes = [
-        status_message(job_id, "completed"),
-        status_message(job_id, "failed", eventId="not/the/workflow"),  # no control-plane source: recorded
-        (BRIDGE.channel("data", job_id), json.dumps({"jobId": job_id, "data": output})),
-    ]
-    for channel, raw in workflows_own + data_planes:
-        await relay.on_message(channel.encode(), raw.encode())
-    events = await store.events(job_id)
-    assert sorted(e["status"] for e in events if e["status"]) == ["completed", "failed"], events
-    assert [e["data"] for e in events if e["data"]] == [output], events
-
-
 async def test_the_workflows_own_failed_is_never_taken_for_the_data_planes(stack, store):
     async with stack.no_dataplane():
         job_id = await start_python_job(stack)
@@ -200,25 +176,6 @@ async def test_two_relays_hearing_one_failure_signal_it_once(stack, store):
         state, message = await outcome(stack, job_id, timeout=10)
     assert state == "failed" and message and "CUDA out of memory" in message
     assert await signals(stack.temporal, job_id, DATAPLANE_FAILED) == 1
-
-
-async def test_a_failure_heard_before_the_jobs_first_row_still_ends_the_wait(stack, store):
-    """The step that pushes a job's first segment writes its row and the push at once, so a data plane that fails at
-    once can report it before the row exists. No relay records a message of a job without a row, yet one of them
-    must still signal the failure: the job would otherwise wait for its segment timeout (60 s here)."""
-    async with stack.no_dataplane():
-        job_id = await start_python_job(stack)
-        await fail_in_redis_like_the_worker(stack, job_id)
-        await wait_for(lambda: store.job(job_id), what=f"the row of job {job_id}")
-        async with store.pool.acquire() as db:  # back to the moment before the row was written
-            await db.execute("DELETE FROM jobs WHERE job_id = $1", uuid.UUID(job_id))
-        channel, raw = status_message(job_id, "failed")
-        for relay in (listener(stack, store, "relay-a"), listener(stack, store, "relay-b")):
-            await relay.on_message(channel, raw)
-        state, message = await outcome(stack, job_id, timeout=10)
-    assert state == "failed" and message and "CUDA out of memory" in message
-    # Neither could know it was first, so both signalled; the workflow took the first and dropped the repeat.
-    assert await signals(stack.temporal, job_id, DATAPLANE_FAILED) == 2
 
 
 async def test_a_failure_whose_graph_was_overwritten_still_ends_the_wait(stack, store):

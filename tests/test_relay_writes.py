@@ -1,0 +1,55 @@
+"""What a relay writes to PostgreSQL for the messages it hears, and when it signals a data-plane failure (issue 11:
+fewer round trips per state change; and a failure heard before the job's first row)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+from tests.e2e import BRIDGE, outcome, wait_for
+from tests.test_exactly_once import fail_in_redis_like_the_worker, listener, signals, start_python_job, status_message
+from workflows.names import CONTROL_SOURCE, DATAPLANE_FAILED
+
+
+async def test_a_relay_leaves_the_workflows_own_status_to_its_snapshot(stack, store):
+    """The workflow's status messages (`control-plane`, with its eventId) were written with the step's snapshot, so
+    a relay writes nothing for them: one PostgreSQL write fewer per message. Everything else is recorded as before:
+    a status without that source even with an eventId, and every data message (they do not say who sent them)."""
+    job_id = str(uuid.uuid4())
+    await store.create_job(job_id, {}, "custom")
+    relay = listener(stack, store, "own-events")
+    output = json.dumps({"nodeId": "script", "output": {"narration": "hello"}})
+    own_data = json.dumps({"jobId": job_id, "data": output, "eventId": "run/data/script"})
+    messages = [
+        status_message(job_id, "running", source=CONTROL_SOURCE, eventId="run/status/running"),  # left alone
+        status_message(job_id, "completed"),
+        status_message(job_id, "failed", eventId="not/the/workflow"),  # no control-plane source: recorded
+        (BRIDGE.channel("data", job_id), own_data),
+        (BRIDGE.channel("data", job_id), json.dumps({"jobId": job_id, "data": output, "eventId": "a/worker/id"})),
+    ]
+    for channel, raw in messages:
+        await relay.on_message(channel.encode(), raw.encode())
+    events = await store.events(job_id)
+    assert sorted(e["status"] for e in events if e["status"]) == ["completed", "failed"], events
+    assert [e["data"] for e in events if e["data"]] == [output, output], events
+
+
+async def test_a_failure_heard_before_the_jobs_first_row_still_ends_the_wait(stack, store):
+    """The step that pushes a job's first segment writes its row and the push at once, so a data plane that fails at
+    once can report it before the row exists. No relay records a message of a job without a row, yet one of them
+    must still signal the failure: the job would otherwise wait for its segment timeout (60 s here)."""
+    async with stack.no_dataplane():
+        job_id = await start_python_job(stack)
+        await fail_in_redis_like_the_worker(stack, job_id)
+        await wait_for(lambda: store.job(job_id), what=f"the row of job {job_id}")
+        async with store.pool.acquire() as db:  # back to the moment before the row was written
+            await db.execute("DELETE FROM jobs WHERE job_id = $1", uuid.UUID(job_id))
+        channel, raw = status_message(job_id, "failed")
+        relays = (listener(stack, store, "relay-a"), listener(stack, store, "relay-b"))
+        await asyncio.gather(*(relay.on_message(channel, raw) for relay in relays))
+        state, message = await outcome(stack, job_id, timeout=10)
+    assert state == "failed" and message and "CUDA out of memory" in message
+    # Neither could know it was first, so each signalled (the second may find the job already ended); the workflow
+    # took the first and dropped any repeat.
+    assert 1 <= await signals(stack.temporal, job_id, DATAPLANE_FAILED) <= 2
