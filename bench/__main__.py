@@ -16,7 +16,7 @@ import sys
 
 from temporalio.client import Client
 
-from bench.floor import floor_workers, shape_of
+from bench.floor import floor_workers, shape_of_finished
 from bench.load import Finished, api_client, finished_jobs, measure_load, run_one
 from bench.report import Report
 from bench.sizes import history_of_job, plan_ms
@@ -80,9 +80,7 @@ async def measure(stack: BenchStack, args: argparse.Namespace, report: Report) -
         async with api_client(stack.api_url) as api:
             job_id, _ = await run_one(api, finished)
         temporal = await Client.connect(stack.temporal_address)
-        job = temporal.get_workflow_handle(job_id)
-        await job.result()  # `completed` is published by the last step, before the workflow has ended
-        shape = shape_of(await job.fetch_history())
+        shape = await shape_of_finished(temporal.get_workflow_handle(job_id))
         say(f"one sadtalker job's history: {shape.describe()}")
 
         async def load_and_floor() -> tuple:

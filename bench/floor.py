@@ -42,6 +42,13 @@ class Shape:
         )
 
 
+async def shape_of_finished(job: WorkflowHandle) -> Shape:
+    """The shape of a job's history once its workflow has ended (`completed` is published by its last step, before
+    that step is recorded)."""
+    await job.result()
+    return shape_of(await job.fetch_history())
+
+
 def shape_of(history: WorkflowHistory) -> Shape:
     kinds = Counter(event.WhichOneof("attributes") for event in history.events)
     markers = Counter(
@@ -133,15 +140,20 @@ class Floor:
     async def batch(self, count: int) -> float:
         """Seconds from starting `count` workflows at once until the last ended."""
         started = time.perf_counter()
-        handles = await asyncio.gather(*(start(self.client, self.shape) for _ in range(count)))
+        handles = await asyncio.gather(*(self.start() for _ in range(count)))
         await asyncio.gather(*(handle.result() for handle in handles))
         return time.perf_counter() - started
 
     async def one(self) -> float:
         """Seconds from start to result of one workflow."""
         started = time.perf_counter()
-        await (await start(self.client, self.shape)).result()
+        await (await self.start()).result()
         return time.perf_counter() - started
+
+    def start(self) -> Awaitable[WorkflowHandle]:
+        return self.client.start_workflow(
+            FloorWorkflow.run, self.shape, id=f"floor-{uuid.uuid4()}", task_queue=FLOOR_WORKFLOWS
+        )
 
 
 @contextlib.asynccontextmanager
@@ -155,7 +167,3 @@ async def floor_workers(address: str, shape: Shape) -> AsyncIterator[Floor]:
         Worker(client, task_queue=FLOOR_ACTIVITIES, activities=[floor.work]),
     ):
         yield Floor(client, shape)
-
-
-def start(client: Client, shape: Shape) -> Awaitable[WorkflowHandle]:
-    return client.start_workflow(FloorWorkflow.run, shape, id=f"floor-{uuid.uuid4()}", task_queue=FLOOR_WORKFLOWS)

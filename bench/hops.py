@@ -21,8 +21,7 @@ from rich.table import Table
 from temporalio.client import Client, WorkflowHandle
 
 from bench.floor import HANDBACK as FLOOR_HANDBACK
-from bench.floor import Floor, floor_workers, shape_of
-from bench.floor import start as start_floor_workflow
+from bench.floor import Floor, floor_workers, shape_of_finished
 from bench.http_probe import ApiClient
 from bench.load import PACED_PAUSE, Finished, api_client, finished_jobs, latencies, run_one, submit
 from bench.stack import bench_stack
@@ -109,8 +108,7 @@ async def measure_hops(
     try:
         async with finished_jobs(redis_url) as finished, api_client(api_url) as api:
             job_id, _ = await run_one(api, finished)  # its history gives the floor its shape
-            await client.get_workflow_handle(job_id).result()
-            shape = shape_of(await client.get_workflow_handle(job_id).fetch_history())
+            shape = await shape_of_finished(client.get_workflow_handle(job_id))
             async with floor_workers(temporal, shape) as side:
                 await latencies(api, finished, 5, 0.0)  # warm up connections and caches
                 await side.batch(3)
@@ -141,7 +139,7 @@ async def _one_job(api: ApiClient, finished: Finished, client: Client, redis: ai
 async def _one_floor(floor: Floor) -> dict[str, float]:
     """The floor's marks: started (client side) → its result returned, where ours ends at `completed` heard."""
     started_at = time.time()
-    handle = await start_floor_workflow(floor.client, floor.shape)
+    handle = await floor.start()
     await handle.result()
     ended_at = time.time()
     return {

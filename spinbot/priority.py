@@ -3,10 +3,9 @@
 On one machine, the work of running jobs and the answers to people share the cores. When queued jobs saturate them,
 a status lookup (API, then Redis, then API) waited for a core at each step behind that work: under 60 queued jobs its
 p99 was 37–61 ms, and 18–23 ms with the roles below at nice 10, at the same throughput; at 19 it is shorter still
-(BENCHMARKS.md). So
-the roles that run jobs (Temporal, the workers, the relay, the data plane) run at a lower priority than the API and
-Redis, which also carry every WebSocket push. Priority only decides who goes first when the cores are all busy: a
-core nobody else wants is used by whoever needs it, so an idle stack runs as before.
+(BENCHMARKS.md). So the roles that run jobs (Temporal, the workers, the relay, the data plane) run at a lower
+priority than the API and Redis, which also carry every WebSocket push. Priority only decides who goes first when
+the cores are all busy: a core nobody else wants is used by whoever needs it, so an idle stack runs as before.
 
 PostgreSQL is left as it is: its postmaster starts every backend in a session of its own (setsid), where a group
 priority set on the postmaster does not reach.
