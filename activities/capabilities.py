@@ -7,7 +7,7 @@ import json
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import Resources
-from core.contracts import first_error
+from core.schemas import first_error
 from core.timestamps import iso_now
 from workflows.inputs import NodeTask
 

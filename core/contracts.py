@@ -1,4 +1,5 @@
-"""Config files and JSON Schemas: loaded once, validated, with errors that name the file and field."""
+"""Config files: loaded once, validated against their JSON Schemas (core/schemas.py), with errors that name the
+file and field."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker
-from referencing import Registry, Resource
-
-from config import CONFIG_DIR, SCHEMA_DIR
+from config import CONFIG_DIR
+from core.schemas import first_error
 from core.settings import settings
 from workflows.inputs import ServiceRuntime
 from workflows.names import ACTIVITY_QUEUE
@@ -23,63 +22,6 @@ class ConfigError(Exception):
 
 class ContractError(ValueError):
     """A document broke a wire contract; the message names the field."""
-
-
-@cache
-def _registry() -> Registry:
-    resources = []
-    for path in SCHEMA_DIR.glob("*.schema.json"):
-        schema = json.loads(path.read_text())
-        resources.append((path.name, Resource.from_contents(schema)))
-    return Registry().with_resources(resources)
-
-
-class _NotInlinable(Exception):
-    pass
-
-
-def _inlined(node: Any, base: str, trail: tuple[str, ...] = ()) -> Any:
-    """`node` with each `$ref` replaced by what it names, resolved against `base` (the file it sits in).
-
-    jsonschema resolves a `$ref` through the registry on every validation: a pub/sub message took ~250 µs to
-    validate, ~50 µs inlined, and every relay validates every message. A recursive schema, or a `$ref` beside other
-    keywords (whose base would change once moved), raises _NotInlinable: that schema keeps its references.
-    """
-    if isinstance(node, list):
-        return [_inlined(item, base, trail) for item in node]
-    if not isinstance(node, dict):
-        return node
-    ref = node.get("$ref")
-    if ref is None:
-        return {key: value if key == "$defs" else _inlined(value, base, trail) for key, value in node.items()}
-    if len(node) > 1 or not isinstance(ref, str) or "$dynamicRef" in node:
-        raise _NotInlinable(ref)
-    target = base + ref if ref.startswith("#") else ref
-    if target in trail:
-        raise _NotInlinable(target)
-    resolved = _registry().resolver(base).lookup(target).contents
-    return _inlined(resolved, target.split("#")[0] or base, (*trail, target))
-
-
-@cache
-def validator(schema_file: str, definition: str | None = None) -> Draft202012Validator:
-    """A validator for a schema file, or for one of its `$defs` (references inlined where they can be)."""
-    schema = {"$ref": f"{schema_file}#/$defs/{definition}"} if definition else _registry().contents(schema_file)
-    try:
-        schema = _inlined(schema, schema_file)
-    except _NotInlinable:
-        pass
-    return Draft202012Validator(schema, registry=_registry(), format_checker=FormatChecker())
-
-
-def first_error(doc: Any, schema_file: str, definition: str | None = None) -> str | None:
-    """The clearest schema violation in `doc` as 'path: message', or None when it is valid."""
-    checker = validator(schema_file, definition)
-    if checker.is_valid(doc):  # the common case, without collecting errors
-        return None
-    err = min(checker.iter_errors(doc), key=lambda e: (len(e.path), list(map(str, e.path))))
-    where = "/".join(str(p) for p in err.absolute_path) or "(root)"
-    return f"{where}: {err.message}"
 
 
 def check(doc: Any, schema_file: str, definition: str | None = None) -> Any:

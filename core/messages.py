@@ -7,8 +7,9 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from core.contracts import Bridge, ContractError, check, first_error
+from core.contracts import Bridge, ContractError, check
 from core.failures import clean_error
+from core.schemas import first_error
 from core.wire import WireLimits, load_json, text_of
 from workflows.graph import clamp_progress, drop_nulls
 from workflows.names import CONTROL_SOURCE

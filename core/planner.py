@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from core.contracts import ConfigError, Contracts, first_error
+from core.contracts import ConfigError, Contracts
 from core.graph_shape import (
     PlanningError,
     check_structure,
@@ -18,6 +18,7 @@ from core.graph_shape import (
     show,
 )
 from core.node_params import check_node_params
+from core.schemas import first_error
 from workflows.status import WAITING_NODE, NodeStatus
 
 GRAPH_SCHEMA = "graph.schema.json"

@@ -24,11 +24,12 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from core import jobkeys
-from core.contracts import Bridge, ContractError, first_error
+from core.contracts import Bridge, ContractError
 from core.messages import JobEvent, channel_job, parse_event
 from core.metrics import PUBSUB_MESSAGES
 from core.redis import TRANSIENT
 from core.retry import retrying
+from core.schemas import first_error
 from core.store import is_job_id
 from core.supervise import TaskHealth
 from core.temporal import RPC_TIMEOUT

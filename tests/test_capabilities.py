@@ -15,7 +15,8 @@ from temporalio.exceptions import ApplicationError
 from activities.capabilities import get_capabilities
 from activities.resources import Resources
 from config import CONFIG_DIR
-from core.contracts import contracts, first_error
+from core.contracts import contracts
+from core.schemas import first_error
 from core.settings import Settings
 from workflows.inputs import NodeTask
 

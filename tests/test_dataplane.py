@@ -14,8 +14,9 @@ from datetime import datetime
 import pytest
 import redis.asyncio as aioredis
 
-from core.contracts import contracts, first_error
+from core.contracts import contracts
 from core.messages import parse_graph_entry
+from core.schemas import first_error
 from handoff.dataplane import DataPlaneWorker
 from handoff.simulator import Simulator
 from workflows.graph import OPTIONAL_NODE_FIELDS, nodes_by_id

@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.contracts import contracts as shipped_contracts
-from core.contracts import first_error, load_contracts
+from core.contracts import load_contracts
 from core.graph_shape import MAX_EDGES, MAX_NODES, PlanningError
 from core.planner import infinitetalk_request, plan
+from core.schemas import first_error
 
 LLM_DEFAULTS = {"model": "llama3", "temperature": 0.7, "endpoint": "http://llm:11434", "timeoutMs": 60_000}
 JOB_ID = "job-123"
