@@ -24,7 +24,7 @@ from tests.e2e import (
     wait_for,
 )
 from workflows.inputs import JobInput
-from workflows.names import JOB_WORKFLOW, WORKFLOW_QUEUE
+from workflows.names import HANDBACK, JOB_WORKFLOW, WORKFLOW_QUEUE
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -71,6 +71,25 @@ async def test_stale_and_repeated_handbacks_are_ignored(stack, llm):
     assert nodes["py1"]["output"]["marker"] == "real"
     assert nodes["py2"]["output"]["marker"] == "real-2"
     assert sum("mid-marker" in s["prompt"] for s in llm.spans) == 1, "the node after py1 ran exactly once"
+
+
+async def test_a_small_handback_is_signalled_whole(stack, llm):
+    """Below TRIM_ABOVE_BYTES the relay does not read the job's graph to leave out what did not change: each signal
+    carries every python-plane node (trimmed, the first would leave out py2, still pending, and the second py1)."""
+    async with stack.no_dataplane():
+        job_id = await submit(stack, TWO_SEGMENTS)
+        first = await pushed_segment(stack.redis, job_id, segment=1)
+        await _xadd_control(stack.redis, job_id, _hand_back(first, "py1", "one"))
+        second = await pushed_segment(stack.redis, job_id, segment=2)
+        await _xadd_control(stack.redis, job_id, _hand_back(second, "py2", "two"))
+        assert await outcome(stack, job_id) == ("completed", None)
+    history = await stack.temporal.get_workflow_handle(job_id).fetch_history()
+    signals = [
+        json.loads(event.workflow_execution_signaled_event_attributes.input.payloads[0].data)
+        for event in history.events
+        if event.workflow_execution_signaled_event_attributes.signal_name == HANDBACK
+    ]
+    assert [[node["id"] for node in signal["graph"]["nodes"]] for signal in signals] == [["py1", "py2"], ["py1", "py2"]]
 
 
 async def _segment_still_open(stack, job_id):
