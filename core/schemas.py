@@ -8,7 +8,8 @@ from functools import cache, partial
 from typing import Any
 
 import fastjsonschema
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import Draft202012Validator, FormatChecker, validators
+from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 
 from config import SCHEMA_DIR
@@ -16,6 +17,23 @@ from config import SCHEMA_DIR
 # One judge of formats for both checks, so that a date passes both or neither (jsonschema-rs, tried first, had its
 # own and passed a leap second rfc3339-validator refuses). Only strings with a `format` reach it.
 FORMATS = FormatChecker()
+# A tuple is an array: json.dumps writes it as one, and fastjsonschema counts it as one.
+JsonValidator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("array", lambda _, value: isinstance(value, (list, tuple))),
+)
+# What the quick check may be trusted with: keywords its draft 7 judges as Draft 2020-12 does (the differential
+# test holds it to that), and annotations. Newer ones (prefixItems, unevaluatedProperties...) it would ignore.
+QUICK_KEYWORDS = frozenset(
+    {
+        *("type", "enum", "const", "properties", "required", "additionalProperties", "minProperties", "items"),
+        *("minItems", "maxItems", "anyOf", "allOf", "oneOf", "not", "pattern", "format", "minLength", "maxLength"),
+        *("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"),
+        *("title", "description", "$comment", "examples"),
+    }
+)
+SUBSCHEMAS = ("items", "additionalProperties", "not")
+SUBSCHEMA_LISTS = ("anyOf", "allOf", "oneOf")
 
 
 @cache
@@ -65,29 +83,36 @@ def _schema(schema_file: str, definition: str | None) -> tuple[Any, bool]:
 
 
 @cache
-def validator(schema_file: str, definition: str | None = None) -> Draft202012Validator:
+def validator(schema_file: str, definition: str | None = None) -> Validator:
     """A validator for a schema file, or for one of its `$defs` (references inlined where they can be)."""
     schema, _ = _schema(schema_file, definition)
-    return Draft202012Validator(schema, registry=_registry(), format_checker=FORMATS)
+    return JsonValidator(schema, registry=_registry(), format_checker=FORMATS)
 
 
 @cache
 def _quick_check(schema_file: str, definition: str | None = None) -> Callable[[Any], object] | None:
-    """fastjsonschema's check for an inlined schema (it raises on an invalid document), or None: a schema whose
-    references stay (a recursive one) is left to jsonschema, which resolves them through the registry.
-
-    Valid documents are the common case, and fastjsonschema (the schema compiled to Python) passes one ~20 × sooner:
-    a pub/sub message in ~3 µs against ~60, a graph in ~25 against ~350. What it refuses, jsonschema judges again and
-    words. An inlined schema has no references left, so the check goes no deeper than the schema itself, whatever
-    the document's depth. tests/test_schema_validators.py holds it to never passing what jsonschema refuses.
-    """
+    """The schema compiled by fastjsonschema (~20 × sooner on a valid document; it raises on an invalid one), or None
+    where it cannot be trusted: references left (a recursive schema), a keyword outside QUICK_KEYWORDS."""
     schema, inlined = _schema(schema_file, definition)
-    if not inlined:
-        return None
-    # Compiled as draft 7, which has every keyword these schemas use; nothing refers to the `$defs` any more.
     body = {key: value for key, value in schema.items() if key not in ("$schema", "$id", "$defs")}
+    if not inlined or not _quick_keywords_only(body):
+        return None
     formats = {name: partial(FORMATS.conforms, format=name) for name in FORMATS.checkers}
-    return fastjsonschema.compile(body, formats=formats, use_default=False)
+    try:
+        return fastjsonschema.compile(body, formats=formats, use_default=False)
+    except fastjsonschema.JsonSchemaDefinitionException:  # one it cannot compile: jsonschema words the problem
+        return None
+
+
+def _quick_keywords_only(schema: Any) -> bool:
+    if not isinstance(schema, dict):
+        return isinstance(schema, bool)
+    subschemas = [
+        *(schema.get("properties") or {}).values(),
+        *(schema[key] for key in SUBSCHEMAS if key in schema),
+        *(item for key in SUBSCHEMA_LISTS for item in schema.get(key) or ()),
+    ]
+    return set(schema) <= QUICK_KEYWORDS and all(map(_quick_keywords_only, subschemas))
 
 
 def _passes_quickly(doc: Any, schema_file: str, definition: str | None) -> bool:

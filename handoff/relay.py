@@ -27,9 +27,10 @@ from workflows.names import HANDBACK
 log = logging.getLogger(__name__)
 
 ENVELOPE_BYTES = 1024  # what a signal adds around the graph (payload metadata, the Handback wrapper)
-# A handback this small goes whole: trimming it to what changed would cost a Redis round trip and a parse of the
-# job's graph to save a few hundred bytes. A large job's (a 500-node graph is ~100 KB) carries only what changed.
-TRIM_ABOVE_BYTES = 16 * 1024
+# A handback this small (characters of its graph's JSON, about as many bytes) goes whole: trimming it to what
+# changed would cost a Redis round trip and a parse of the job's graph to save a few hundred bytes. A large job's
+# (a 500-node graph is ~100 KB) carries only what changed.
+TRIM_ABOVE_CHARS = 16 * 1024
 
 
 class SignalNotDelivered(Exception):
@@ -61,7 +62,7 @@ class HandbackRelay:
         """Signal the handback to its job's workflow, then ack; contract errors are set aside by the consumer."""
         try:
             job_id, graph = parse_graph_entry(fields)
-            known = await self._known_graph(job_id) if len(fields["graph"]) > TRIM_ABOVE_BYTES else None
+            known = await self._known_graph(job_id) if len(fields["graph"]) > TRIM_ABOVE_CHARS else None
             graph = python_part(graph, known)
             self._check_size(graph)
             received_ms = int(time.time() * 1000)

@@ -74,7 +74,7 @@ async def test_stale_and_repeated_handbacks_are_ignored(stack, llm):
 
 
 async def test_a_small_handback_is_signalled_whole(stack, llm):
-    """Below TRIM_ABOVE_BYTES the relay does not read the job's graph to leave out what did not change: each signal
+    """Below TRIM_ABOVE_CHARS the relay does not read the job's graph to leave out what did not change: each signal
     carries every python-plane node (trimmed, the first would leave out py2, still pending, and the second py1)."""
     async with stack.no_dataplane():
         job_id = await submit(stack, TWO_SEGMENTS)

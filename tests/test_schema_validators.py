@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import FormatChecker
+from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 
 from config import CONFIG_DIR, SCHEMA_DIR
@@ -21,11 +22,11 @@ TARGETS = [
 JOB_ID = "2b1f1e7e-4b7a-4a51-8a7e-0e7b0f0e1c11"
 
 
-def _referencing(schema_file: str, definition: str | None) -> Draft202012Validator:
+def _referencing(schema_file: str, definition: str | None) -> Validator:
     """The validator as it was before inlining: the schema as written, each `$ref` resolved by the registry."""
     registry = schemas._registry()
     schema = {"$ref": f"{schema_file}#/$defs/{definition}"} if definition else registry.contents(schema_file)
-    return Draft202012Validator(schema, registry=registry, format_checker=FormatChecker())
+    return schemas.JsonValidator(schema, registry=registry, format_checker=FormatChecker())
 
 
 def _documents() -> list:
@@ -75,7 +76,7 @@ def _with_each_field_replaced(document: dict) -> list[dict]:
     """`document` with each of its fields, in turn, set to each value a hostile or careless sender might write."""
     odd: list[object] = [
         *(float(x) for x in ("nan", "inf", "-inf")),
-        *(10**30, -(10**30), True, False, 1.0, -1.0, 0, None, [], {}),
+        *(10**30, -(10**30), True, False, 1.0, -1.0, 0, None, [], {}, (), ("a",), ({},)),
         *(
             "a\udc80",
             "123\n",
@@ -103,6 +104,7 @@ def _hostile_documents() -> list:
     return [
         *(variant for base in bases for variant in _with_each_field_replaced(base)),
         {**graph, "nodes": [variant for variant in _with_each_field_replaced(node)][:50]},
+        {**graph, "nodes": tuple(graph["nodes"]), "edges": tuple(graph["edges"])},
         {"jobId": JOB_ID, "data": _nested(60)},  # the wire refuses deeper (core/wire.py's MAX_DEPTH)
     ]
 
@@ -157,9 +159,44 @@ def test_the_quick_check_passes_what_the_wire_carries():
         assert schemas._passes_quickly(document, schema_file, definition), (schema_file, definition)
 
 
+def test_a_tuple_is_an_array_to_both_checks():
+    """A graph built in Python may hold tuples (json.dumps writes them as arrays): both checks agree it is valid."""
+    graph = {**alternating_graph(6)["graph"], "workflowId": JOB_ID}
+    built = {**graph, "nodes": tuple(graph["nodes"]), "edges": tuple(graph["edges"])}
+    assert schemas._passes_quickly(built, "graph.schema.json", None)
+    assert schemas.validator("graph.schema.json").is_valid(built)
+
+
 def test_the_quick_check_goes_no_deeper_than_its_schema():
     """A document nested 100,000 deep (far past what the wire lets through) is judged at the schema's depth."""
     assert schemas._passes_quickly({"jobId": JOB_ID, "data": _nested(100_000)}, "pubsub.schema.json", "data")
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "array", "prefixItems": [{"type": "string"}]},  # draft 7 ignores it, and would pass [1]
+        {"type": "array", "items": {"unevaluatedProperties": False}, "minItems": 1},
+    ],
+    ids=["prefixItems", "unevaluatedProperties"],
+)
+def test_a_schema_the_quick_check_cannot_be_trusted_with_is_left_to_jsonschema(monkeypatch, schema):
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "odd.schema.json", **schema}
+    registry = Registry().with_resources([("odd.schema.json", Resource.from_contents(schema))])
+    monkeypatch.setattr(schemas, "_registry", lambda: registry)
+    caches = (schemas._schema, schemas.validator, schemas._quick_check)
+    for cached in caches:
+        cached.cache_clear()
+    try:
+        assert schemas._quick_check("odd.schema.json") is None
+        assert schemas.first_error([1] if "prefixItems" in schema else [{"x": 1}], "odd.schema.json") == (
+            "0: 1 is not of type 'string'"
+            if "prefixItems" in schema
+            else "0: Unevaluated properties are not allowed ('x' was unexpected)"
+        )
+    finally:
+        for cached in caches:
+            cached.cache_clear()
 
 
 def test_a_recursive_schema_keeps_its_references(monkeypatch, tmp_path: Path):
