@@ -1,5 +1,5 @@
 """`spinbot dev` for the benchmark: on free ports in a temporary folder, a zero-time simulated data plane and an
-Ollama-speaking peer that answers at once (or after `llm.delay` seconds)."""
+Ollama-speaking peer in a process of its own (bench/llm_peer.py) that answers at once, or after `llm.hold`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.llm_peer import LlmPeer
 from tests.dev_process import DevOutput, dev_children, dev_ports, start_dev
-from tests.peers import OllamaPeer
 
 OPEN_FILES = 8192  # 1,000 WebSocket clients here and their 1,000 sockets in the API (which inherits the limit)
 
@@ -22,7 +22,7 @@ class BenchStack:
     proc: subprocess.Popen
     output: DevOutput
     ports: dict[str, int]
-    llm: OllamaPeer
+    llm: LlmPeer
 
     @property
     def api_url(self) -> str:
@@ -62,7 +62,7 @@ def raise_open_files_limit(wanted: int = OPEN_FILES) -> None:
 @contextlib.contextmanager
 def bench_stack(env: dict[str, str] | None = None) -> Iterator[BenchStack]:
     raise_open_files_limit()
-    with OllamaPeer() as llm, tempfile.TemporaryDirectory(prefix="spinbot-bench-") as data:
+    with LlmPeer() as llm, tempfile.TemporaryDirectory(prefix="spinbot-bench-") as data:
         ports = dev_ports()
         proc = start_dev(Path(data) / "data", ports, llm.url, env)
         output = DevOutput(proc)

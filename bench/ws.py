@@ -11,9 +11,12 @@ import contextlib
 import math
 import multiprocessing
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+
+import httpx
 
 from bench.load import Finished, api_client, submit
 from bench.stack import BenchStack
@@ -68,15 +71,16 @@ async def measure_ws(stack: BenchStack, finished: Finished, clients: int = 1000,
         figures.dropped += clients - connected
         # Hold each job at its script node about as long again as connecting took: subscribing is quicker.
         figures.hold_s = max(3.0, 1.5 * (time.perf_counter() - started))
-        asked, stack.llm.delay = len(stack.llm.requests), figures.hold_s
+        asked = await stack.llm.requests()
+        await stack.llm.hold(figures.hold_s)
         async with api_client(stack.api_url) as api:
             job_ids = [job for job, _ in await asyncio.gather(*(submit(api) for _ in range(jobs)))]
         # The LLM worker runs only a few calls at a time: the jobs end in waves, the last after at most jobs × hold.
         wait_s = jobs * figures.hold_s + 60
         for pipe, _ in groups:
             pipe.send((job_ids, wait_s))
-        await _until(lambda: len(stack.llm.requests) >= asked + jobs, 120)
-        stack.llm.delay = 0.0
+        await _until(lambda: _asked_at_least(stack, asked + jobs), 120)
+        await stack.llm.hold(0.0)
         await _replies(groups, "subscribed", 120)
         figures.api_rss_mb = stack.rss_mb("api")
         for reply in await _replies(groups, "done", wait_s + 60):
@@ -86,7 +90,8 @@ async def measure_ws(stack: BenchStack, finished: Finished, clients: int = 1000,
             figures.latencies += [arrived - await finished.wait(job_id, 10) for job_id, arrived in arrivals]
         figures.api_rss_mb = max(figures.api_rss_mb, stack.rss_mb("api"))
     finally:
-        stack.llm.delay = 0.0
+        with contextlib.suppress(httpx.HTTPError):
+            await stack.llm.hold(0.0)
         for pipe, _ in groups:
             with contextlib.suppress(OSError):
                 pipe.send("close")
@@ -97,9 +102,13 @@ async def measure_ws(stack: BenchStack, finished: Finished, clients: int = 1000,
     return figures
 
 
-async def _until(condition, timeout: float) -> None:
+async def _asked_at_least(stack: BenchStack, count: int) -> bool:
+    return await stack.llm.requests() >= count
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not await condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"not reached within {timeout:.0f}s")
         await asyncio.sleep(0.05)

@@ -23,6 +23,10 @@ from temporalio.service import RPCStatusCode
 
 from tests.grpc_peer import GrpcServer, RpcAborted
 
+# Not Ollama's: how the bench steers a peer that runs in a process of its own (bench/llm_peer.py).
+CONTROL_DELAY = "/_peer/delay"  # PUT {"seconds": s}: hold each reply that long
+CONTROL_REQUESTS = "/_peer/requests"  # GET: {"requests": how many /api/generate calls so far}
+
 
 class OllamaPeer:
     """Answers POST /api/generate like Ollama; `reply`, `delay` and `status` set what it says next."""
@@ -45,7 +49,16 @@ class OllamaPeer:
                 pass
 
             def do_GET(self):
+                if self.path == CONTROL_REQUESTS:
+                    return self._send(200, json.dumps({"requests": len(peer.requests)}))
                 self._send(200, json.dumps({"models": []}))
+
+            def do_PUT(self):
+                if self.path != CONTROL_DELAY:
+                    return self._send(404, json.dumps({"error": "not found"}))
+                length = int(self.headers.get("Content-Length") or 0)
+                peer.delay = float(json.loads(self.rfile.read(length))["seconds"])
+                self._send(200, json.dumps({"seconds": peer.delay}))
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)

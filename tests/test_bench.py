@@ -7,11 +7,13 @@ import asyncio
 import json
 import time
 
+import httpx
 import pytest
 
 from bench.floor import floor_workers, shape_of
 from bench.hops import HOPS, OURS_ONLY, TOGETHER, measure_hops, table
 from bench.http_probe import KEEPALIVE_EXPIRY, ApiClient
+from bench.llm_peer import LlmPeer
 from bench.load import api_client, finished_jobs, measure_load, run_one
 from bench.load import submit as submit_over_http
 from bench.report import KEYS, Report
@@ -113,3 +115,20 @@ async def test_the_hops_of_a_paced_job_add_up_to_its_whole_time(stack, llm):
         parts = [floor[label][job] for label, _, _ in steps if label in floor] + [floor[together][job]]
         assert sum(parts) == pytest.approx(floor[whole][job]), (missing, parts)
     table(ours, floor)  # prints what it measured, a floor column beside ours
+
+
+async def test_the_bench_llm_peer_answers_like_ollama_from_a_process_of_its_own_and_holds_when_told():
+    with LlmPeer() as peer:
+        async with httpx.AsyncClient() as client:
+            body = {"model": "m", "prompt": "p", "temperature": 0.7, "stream": False}
+            reply = (await client.post(f"{peer.url}/api/generate", json=body, timeout=10)).json()
+            assert reply["done"] and json.loads(reply["response"])["narration"]
+            assert await peer.requests() == 1
+            await peer.hold(0.3)
+            started = time.monotonic()
+            await client.post(f"{peer.url}/api/generate", json=body, timeout=10)
+            assert time.monotonic() - started >= 0.3, "the reply was held"
+            await peer.hold(0.0)
+        assert await peer.requests() == 2
+        assert peer.process.poll() is None, "serving in a process of its own"
+    assert peer.process.poll() is not None, "stopped when the bench let go of it"
