@@ -42,13 +42,18 @@ class BenchStack:
         line = next(line for line in self.output.lines if "] PostgreSQL " in line)
         return line.split("PostgreSQL", 1)[1].strip()
 
-    def rss_mb(self, role: str) -> float:
-        """Resident memory of one of `spinbot dev`'s children (api, worker, relay...), in MB."""
-        pid = dev_children(self.proc.pid)[role]
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError(f"no VmRSS for {role} (pid {pid})")
+    def pid(self, role: str) -> int:
+        """The process id of one of `spinbot dev`'s children (api, worker, relay...): a scan of /proc, so looked up
+        before a timed window, not inside it (it holds the event loop for milliseconds)."""
+        return dev_children(self.proc.pid)[role]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def raise_open_files_limit(wanted: int = OPEN_FILES) -> None:

@@ -19,7 +19,7 @@ from multiprocessing.process import BaseProcess
 import httpx
 
 from bench.load import Finished, api_client, submit
-from bench.stack import BenchStack
+from bench.stack import BenchStack, rss_mb
 from bench.ws_group import run_group
 
 CLIENTS_PER_PROCESS = 250
@@ -57,6 +57,7 @@ async def _replies(groups: list[tuple[Connection, BaseProcess]], kind: str, time
 
 async def measure_ws(stack: BenchStack, finished: Finished, clients: int = 1000, jobs: int = 10) -> WsFigures:
     figures = WsFigures(clients, jobs, processes=math.ceil(clients / CLIENTS_PER_PROCESS))
+    api_pid = stack.pid("api")
     spawn = multiprocessing.get_context("spawn")
     groups: list[tuple[Connection, BaseProcess]] = []
     started = time.perf_counter()
@@ -82,13 +83,13 @@ async def measure_ws(stack: BenchStack, finished: Finished, clients: int = 1000,
         await _until(lambda: _asked_at_least(stack, asked + jobs), 120)
         await stack.llm.hold(0.0)
         await _replies(groups, "subscribed", 120)
-        figures.api_rss_mb = stack.rss_mb("api")
+        figures.api_rss_mb = rss_mb(api_pid)
         for reply in await _replies(groups, "done", wait_s + 60):
             arrivals, dropped, late = reply
             figures.dropped += dropped
             figures.late += late
             figures.latencies += [arrived - await finished.wait(job_id, 10) for job_id, arrived in arrivals]
-        figures.api_rss_mb = max(figures.api_rss_mb, stack.rss_mb("api"))
+        figures.api_rss_mb = max(figures.api_rss_mb, rss_mb(api_pid))
     finally:
         with contextlib.suppress(httpx.HTTPError):
             await stack.llm.hold(0.0)
