@@ -7,13 +7,13 @@ Run alone: `.venv/bin/python -m bench.llm_peer` prints its address, and serves u
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 from types import TracebackType
 
-import httpx
-
+from bench.http_probe import HttpProbe
 from tests.peers import CONTROL_DELAY, CONTROL_REQUESTS, OllamaPeer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,16 +48,23 @@ class LlmPeer:
 
     async def hold(self, seconds: float) -> None:
         """Hold each reply `seconds` before answering (0: answer at once)."""
-        async with httpx.AsyncClient() as client:
-            response = await client.put(f"{self.url}{CONTROL_DELAY}", json={"seconds": seconds}, timeout=10)
-            response.raise_for_status()
+        await self._ask("PUT", CONTROL_DELAY, json.dumps({"seconds": seconds}).encode())
 
     async def requests(self) -> int:
         """How many /api/generate calls it has had."""
-        async with httpx.AsyncClient() as client:
-            response = await client.get(f"{self.url}{CONTROL_REQUESTS}", timeout=10)
-            response.raise_for_status()
-            return response.json()["requests"]
+        return (await self._ask("GET", CONTROL_REQUESTS))["requests"]
+
+    async def _ask(self, method: str, path: str, body: bytes = b"") -> dict:
+        # The bench's own plain-HTTP client: an httpx client builds a TLS context first, ~30 ms of the bench's loop,
+        # and the WebSocket phase asks every 50 ms.
+        probe = HttpProbe(self.url, timeout=10)
+        try:
+            status, answer = await probe.request(method, path, body)
+        finally:
+            await probe.aclose()
+        if status != 200:
+            raise RuntimeError(f"{method} {path}: the LLM peer answered {status} {answer[:200]!r}")
+        return json.loads(answer)
 
 
 def main() -> None:

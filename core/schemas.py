@@ -17,6 +17,7 @@ from config import SCHEMA_DIR
 # One judge of formats for both checks, so that a date passes both or neither (jsonschema-rs, tried first, had its
 # own and passed a leap second rfc3339-validator refuses). Only strings with a `format` reach it.
 FORMATS = FormatChecker()
+QUICK_FORMATS = {name: partial(FORMATS.conforms, format=name) for name in FORMATS.checkers}
 # A tuple is an array: json.dumps writes it as one, and fastjsonschema counts it as one.
 JsonValidator = validators.extend(
     Draft202012Validator,
@@ -97,9 +98,8 @@ def _quick_check(schema_file: str, definition: str | None = None) -> Callable[[A
     body = {key: value for key, value in schema.items() if key not in ("$schema", "$id", "$defs")}
     if not inlined or not _quick_keywords_only(body):
         return None
-    formats = {name: partial(FORMATS.conforms, format=name) for name in FORMATS.checkers}
     try:
-        return fastjsonschema.compile(body, formats=formats, use_default=False)
+        return fastjsonschema.compile(body, formats=QUICK_FORMATS, use_default=False)
     except fastjsonschema.JsonSchemaDefinitionException:  # one it cannot compile: jsonschema words the problem
         return None
 
