@@ -23,6 +23,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
 )
 
+# PostgreSQL refusing a statement (a value it cannot take, say): not worth retrying as it is.
+REFUSED = asyncpg.PostgresError
+
 COMMAND_TIMEOUT = 30.0  # seconds; no query may hang a relay or a request for ever
 
 
@@ -51,12 +54,43 @@ class Event:
     highest_progress: bool = False
 
 
-# The row of a coalesced progress interval takes a higher progress, its time and a new event id (it is now the
+# The row of a coalesced progress interval ($8) takes a higher progress, its time and a new event id (it is now the
 # newest event, by time and by id, as if inserted); the same or a lower one, or the same message again, changes
-# nothing and counts as already recorded.
-_KEEP_HIGHEST = """DO UPDATE SET event_id = nextval(pg_get_serial_sequence('job_events', 'event_id')),
-                                 progress = EXCLUDED.progress, created = EXCLUDED.created
-                   WHERE EXCLUDED.progress > job_events.progress"""
+# nothing and counts as already recorded. Any other row, once there, is left as it is.
+_APPLY_EVENT = """
+    WITH ev AS (
+        INSERT INTO job_events (job_id, status, progress, data, fingerprint, created)
+        SELECT $1, $2, $3, $4, $5, coalesce($6, now())
+        WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)
+        ON CONFLICT (job_id, fingerprint) DO UPDATE
+           SET event_id = nextval(pg_get_serial_sequence('job_events', 'event_id')),
+               progress = EXCLUDED.progress, created = EXCLUDED.created
+         WHERE $8 AND EXCLUDED.progress > job_events.progress
+        RETURNING event_id
+    ), up AS (
+        UPDATE jobs SET
+            progress = GREATEST(progress, LEAST($3, coalesce(progress_ceiling, progress))),
+            updated = now()
+        WHERE job_id = $1 AND $3::float8 IS NOT NULL AND NOT status = ANY($7::text[])
+              AND EXISTS (SELECT 1 FROM ev)
+    )
+    SELECT (SELECT event_id FROM ev) AS event_id, EXISTS (SELECT 1 FROM jobs WHERE job_id = $1) AS known
+"""
+
+
+def _apply_args(event: Event) -> tuple:
+    progress = event.progress if event.progress is not None and 0.0 <= event.progress <= 1.0 else None
+    job_id, terminal = uuid.UUID(event.job_id), list(jobkeys.TERMINAL)
+    return (
+        job_id,
+        event.status,
+        progress,
+        event.data,
+        event.fingerprint,
+        event.created,
+        terminal,
+        event.highest_progress,
+    )
 
 
 class PooledConnection(asyncpg.Connection):
@@ -161,36 +195,16 @@ class Store:
         Only the workflow decides a job's status (its snapshots): a status message is history, never the job's
         fate. Reported progress raises the job's, up to its ceiling, while the job is not finished.
         """
-        progress = event.progress if event.progress is not None and 0.0 <= event.progress <= 1.0 else None
-        on_conflict = _KEEP_HIGHEST if event.highest_progress else "DO NOTHING"
-        row = await self.pool.fetchrow(
-            f"""
-            WITH ev AS (
-                INSERT INTO job_events (job_id, status, progress, data, fingerprint, created)
-                SELECT $1, $2, $3, $4, $5, coalesce($6, now())
-                WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)
-                ON CONFLICT (job_id, fingerprint) {on_conflict}
-                RETURNING event_id
-            ), up AS (
-                UPDATE jobs SET
-                    progress = GREATEST(progress, LEAST($3, coalesce(progress_ceiling, progress))),
-                    updated = now()
-                WHERE job_id = $1 AND $3::float8 IS NOT NULL AND NOT status = ANY($7::text[])
-                      AND EXISTS (SELECT 1 FROM ev)
-            )
-            SELECT (SELECT event_id FROM ev) AS event_id, EXISTS (SELECT 1 FROM jobs WHERE job_id = $1) AS known
-            """,
-            uuid.UUID(event.job_id),
-            event.status,
-            progress,
-            event.data,
-            event.fingerprint,
-            event.created,
-            list(jobkeys.TERMINAL),
-        )
+        row = await self.pool.fetchrow(_APPLY_EVENT, *_apply_args(event))
         if row["event_id"] is not None:
             return True
         return False if row["known"] else None
+
+    async def apply_events(self, events: Sequence[Event]) -> None:
+        """`apply_event` for each, in one round trip: asyncpg sends the statements back to back and waits once (and
+        PostgreSQL runs them as one transaction). What each did is not told."""
+        if events:
+            await self.pool.executemany(_APPLY_EVENT, [_apply_args(event) for event in events])
 
     async def delete_expired_events(self, retention_seconds: float, batch: int) -> int:
         """Delete up to `batch` job_events rows of jobs that finished more than `retention_seconds` ago; returns how

@@ -14,6 +14,7 @@ keep a row each.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
@@ -22,7 +23,7 @@ from core.contracts import Bridge, ContractError
 from core.messages import JobEvent, parse_event
 from core.metrics import EVENTS_DELAYED
 from core.retry import call_with_retry
-from core.store import UNAVAILABLE, Event, Store, is_job_id
+from core.store import REFUSED, UNAVAILABLE, Event, Store, is_job_id
 from core.supervise import TaskHealth
 from handoff.streams import StreamConsumer
 
@@ -71,6 +72,27 @@ class EventLog:
             await self.redis.xadd(self.bridge.events_backlog, {"channel": channel, "raw": raw})
             EVENTS_DELAYED.inc()
             return None
+
+    async def record_many(self, heard: Sequence[tuple[str | bytes, str | bytes, JobEvent]]) -> None:
+        """Record (channel, raw, event) messages in one round trip, as `record` does each; what each did is not
+        told. A batch PostgreSQL refuses outright is written again one message at a time, so a row it cannot take
+        costs only itself (logged), never the rest of the round."""
+        heard = [message for message in heard if is_job_id(message[2].job_id)]
+        try:
+            await self.store.apply_events([as_row(event, self.progress_seconds) for _, _, event in heard])
+        except UNAVAILABLE as exc:
+            log.warning("PostgreSQL unavailable (%s); %d events kept in the backlog", exc, len(heard))
+            pipe = self.redis.pipeline(transaction=False)
+            for channel, raw, _ in heard:
+                pipe.xadd(self.bridge.events_backlog, {"channel": channel, "raw": raw})
+            await pipe.execute()
+            EVENTS_DELAYED.inc(len(heard))
+        except REFUSED:
+            for message in heard:
+                try:
+                    await self.record(*message)
+                except REFUSED as exc:
+                    log.error("PostgreSQL refused the event %r of job %s: %s", message[1], message[2].job_id, exc)
 
     async def run(self, health: TaskHealth | None = None) -> None:
         """Drain the backlog (this relay's share of it) until cancelled."""

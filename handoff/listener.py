@@ -6,10 +6,10 @@ graph in `job:<id>`) and signals the workflow, so a job never waits forever.
 The workflow's own status messages are not written again: its step wrote their rows with its snapshot
 (activities/bridge.py), so they cost a relay no PostgreSQL round trip.
 
-Progress is folded: a data plane reports it in bursts (nine messages in a few milliseconds for one
-sadtalker segment), and only the highest value matters to the keys and the coalesced job_events row.
-The listener keeps the highest message per job; `record_progress`, a task of its own, writes what is
-held, and what arrives meanwhile waits for its next round. Idle, each message is written at once.
+Messages are written in rounds: `record_held`, a task of its own, writes what is held in one round trip, and what
+arrives meanwhile waits for its next round (idle, each message is written at once). Progress is also folded: a data
+plane reports it in bursts (nine messages in a few milliseconds for one sadtalker segment), and only the highest
+value per job matters to the keys and the coalesced job_events row.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ class EventListener:
     ):
         self.redis, self.events, self.client, self.bridge, self.limits = redis, events, client, bridge, limits
         self.progress: dict[str, Heard] = {}  # per job, the highest progress message not yet written
-        self.progress_held = asyncio.Event()
+        self.held: list[Heard] = []  # status and data messages not yet written
+        self.waiting = asyncio.Event()  # something is held
 
     async def on_message(self, channel: bytes | str, raw: bytes | str) -> None:
         """One message as read (bytes): recorded, or set aside as a dead letter when it breaks the contract."""
@@ -82,12 +83,18 @@ class EventListener:
             return
         if event.recorded_by_workflow:
             return  # its row went in with the workflow's snapshot (activities/bridge.py): one write saved per message
-        recorded = await self.events.record(channel, raw, event)
-        # Only the data plane's failures need a signal (never the workflow's own), and only from the relay
-        # that recorded the message first: several relays hear every message. A job without a row yet (its first
-        # push and row are written at once) lets every relay signal: the workflow takes the first, drops the rest.
-        if event.status == JobStatus.FAILED and event.source != CONTROL_SOURCE and recorded is not False:
-            await self._detect_dataplane_failure(event.job_id)
+        if event.status == JobStatus.FAILED and event.source != CONTROL_SOURCE:
+            await self._record_dataplane_failure(Heard(channel, raw, event))
+            return
+        self.held.append(Heard(channel, raw, event))
+        self.waiting.set()
+
+    async def _record_dataplane_failure(self, heard: Heard) -> None:
+        """Written at once, alone, since only the relay that recorded the message first signals the workflow: several
+        relays hear every message. A job without a row yet (its first push and row are written at once) lets every
+        relay signal: the workflow takes the first, drops the rest."""
+        if await self.events.record(*heard) is not False:
+            await self._detect_dataplane_failure(heard.event.job_id)
 
     def _hold_progress(self, channel: bytes | str, raw: bytes | str, event: JobEvent, again: bool = False) -> None:
         assert event.progress is not None
@@ -98,36 +105,39 @@ class EventListener:
             if held.event.progress is not None and held.event.progress >= event.progress:
                 return
         self.progress[event.job_id] = Heard(channel, raw, event)
-        self.progress_held.set()
+        self.waiting.set()
 
-    async def record_progress(self, health: TaskHealth | None = None) -> None:
-        """Write the progress held, round after round, until cancelled (a supervised task). While Redis is down,
-        what is held waits (folded with what arrives meanwhile) and the round is retried with the usual backoff."""
+    async def record_held(self, health: TaskHealth | None = None) -> None:
+        """Write what is held, round after round, until cancelled (a supervised task). While Redis is down, what is
+        held waits (progress folded with what arrives meanwhile) and the round is retried with the usual backoff."""
         on_retry = health.failing if health else None
         while True:
             if health:
                 health.serving()
-            await self.progress_held.wait()
-            async for attempt in retrying("writing reported progress", TRANSIENT, on_retry=on_retry):
+            await self.waiting.wait()
+            async for attempt in retrying("writing reported events", TRANSIENT, on_retry=on_retry):
                 with attempt:
-                    await self._write_held_progress()
+                    await self.write_held()
 
-    async def _write_held_progress(self) -> None:
-        """Reported progress rises in the keys, clamped to what the job's open work can reach; a status message
-        never sets job:<id>:status (only the workflow's snapshots do)."""
-        self.progress_held.clear()
-        held, self.progress = self.progress, {}
+    async def write_held(self) -> None:
+        """One round: reported progress rises in the keys, clamped to what the job's open work can reach; then every
+        held message goes to job_events. A status message never sets job:<id>:status (only the workflow's snapshots
+        do)."""
+        self.waiting.clear()
+        progress, self.progress = self.progress, {}
+        held, self.held = self.held, []
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for heard in held.values():
-                assert heard.event.progress is not None
-                jobkeys.report_progress(pipe, self.bridge, heard.event.job_id, heard.event.progress)
-            await pipe.execute()
-            for heard in held.values():
-                await self.events.record(*heard)
+            if progress:
+                pipe = self.redis.pipeline(transaction=False)
+                for heard in progress.values():
+                    assert heard.event.progress is not None
+                    jobkeys.report_progress(pipe, self.bridge, heard.event.job_id, heard.event.progress)
+                await pipe.execute()
+            await self.events.record_many([*held, *progress.values()])
         except TRANSIENT:  # Redis gone (PostgreSQL's outages are the event log's): held again for the next attempt
-            for heard in held.values():
+            for heard in progress.values():
                 self._hold_progress(*heard, again=True)
+            self.held[:0] = held
             raise
 
     async def _detect_dataplane_failure(self, job_id: str) -> None:

@@ -46,7 +46,7 @@ async def run_relay(
     tasks = Supervisor()
     tasks.start("handback-relay", relay.run)
     tasks.start("event-listener", listen)
-    tasks.start("progress-recorder", listener.record_progress)
+    tasks.start("event-recorder", listener.record_held)
     tasks.start("event-backlog", events.run)
     tasks.start("retention", retention.run)
     try:

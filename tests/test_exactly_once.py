@@ -146,6 +146,7 @@ async def test_the_workflows_own_events_are_recorded_with_its_snapshot_when_no_r
             if message is not None:
                 await late.on_message(message["channel"], message["data"])
                 heard += 1
+        await late.write_held()
     finally:
         await tap.aclose()
     assert heard == 3  # data, progress, status
@@ -220,6 +221,8 @@ async def test_events_published_while_postgresql_is_down_are_recorded_when_it_re
         for node in ("n1", "n2", "n3", "n4", "n5"):
             channel = BRIDGE.channel("data", job_id)
             await relay.on_message(channel, json.dumps({"jobId": job_id, "data": node, "created": "1"}))
+        await relay.write_held()  # one round: PostgreSQL is down, so all five go to the backlog
+        assert await stack.redis.xlen(bridge.events_backlog) == 5
         pg = Postgres(tmp_path / "pg")  # the same data folder, started again
         draining = asyncio.create_task(log.run())
         try:
@@ -245,7 +248,7 @@ async def test_a_burst_of_progress_is_folded_to_its_highest(stack, store):
     bridge = dataclasses.replace(BRIDGE, key_prefix=f"t:{uuid.uuid4().hex}:")
     relay = EventListener(stack.redis, EventLog(stack.redis, store, bridge, "burst"), stack.temporal, bridge)
     folded = PUBSUB_MESSAGES.labels(kind="progress_folded")._value.get()
-    recorder = asyncio.create_task(relay.record_progress())
+    recorder = asyncio.create_task(relay.record_held())
     try:
         channel = bridge.channel("progress", job_id)
         for step in range(1, 101):
@@ -284,8 +287,8 @@ async def test_progress_held_while_redis_is_down_is_written_when_it_returns(stac
     # (our clients retry for ~4-7 s, so only a longer outage reaches the recorder).
     own = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
     relay = EventListener(own, EventLog(own, store, BRIDGE, "outage"), stack.temporal, BRIDGE)
-    health = TaskHealth("progress-recorder")
-    recorder = asyncio.create_task(relay.record_progress(health))
+    health = TaskHealth("event-recorder")
+    recorder = asyncio.create_task(relay.record_held(health))
     channel = BRIDGE.channel("progress", job_id)
     server = None
     try:

@@ -7,6 +7,9 @@ import asyncio
 import json
 import uuid
 
+from core.messages import JobEvent
+from core.store import Store, connect_pool
+from handoff.event_log import EventLog
 from tests.e2e import BRIDGE, outcome, wait_for
 from tests.test_exactly_once import fail_in_redis_like_the_worker, listener, signals, start_python_job, status_message
 from workflows.names import CONTROL_SOURCE, DATAPLANE_FAILED
@@ -30,6 +33,7 @@ async def test_a_relay_leaves_the_workflows_own_status_to_its_snapshot(stack, st
     ]
     for channel, raw in messages:
         await relay.on_message(channel.encode(), raw.encode())
+    await relay.write_held()  # the round the relay's recorder runs
     events = await store.events(job_id)
     assert sorted(e["status"] for e in events if e["status"]) == ["completed", "failed"], events
     assert [e["data"] for e in events if e["data"]] == [output, output], events
@@ -53,3 +57,53 @@ async def test_a_failure_heard_before_the_jobs_first_row_still_ends_the_wait(sta
     # Neither could know it was first, so each signalled (the second may find the job already ended); the workflow
     # took the first and dropped any repeat.
     assert 1 <= await signals(stack.temporal, job_id, DATAPLANE_FAILED) <= 2
+
+
+async def test_a_round_of_held_messages_is_written_in_one_round_trip(stack, database_url):
+    """What a relay holds (data and status messages, each job's highest progress) goes to job_events in one
+    statement call, which asyncpg sends as one round trip: one write per round instead of one per message."""
+    pool = await connect_pool(database_url, min_size=1, max_size=1)  # one connection, so its log sees every query
+    statements: list[str] = []
+    try:
+        async with pool.acquire() as db:
+            db.add_query_logger(lambda record: statements.append(record.query))
+        store = Store(pool)
+        jobs = [str(uuid.uuid4()) for _ in range(3)]
+        for job_id in jobs:
+            await store.create_job(job_id, {}, "custom")
+        relay = listener(stack, store, "one-round")
+        for job_id in jobs:
+            await relay.on_message(*status_message(job_id, "running"))
+            for node in ("n1", "n2"):
+                data = json.dumps({"nodeId": node, "output": {}})
+                await relay.on_message(BRIDGE.channel("data", job_id), json.dumps({"jobId": job_id, "data": data}))
+            for progress in (0.2, 0.4):
+                payload = {"jobId": job_id, "progress": progress, "created": "1700000000000"}
+                await relay.on_message(BRIDGE.channel("progress", job_id), json.dumps(payload))
+        assert not [query for query in statements if "job_events" in query], "held until the round"
+        await relay.write_held()
+        for job_id in jobs:
+            events = await store.events(job_id)
+            outputs = [json.dumps({"nodeId": node, "output": {}}) for node in ("n1", "n2")]
+            recorded = sorted(str(e["status"] or e["data"] or e["progress"]) for e in events)
+            assert recorded == sorted(["running", *outputs, "0.4"]), events
+        assert len([query for query in statements if "INSERT INTO job_events" in query]) == 1, statements
+    finally:
+        await pool.close()
+
+
+async def test_a_row_postgresql_refuses_costs_only_itself(stack, store):
+    """A round PostgreSQL refuses as a whole (here for one value jsonb cannot hold) is written again one message at
+    a time: the refused one is logged and left out, the others land."""
+    job_id = str(uuid.uuid4())
+    await store.create_job(job_id, {}, "custom")
+    log = EventLog(stack.redis, store, BRIDGE, "refused")
+    channel = BRIDGE.channel("data", job_id)
+
+    def data_message(text: str) -> tuple[str, str, JobEvent]:
+        event = JobEvent("data", job_id, None, None, text, None, fingerprint=f"data/{text!r}")
+        return channel, json.dumps({"jobId": job_id, "data": text}), event
+
+    # The wire refuses a NUL before a relay holds it (test_hostile_streams); built here, past that check.
+    await log.record_many([data_message("before"), data_message("a\x00b"), data_message("after")])
+    assert sorted(e["data"] for e in await store.events(job_id)) == ["after", "before"]
