@@ -144,9 +144,9 @@ async def _report_progress(res: Resources, job_id: str, value: float) -> None:
 
 
 async def _tick_progress(res: Resources, task: NodeTask, stop: asyncio.Event) -> None:
-    """The node's start at once (while Ollama is asked), then creep toward progress_end every tick until `stop` is
-    set, so clients see a long generation is alive. One task publishes them all, so they arrive in order."""
-    await _report_progress(res, task.job_id, task.progress_start)
+    """Creep toward progress_end every tick until `stop` is set, so clients see a long generation is alive. The
+    node's start and end need no message of their own: the workflow's steps announce both (progress_start before
+    this activity is scheduled, progress_end as soon as it completes). One task publishes every tick, in order."""
     span = task.progress_end - task.progress_start
     if span <= 0:
         return
@@ -228,7 +228,8 @@ async def generate_script(task: NodeTask, res: Resources) -> dict:
     try:
         reply = await _ask_ollama(res.http, p)
     finally:
-        # Stop rather than cancel, so no tick is cut off mid-publish and overtakes the final value.
+        # Stop rather than cancel, and wait: no tick is cut off mid-publish, and none follows the workflow's
+        # announcement of progress_end, which comes once this activity has returned.
         stop_ticking.set()
         await ticker
     text = reply["response"]
@@ -238,7 +239,6 @@ async def generate_script(task: NodeTask, res: Resources) -> dict:
             f"Ollama at {p.endpoint} returned an empty response for model {p.model}", type="LlmEmptyReply"
         )
     stage_prompt, narration = parse_script(text)
-    await _report_progress(res, task.job_id, task.progress_end)
     return {
         "stagePrompt": stage_prompt,
         "narration": narration,

@@ -207,30 +207,36 @@ async def test_bad_params_fail_before_calling_ollama(llm, resources, job_id, par
     assert len(llm.requests) == sent_before
 
 
-async def test_progress_steps_up_while_waiting_and_ends_at_progress_end(llm, resources, redis_client, job_id):
+async def test_progress_steps_up_while_waiting_and_leaves_start_and_end_to_the_workflow(
+    llm, resources, redis_client, job_id
+):
+    """Ticks while Ollama works, rising within the node's share; no message for the node's start or end, which the
+    workflow's steps announce (a fast reply costs no publish at all)."""
     llm.delay = 1.3  # long enough for two ticks
     pubsub = redis_client.pubsub()
     await pubsub.subscribe(resources.contracts.bridge.channel("progress", job_id))
     try:
         await generate_script(script_task(job_id, prompt="Tick", endpoint=llm.url), resources)
-        messages = await progress_messages(pubsub, until=END)
+        values = [m["progress"] for m in await progress_messages(pubsub) if m["jobId"] == job_id]
+        llm.delay = 0.0
+        await generate_script(script_task(job_id, prompt="Fast", endpoint=llm.url), resources)
+        after_a_fast_reply = await progress_messages(pubsub)
     finally:
         await pubsub.aclose()
 
-    assert {m["jobId"] for m in messages} == {job_id}
-    values = [m["progress"] for m in messages]
-    assert values[0] == START and values[-1] == END
-    assert values == sorted(values)
-    steps = values[1:-1]
-    assert len(steps) >= 2 and all(START < v < END for v in steps)
+    assert len(values) >= 2 and values == sorted(values)
+    assert all(START < v < END for v in values), values
+    assert after_a_fast_reply == []
 
 
-async def progress_messages(pubsub, until: float, timeout: float = 5.0) -> list[dict]:
-    """Progress payloads in arrival order, up to the first one reaching `until`."""
+async def progress_messages(pubsub, quiet: float = 0.3) -> list[dict]:
+    """Progress payloads in arrival order, until none has come for `quiet` seconds."""
     messages: list[dict] = []
-    async with asyncio.timeout(timeout):
-        while not messages or messages[-1]["progress"] < until:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message:
-                messages.append(json.loads(message["data"]))
+    clock = asyncio.get_running_loop().time
+    until = clock() + quiet
+    while (left := until - clock()) > 0:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+        if message:
+            messages.append(json.loads(message["data"]))
+            until = clock() + quiet
     return messages
