@@ -43,6 +43,8 @@ from workflows.status import JobStatus
 
 log = logging.getLogger(__name__)
 
+STOP_WRITE_SECONDS = 2.0  # how long a stopping relay may spend writing what it holds
+
 UNREADABLE_FAILURE = "the data plane reported the job failed; the failed node's own error could not be read"
 
 
@@ -109,15 +111,30 @@ class EventListener:
 
     async def record_held(self, health: TaskHealth | None = None) -> None:
         """Write what is held, round after round, until cancelled (a supervised task). While Redis is down, what is
-        held waits (progress folded with what arrives meanwhile) and the round is retried with the usual backoff."""
+        held waits (progress folded with what arrives meanwhile) and the round is retried with the usual backoff.
+        Stopped, it writes what it still holds first."""
         on_retry = health.failing if health else None
-        while True:
-            if health:
-                health.serving()
-            await self.waiting.wait()
-            async for attempt in retrying("writing reported events", TRANSIENT, on_retry=on_retry):
-                with attempt:
-                    await self.write_held()
+        try:
+            while True:
+                if health:
+                    health.serving()
+                await self.waiting.wait()
+                async for attempt in retrying("writing reported events", TRANSIENT, on_retry=on_retry):
+                    with attempt:
+                        await self.write_held()
+        finally:
+            await self._write_held_at_stop()
+
+    async def _write_held_at_stop(self) -> None:
+        """One last round, bounded: the messages held were heard by this relay alone, maybe, and pub/sub keeps none."""
+        held = len(self.held) + len(self.progress)
+        if not held:
+            return
+        try:
+            async with asyncio.timeout(STOP_WRITE_SECONDS):
+                await self.write_held()
+        except Exception as exc:  # Redis or PostgreSQL gone too: nothing more a stopping relay can do
+            log.warning("stopping with %d messages heard but not recorded: %r", held, exc)
 
     async def write_held(self) -> None:
         """One round: reported progress rises in the keys, clamped to what the job's open work can reach; then every

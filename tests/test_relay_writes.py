@@ -107,3 +107,20 @@ async def test_a_row_postgresql_refuses_costs_only_itself(stack, store):
     # The wire refuses a NUL before a relay holds it (test_hostile_streams); built here, past that check.
     await log.record_many([data_message("before"), data_message("a\x00b"), data_message("after")])
     assert sorted(e["data"] for e in await store.events(job_id)) == ["after", "before"]
+
+
+async def test_a_relay_stopping_writes_what_it_holds(stack, store):
+    """What a relay holds may have been heard by it alone, and pub/sub keeps nothing: stopped before its next round,
+    its recorder writes what it holds first."""
+    job_id = str(uuid.uuid4())
+    await store.create_job(job_id, {}, "custom")
+    relay = listener(stack, store, "stopping")
+    recorder = asyncio.create_task(relay.record_held())
+    await asyncio.sleep(0.05)  # the recorder now waits for something to be held
+    await relay.on_message(*status_message(job_id, "running"))
+    progress = {"jobId": job_id, "progress": 0.5, "created": "1700000000000"}
+    await relay.on_message(BRIDGE.channel("progress", job_id), json.dumps(progress))
+    recorder.cancel()  # before its round could run
+    await asyncio.gather(recorder, return_exceptions=True)
+    events = await store.events(job_id)
+    assert sorted(str(e["status"] or e["progress"]) for e in events) == ["0.5", "running"], events
