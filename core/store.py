@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -60,7 +60,7 @@ class Event:
 _APPLY_EVENT = """
     WITH ev AS (
         INSERT INTO job_events (job_id, status, progress, data, fingerprint, created)
-        SELECT $1, $2, $3, $4, $5, coalesce($6, now())
+        SELECT $1, $2, $3, $4, $5, $6
         WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)
         ON CONFLICT (job_id, fingerprint) DO UPDATE
            SET event_id = nextval(pg_get_serial_sequence('job_events', 'event_id')),
@@ -79,15 +79,17 @@ _APPLY_EVENT = """
 
 
 def _apply_args(event: Event) -> tuple:
+    """The parameters of _APPLY_EVENT; a message without a time of its own gets the time it is written."""
     progress = event.progress if event.progress is not None and 0.0 <= event.progress <= 1.0 else None
-    job_id, terminal = uuid.UUID(event.job_id), list(jobkeys.TERMINAL)
+    created = event.created or datetime.now(UTC)
+    terminal = list(jobkeys.TERMINAL)
     return (
-        job_id,
+        uuid.UUID(event.job_id),
         event.status,
         progress,
         event.data,
         event.fingerprint,
-        event.created,
+        created,
         terminal,
         event.highest_progress,
     )
@@ -202,9 +204,14 @@ class Store:
 
     async def apply_events(self, events: Sequence[Event]) -> None:
         """`apply_event` for each, in one round trip: asyncpg sends the statements back to back and waits once (and
-        PostgreSQL runs them as one transaction). What each did is not told."""
+        PostgreSQL runs them as one transaction). What each did is not told.
+
+        Relays hear the same messages and may write them at once, each holding its rows' locks until it commits: so
+        every relay writes in one order (job, then fingerprint), whatever order it heard them in, and none waits for
+        another that waits for it. Each row keeps its own time, so the order they happened in is kept."""
         if events:
-            await self.pool.executemany(_APPLY_EVENT, [_apply_args(event) for event in events])
+            rows = sorted((_apply_args(event) for event in events), key=lambda args: (args[0], args[4]))
+            await self.pool.executemany(_APPLY_EVENT, rows)
 
     async def delete_expired_events(self, retention_seconds: float, batch: int) -> int:
         """Delete up to `batch` job_events rows of jobs that finished more than `retention_seconds` ago; returns how

@@ -8,7 +8,7 @@ import json
 import uuid
 
 from core.messages import JobEvent
-from core.store import Store, connect_pool
+from core.store import Event, Store, connect_pool
 from handoff.event_log import EventLog
 from tests.e2e import BRIDGE, outcome, wait_for
 from tests.test_exactly_once import fail_in_redis_like_the_worker, listener, signals, start_python_job, status_message
@@ -124,3 +124,22 @@ async def test_a_relay_stopping_writes_what_it_holds(stack, store):
     await asyncio.gather(recorder, return_exceptions=True)
     events = await store.events(job_id)
     assert sorted(str(e["status"] or e["progress"]) for e in events) == ["0.5", "running"], events
+
+
+async def test_relays_writing_the_same_messages_at_once_never_deadlock(database_url):
+    """Every relay hears every message, and each writes a round in one transaction, holding its rows until it
+    commits: rounds that took the same rows in opposite orders would wait for each other until PostgreSQL broke the
+    deadlock (after a second) by failing one. Rows are written in one order, so both rounds go through."""
+    pools = [await connect_pool(database_url, min_size=1, max_size=1) for _ in range(2)]
+    try:
+        store = Store(pools[0])
+        jobs = [str(uuid.uuid4()) for _ in range(40)]
+        for job_id in jobs:
+            await store.create_job(job_id, {}, "custom")
+        rows = [Event(job_id, f"note/{n}", data=f"note {n}") for job_id in jobs for n in range(5)]
+        for _ in range(3):
+            await asyncio.gather(Store(pools[0]).apply_events(rows), Store(pools[1]).apply_events(rows[::-1]))
+        assert len(await store.events(jobs[0])) == 5
+    finally:
+        for pool in pools:
+            await pool.close()
