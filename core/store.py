@@ -78,6 +78,13 @@ _APPLY_EVENT = """
 """
 
 
+def _lock_order(args: tuple) -> tuple:
+    """A round's rows in the order that takes each job's locks as a step does (its row, then its events by
+    fingerprint): progress rows first, since they raise the job's row, then the others by fingerprint."""
+    job_id, _, progress, _, fingerprint, *_ = args
+    return job_id, progress is None, fingerprint
+
+
 def _apply_args(event: Event) -> tuple:
     """The parameters of _APPLY_EVENT; a message without a time of its own gets the time it is written."""
     progress = event.progress if event.progress is not None and 0.0 <= event.progress <= 1.0 else None
@@ -158,6 +165,7 @@ class Store:
         open work is kept, anything above it (or left from an earlier run) is corrected.
         """
         ceiling = max(progress, progress_ceiling(graph))
+        events = sorted(events, key=lambda event: event.fingerprint)  # the order relays take them in: apply_events
         return await self.pool.fetchval(
             """
             WITH job AS (
@@ -206,11 +214,12 @@ class Store:
         """`apply_event` for each, in one round trip: asyncpg sends the statements back to back and waits once (and
         PostgreSQL runs them as one transaction). What each did is not told.
 
-        Relays hear the same messages and may write them at once, each holding its rows' locks until it commits: so
-        every relay writes in one order (job, then fingerprint), whatever order it heard them in, and none waits for
-        another that waits for it. Each row keeps its own time, so the order they happened in is kept."""
+        Relays hear the same messages, and the workflow's steps write some of them too, each holding its rows'
+        locks until it commits. So every writer takes a job's locks in one order, whatever order it heard the
+        messages in (`_lock_order`), and none waits for another that waits for it. Each row keeps its own time,
+        so the order they happened in is kept."""
         if events:
-            rows = sorted((_apply_args(event) for event in events), key=lambda args: (args[0], args[4]))
+            rows = sorted((_apply_args(event) for event in events), key=_lock_order)
             await self.pool.executemany(_APPLY_EVENT, rows)
 
     async def delete_expired_events(self, retention_seconds: float, batch: int) -> int:

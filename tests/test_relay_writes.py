@@ -6,12 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime
+
+import pytest
 
 from core.messages import JobEvent
 from core.store import Event, Store, connect_pool
 from handoff.event_log import EventLog
 from tests.e2e import BRIDGE, outcome, wait_for
-from tests.test_exactly_once import fail_in_redis_like_the_worker, listener, signals, start_python_job, status_message
+from tests.test_exactly_once import (
+    PYTHON_CHAIN,
+    fail_in_redis_like_the_worker,
+    listener,
+    signals,
+    start_python_job,
+    status_message,
+)
 from workflows.names import CONTROL_SOURCE, DATAPLANE_FAILED
 
 
@@ -140,6 +150,30 @@ async def test_relays_writing_the_same_messages_at_once_never_deadlock(database_
         for _ in range(3):
             await asyncio.gather(Store(pools[0]).apply_events(rows), Store(pools[1]).apply_events(rows[::-1]))
         assert len(await store.events(jobs[0])) == 5
+    finally:
+        for pool in pools:
+            await pool.close()
+
+
+@pytest.mark.parametrize("with_progress", [True, False])
+async def test_a_relays_round_and_the_workflows_step_never_deadlock(database_url, with_progress):
+    """A step writes its job's row, then the data events it publishes; a relay that heard those messages writes the
+    same events and, for progress, the job's row too. A round holds its rows until it commits, so it writes each
+    job's progress (and so the job's row) first, and both take the events by fingerprint, whatever order they were
+    given in: neither then waits for the other in a cycle."""
+    pools = [await connect_pool(database_url, min_size=1, max_size=1) for _ in range(2)]
+    step, relay = Store(pools[0]), Store(pools[1])
+    try:
+        for _ in range(30):
+            job_id = str(uuid.uuid4())
+            await step.create_job(job_id, {}, "custom")
+            outputs = [Event(job_id, f"data/{n}", data=f"output {n}", created=datetime.now(UTC)) for n in range(3)]
+            progress = Event(job_id, "progress/2s/1", progress=0.5, highest_progress=True)
+            await asyncio.gather(
+                step.save_snapshot(job_id, "running", 0.5, {**PYTHON_CHAIN, "workflowId": job_id}, outputs[::-1]),
+                relay.apply_events([*outputs, progress] if with_progress else outputs),
+            )
+            assert len(await step.events(job_id)) == 3 + with_progress
     finally:
         for pool in pools:
             await pool.close()
