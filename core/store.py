@@ -14,13 +14,20 @@ from core import jobkeys
 from core.retry import call_with_retry
 from workflows.graph import progress_ceiling
 
-# What PostgreSQL being down or restarting looks like from asyncpg: worth waiting out, never a lost write.
+# What PostgreSQL being down, restarting or briefly unable to take a write looks like from asyncpg: worth waiting
+# out, never a lost write. Besides a lost connection: a shutdown, a transaction rolled back for a deadlock or a
+# serialization failure, resources run out (disk, memory, connections), a lock not granted, a standby not yet
+# promoted after a failover.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
 
 # PostgreSQL refusing a statement (a value it cannot take, say): not worth retrying as it is.

@@ -15,8 +15,10 @@ value per job matters to the keys and the coalesced job_events row.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import redis.asyncio as aioredis
@@ -44,6 +46,7 @@ from workflows.status import JobStatus
 log = logging.getLogger(__name__)
 
 STOP_WRITE_SECONDS = 2.0  # how long a stopping relay may spend writing what it holds
+ROUND_LIMIT = 1000  # status and data messages written in one round (one transaction)
 
 UNREADABLE_FAILURE = "the data plane reported the job failed; the failed node's own error could not be read"
 
@@ -80,6 +83,8 @@ class EventListener:
             await dead_letter(self.redis, source, dead, letter, str(exc), self.limits.dead_letters)
             return
         PUBSUB_MESSAGES.labels(kind=event.kind).inc()
+        if event.created is None:  # its row's time: when it was heard, not when its round is written
+            event = dataclasses.replace(event, created=datetime.now(UTC))
         if event.progress is not None:
             self._hold_progress(channel, raw, event)
             return
@@ -126,35 +131,39 @@ class EventListener:
             await self._write_held_at_stop()
 
     async def _write_held_at_stop(self) -> None:
-        """One last round, bounded: the messages held were heard by this relay alone, maybe, and pub/sub keeps none."""
-        held = len(self.held) + len(self.progress)
-        if not held:
-            return
+        """Last rounds, bounded: the messages held were heard by this relay alone, maybe, and pub/sub keeps none."""
         try:
             async with asyncio.timeout(STOP_WRITE_SECONDS):
-                await self.write_held()
+                while self.held or self.progress:
+                    await self.write_held()
         except Exception as exc:  # Redis or PostgreSQL gone too: nothing more a stopping relay can do
-            log.warning("stopping with %d messages heard but not recorded: %r", held, exc)
+            unwritten = len(self.held) + len(self.progress)
+            log.warning("stopping with %d messages heard but not recorded: %r", unwritten, exc)
 
     async def write_held(self) -> None:
-        """One round: reported progress rises in the keys, clamped to what the job's open work can reach; then every
-        held message goes to job_events. A status message never sets job:<id>:status (only the workflow's snapshots
-        do)."""
+        """One round: the held messages (up to ROUND_LIMIT status and data messages; more wait for the next round)
+        go to job_events; then reported progress rises in the keys, clamped to what the job's open work can reach (a
+        status message never sets job:<id>:status: only the workflow's snapshots do). PostgreSQL first, so Redis
+        being down delays no row. A round that fails or is stopped part way is held again, whole: writing a row
+        again changes nothing, each being keyed by its fingerprint."""
         self.waiting.clear()
         progress, self.progress = self.progress, {}
-        held, self.held = self.held, []
+        held, self.held = self.held[:ROUND_LIMIT], self.held[ROUND_LIMIT:]
+        if self.held:
+            self.waiting.set()
         try:
+            await self.events.record_many([*held, *progress.values()])
             if progress:
                 pipe = self.redis.pipeline(transaction=False)
                 for heard in progress.values():
                     assert heard.event.progress is not None
                     jobkeys.report_progress(pipe, self.bridge, heard.event.job_id, heard.event.progress)
                 await pipe.execute()
-            await self.events.record_many([*held, *progress.values()])
-        except TRANSIENT:  # Redis gone (PostgreSQL's outages are the event log's): held again for the next attempt
+        except BaseException:
+            self.held[:0] = held
+            self.waiting.set()
             for heard in progress.values():
                 self._hold_progress(*heard, again=True)
-            self.held[:0] = held
             raise
 
     async def _detect_dataplane_failure(self, job_id: str) -> None:

@@ -4,15 +4,19 @@ fewer round trips per state change; and a failure heard before the job's first r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime
 
 import pytest
+import redis.asyncio as aioredis
 
 from core.messages import JobEvent
+from core.redis import TRANSIENT
 from core.store import Event, Store, connect_pool
 from handoff.event_log import EventLog
+from handoff.listener import EventListener
 from tests.e2e import BRIDGE, outcome, wait_for
 from tests.test_exactly_once import (
     PYTHON_CHAIN,
@@ -146,7 +150,9 @@ async def test_relays_writing_the_same_messages_at_once_never_deadlock(database_
         jobs = [str(uuid.uuid4()) for _ in range(40)]
         for job_id in jobs:
             await store.create_job(job_id, {}, "custom")
-        rows = [Event(job_id, f"note/{n}", data=f"note {n}") for job_id in jobs for n in range(5)]
+        # Progress rows too, one per message (as with progress_event_seconds = 0): they also raise the job's row.
+        rows = [Event(job_id, f"note/{n}", data=f"note {n}") for job_id in jobs for n in range(3)]
+        rows += [Event(job_id, f"progress/{n}", progress=n / 10) for job_id in jobs for n in range(1, 3)]
         for _ in range(3):
             await asyncio.gather(Store(pools[0]).apply_events(rows), Store(pools[1]).apply_events(rows[::-1]))
         assert len(await store.events(jobs[0])) == 5
@@ -177,3 +183,68 @@ async def test_a_relays_round_and_the_workflows_step_never_deadlock(database_url
     finally:
         for pool in pools:
             await pool.close()
+
+
+async def test_a_relay_stopped_mid_round_writes_that_round_first(stack, store):
+    """A round cut short by the stop (here waiting for a lock on the job's row) is held again, whole, and written by
+    the stopping recorder once the row is free."""
+    job_id = str(uuid.uuid4())
+    await store.create_job(job_id, {}, "custom")
+    relay = listener(stack, store, "stopped-mid-round")
+    async with store.pool.acquire() as db:
+        locked = db.transaction()
+        await locked.start()
+        await db.execute("SELECT 1 FROM jobs WHERE job_id = $1 FOR UPDATE", uuid.UUID(job_id))
+        recorder = asyncio.create_task(relay.record_held())
+        await relay.on_message(*status_message(job_id, "running"))
+        progress = {"jobId": job_id, "progress": 0.5, "created": "1700000000000"}
+        await relay.on_message(BRIDGE.channel("progress", job_id), json.dumps(progress))
+        await asyncio.sleep(0.3)  # the round now waits for the row
+        assert not relay.held and not relay.progress, "taken by the round"
+        recorder.cancel()
+        await asyncio.sleep(0.3)
+        await locked.rollback()  # the row free again, within the recorder's time to stop
+    await asyncio.gather(recorder, return_exceptions=True)
+    events = await store.events(job_id)
+    assert sorted(str(e["status"] or e["progress"]) for e in events) == ["0.5", "running"], events
+
+
+async def test_rows_are_written_while_redis_is_down(stack, store):
+    """PostgreSQL first: Redis being down (the progress keys wait) delays no job_events row."""
+    from spinbot.ports import free_port
+
+    job_id = str(uuid.uuid4())
+    await store.create_job(job_id, {}, "custom")
+    down = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    relay = EventListener(down, EventLog(down, store, BRIDGE, "redis-down"), stack.temporal, BRIDGE)
+    try:
+        await relay.on_message(*status_message(job_id, "running"))
+        progress = {"jobId": job_id, "progress": 0.5, "created": "1700000000000"}
+        await relay.on_message(BRIDGE.channel("progress", job_id), json.dumps(progress))
+        with pytest.raises(TRANSIENT):
+            await relay.write_held()
+        assert relay.progress and relay.held, "held again for the keys"
+    finally:
+        await down.aclose()
+    events = await store.events(job_id)
+    assert sorted(str(e["status"] or e["progress"]) for e in events) == ["0.5", "running"], events
+
+
+async def test_a_round_postgresql_cannot_take_for_now_waits_in_the_backlog(stack, database_url, store):
+    """A database that takes no writes for a while (here a read-only one, as a standby is until promoted) is an outage
+    to wait out: the round goes to the backlog, not message by message into the log as refused."""
+    job_id = str(uuid.uuid4())
+    await store.create_job(job_id, {}, "custom")
+    separator = "&" if "?" in database_url else "?"
+    pool = await connect_pool(f"{database_url}{separator}default_transaction_read_only=on", min_size=1, max_size=1)
+    bridge = dataclasses.replace(BRIDGE, key_prefix=f"t:{uuid.uuid4().hex}:")  # a backlog of its own
+    try:
+        log = EventLog(stack.redis, Store(pool), bridge, "read-only")
+        channel = bridge.channel("data", job_id)
+        messages = [(channel, json.dumps({"jobId": job_id, "data": n}), f"n{n}") for n in range(3)]
+        await log.record_many(
+            [(c, raw, JobEvent("data", job_id, None, None, data, None, fingerprint=data)) for c, raw, data in messages]
+        )
+    finally:
+        await pool.close()
+    assert await stack.redis.xlen(bridge.events_backlog) == 3
