@@ -248,3 +248,17 @@ async def test_a_round_postgresql_cannot_take_for_now_waits_in_the_backlog(stack
     finally:
         await pool.close()
     assert await stack.redis.xlen(bridge.events_backlog) == 3
+
+
+async def test_a_message_without_a_time_is_dated_when_heard(stack, store):
+    """`created` is optional on the wire: such a message's row takes the time the relay heard it, not the time its
+    round was written (a round may wait, for a lock, an outage or the one before it)."""
+    job_id = str(uuid.uuid4())
+    await store.create_job(job_id, {}, "custom")
+    relay = listener(stack, store, "undated")
+    await relay.on_message(BRIDGE.channel("data", job_id), json.dumps({"jobId": job_id, "data": "undated"}))
+    heard_by = datetime.now(UTC)
+    await asyncio.sleep(0.3)
+    await relay.write_held()
+    [event] = await store.events(job_id)
+    assert event["created"] <= heard_by, (event["created"], heard_by)
