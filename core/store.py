@@ -86,10 +86,10 @@ _APPLY_EVENT = """
 
 
 def _lock_order(args: tuple) -> tuple:
-    """A round's rows in the order that takes each job's locks as a step does (its row, then its events by
-    fingerprint): progress rows first, since they raise the job's row, then the others by fingerprint."""
-    job_id, _, progress, _, fingerprint, *_ = args
-    return job_id, progress is None, fingerprint
+    """Sorted by this (a stable sort), a round takes each job's locks as the workflow's step does: the job's row
+    first (through its progress rows, which raise it), then its events in the order they were published (heard)."""
+    job_id, _, progress, *_ = args
+    return job_id, progress is None
 
 
 def _apply_args(event: Event) -> tuple:
@@ -172,7 +172,6 @@ class Store:
         open work is kept, anything above it (or left from an earlier run) is corrected.
         """
         ceiling = max(progress, progress_ceiling(graph))
-        events = sorted(events, key=lambda event: event.fingerprint)  # the order relays take them in: apply_events
         return await self.pool.fetchval(
             """
             WITH job AS (
@@ -221,10 +220,10 @@ class Store:
         """`apply_event` for each, in one round trip: asyncpg sends the statements back to back and waits once (and
         PostgreSQL runs them as one transaction). What each did is not told.
 
-        Relays hear the same messages, and the workflow's steps write some of them too, each holding its rows'
-        locks until it commits. So every writer takes a job's locks in one order, whatever order it heard the
-        messages in (`_lock_order`), and none waits for another that waits for it. Each row keeps its own time,
-        so the order they happened in is kept."""
+        Relays hear the same messages, in the order they were published, and the workflow's steps write some of
+        them too (in that order), each holding its rows' locks until it commits. So every writer takes a job's locks
+        in one order (`_lock_order`), and none waits for another that waits for it. Rows are written in the order
+        heard, so events of the same millisecond keep it in their ids."""
         if events:
             rows = sorted((_apply_args(event) for event in events), key=_lock_order)
             await self.pool.executemany(_APPLY_EVENT, rows)

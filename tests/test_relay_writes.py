@@ -141,9 +141,9 @@ async def test_a_relay_stopping_writes_what_it_holds(stack, store):
 
 
 async def test_relays_writing_the_same_messages_at_once_never_deadlock(database_url):
-    """Every relay hears every message, and each writes a round in one transaction, holding its rows until it
-    commits: rounds that took the same rows in opposite orders would wait for each other until PostgreSQL broke the
-    deadlock (after a second) by failing one. Rows are written in one order, so both rounds go through."""
+    """Every relay hears every message, in the order published, and writes a round in one transaction, holding its
+    rows until it commits. Two relays that cut the same messages into different rounds take the rows they share in
+    the same order, so neither waits for the other in a cycle (PostgreSQL would fail one after a second)."""
     pools = [await connect_pool(database_url, min_size=1, max_size=1) for _ in range(2)]
     try:
         store = Store(pools[0])
@@ -151,10 +151,15 @@ async def test_relays_writing_the_same_messages_at_once_never_deadlock(database_
         for job_id in jobs:
             await store.create_job(job_id, {}, "custom")
         # Progress rows too, one per message (as with progress_event_seconds = 0): they also raise the job's row.
-        rows = [Event(job_id, f"note/{n}", data=f"note {n}") for job_id in jobs for n in range(3)]
-        rows += [Event(job_id, f"progress/{n}", progress=n / 10) for job_id in jobs for n in range(1, 3)]
+        heard = [Event(job_id, f"note/{n}", data=f"note {n}") for n in range(3) for job_id in jobs]
+        heard += [Event(job_id, f"progress/{n}", progress=n / 10) for n in range(1, 3) for job_id in jobs]
+
+        async def in_rounds(store: Store, size: int) -> None:
+            for start in range(0, len(heard), size):
+                await store.apply_events(heard[start : start + size])
+
         for _ in range(3):
-            await asyncio.gather(Store(pools[0]).apply_events(rows), Store(pools[1]).apply_events(rows[::-1]))
+            await asyncio.gather(in_rounds(Store(pools[0]), len(heard)), in_rounds(Store(pools[1]), 37))
         assert len(await store.events(jobs[0])) == 5
     finally:
         for pool in pools:
@@ -164,19 +169,19 @@ async def test_relays_writing_the_same_messages_at_once_never_deadlock(database_
 @pytest.mark.parametrize("with_progress", [True, False])
 async def test_a_relays_round_and_the_workflows_step_never_deadlock(database_url, with_progress):
     """A step writes its job's row, then the data events it publishes; a relay that heard those messages writes the
-    same events and, for progress, the job's row too. A round holds its rows until it commits, so it writes each
-    job's progress (and so the job's row) first, and both take the events by fingerprint, whatever order they were
-    given in: neither then waits for the other in a cycle."""
+    same events (in the order published) and, for progress, the job's row too. A round holds its rows until it
+    commits, so it writes each job's progress (and so the job's row) first: neither then waits for the other in a
+    cycle."""
     pools = [await connect_pool(database_url, min_size=1, max_size=1) for _ in range(2)]
     step, relay = Store(pools[0]), Store(pools[1])
     try:
-        for _ in range(30):
+        for _ in range(80):
             job_id = str(uuid.uuid4())
             await step.create_job(job_id, {}, "custom")
             outputs = [Event(job_id, f"data/{n}", data=f"output {n}", created=datetime.now(UTC)) for n in range(3)]
             progress = Event(job_id, "progress/2s/1", progress=0.5, highest_progress=True)
             await asyncio.gather(
-                step.save_snapshot(job_id, "running", 0.5, {**PYTHON_CHAIN, "workflowId": job_id}, outputs[::-1]),
+                step.save_snapshot(job_id, "running", 0.5, {**PYTHON_CHAIN, "workflowId": job_id}, outputs),
                 relay.apply_events([*outputs, progress] if with_progress else outputs),
             )
             assert len(await step.events(job_id)) == 3 + with_progress
