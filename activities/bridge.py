@@ -13,11 +13,12 @@ from temporalio import activity
 from activities.push import Segment, pushed, queue_push, queue_withdraw, withdrawn
 from core import jobkeys
 from core.contracts import Bridge
+from core.event_rows import Event
 from core.failures import job_error
 from core.logs import log_event
 from core.messages import fingerprint, parse_created
 from core.metrics import JOB_SECONDS, JOBS_FINISHED
-from core.store import Event, Store
+from core.store import Store
 from core.timestamps import now_ms
 from workflows.graph import progress_ceiling
 from workflows.inputs import JobSnapshot

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 
 from core import jobkeys
+from core.event_rows import APPLY_EVENT, Event, event_args, lock_order
 from core.retry import call_with_retry
 from workflows.graph import progress_ceiling
 
@@ -46,67 +46,6 @@ def is_job_id(value: str) -> bool:
 
 def millis(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
-
-
-@dataclass
-class Event:
-    job_id: str
-    fingerprint: str
-    status: str | None = None
-    progress: float | None = None
-    data: object = None
-    created: datetime | None = None
-    # One row per fingerprint holding the highest progress reported under it (coalesced progress), instead of
-    # one row per message.
-    highest_progress: bool = False
-
-
-# The row of a coalesced progress interval ($8) takes a higher progress, its time and a new event id (it is now the
-# newest event, by time and by id, as if inserted); the same or a lower one, or the same message again, changes
-# nothing and counts as already recorded. Any other row, once there, is left as it is.
-_APPLY_EVENT = """
-    WITH ev AS (
-        INSERT INTO job_events (job_id, status, progress, data, fingerprint, created)
-        SELECT $1, $2, $3, $4, $5, $6
-        WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)
-        ON CONFLICT (job_id, fingerprint) DO UPDATE
-           SET event_id = nextval(pg_get_serial_sequence('job_events', 'event_id')),
-               progress = EXCLUDED.progress, created = EXCLUDED.created
-         WHERE $8 AND EXCLUDED.progress > job_events.progress
-        RETURNING event_id
-    ), up AS (
-        UPDATE jobs SET
-            progress = GREATEST(progress, LEAST($3, coalesce(progress_ceiling, progress))),
-            updated = now()
-        WHERE job_id = $1 AND $3::float8 IS NOT NULL AND NOT status = ANY($7::text[])
-              AND EXISTS (SELECT 1 FROM ev)
-    )
-    SELECT (SELECT event_id FROM ev) AS event_id, EXISTS (SELECT 1 FROM jobs WHERE job_id = $1) AS known
-"""
-
-
-def _lock_order(args: tuple) -> tuple:
-    """Sorted by this (a stable sort), a round takes each job's locks as the workflow's step does: the job's row
-    first (through its progress rows, which raise it), then its events in the order they were published (heard)."""
-    job_id, _, progress, *_ = args
-    return job_id, progress is None
-
-
-def _apply_args(event: Event) -> tuple:
-    """The parameters of _APPLY_EVENT; a message without a time of its own gets the time it is written."""
-    progress = event.progress if event.progress is not None and 0.0 <= event.progress <= 1.0 else None
-    created = event.created or datetime.now(UTC)
-    terminal = list(jobkeys.TERMINAL)
-    return (
-        uuid.UUID(event.job_id),
-        event.status,
-        progress,
-        event.data,
-        event.fingerprint,
-        created,
-        terminal,
-        event.highest_progress,
-    )
 
 
 class PooledConnection(asyncpg.Connection):
@@ -211,7 +150,7 @@ class Store:
         Only the workflow decides a job's status (its snapshots): a status message is history, never the job's
         fate. Reported progress raises the job's, up to its ceiling, while the job is not finished.
         """
-        row = await self.pool.fetchrow(_APPLY_EVENT, *_apply_args(event))
+        row = await self.pool.fetchrow(APPLY_EVENT, *event_args(event))
         if row["event_id"] is not None:
             return True
         return False if row["known"] else None
@@ -222,11 +161,11 @@ class Store:
 
         Relays hear the same messages, in the order they were published, and the workflow's steps write some of
         them too (in that order), each holding its rows' locks until it commits. So every writer takes a job's locks
-        in one order (`_lock_order`), and none waits for another that waits for it. Rows are written in the order
+        in one order (`lock_order`), and none waits for another that waits for it. Rows are written in the order
         heard, so events of the same millisecond keep it in their ids."""
         if events:
-            rows = sorted((_apply_args(event) for event in events), key=_lock_order)
-            await self.pool.executemany(_APPLY_EVENT, rows)
+            rows = sorted((event_args(event) for event in events), key=lock_order)
+            await self.pool.executemany(APPLY_EVENT, rows)
 
     async def delete_expired_events(self, retention_seconds: float, batch: int) -> int:
         """Delete up to `batch` job_events rows of jobs that finished more than `retention_seconds` ago; returns how

@@ -20,10 +20,11 @@ from datetime import UTC, datetime
 import redis.asyncio as aioredis
 
 from core.contracts import Bridge, ContractError
+from core.event_rows import Event
 from core.messages import JobEvent, parse_event
 from core.metrics import EVENTS_DELAYED
 from core.retry import call_with_retry
-from core.store import REFUSED, UNAVAILABLE, Event, Store, is_job_id
+from core.store import REFUSED, UNAVAILABLE, Store, is_job_id
 from core.supervise import TaskHealth
 from handoff.streams import StreamConsumer
 

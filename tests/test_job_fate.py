@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from core import jobkeys
-from core.store import Event
+from core.event_rows import Event
 from tests.e2e import BRIDGE, outcome, query_state, submit, wait_for
 from tests.ws_clients import publish, ws_client
 from workflows.graph import progress_ceiling

@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 import pytest
 import redis.asyncio as aioredis
 
+from core.event_rows import Event
 from core.messages import JobEvent
 from core.redis import TRANSIENT
-from core.store import Event, Store, connect_pool
+from core.store import Store, connect_pool
 from handoff.event_log import EventLog
 from handoff.listener import EventListener
 from tests.e2e import BRIDGE, outcome, wait_for

@@ -18,12 +18,13 @@ from temporalio.testing import ActivityEnvironment
 from activities.bridge import BridgeActivities
 from core import jobkeys
 from core.contracts import Bridge
+from core.event_rows import Event
 from core.messages import parse_created, parse_event
 from core.metrics import JOB_EVENTS_DELETED, STREAM_ENTRIES_TRIMMED
 from core.migrate import migrate_url
 from core.redis import redis_client
 from core.retry import call_with_retry
-from core.store import UNAVAILABLE, Event, Store, connect_pool
+from core.store import UNAVAILABLE, Store, connect_pool
 from core.supervise import Supervisor
 from handoff.event_log import EventLog
 from handoff.retention import Retention, RetentionPolicy
