@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -31,6 +32,14 @@ from handoff.streams import StreamConsumer
 log = logging.getLogger(__name__)
 
 BACKLOG_GROUP = "recorders"
+
+
+class Heard(NamedTuple):
+    """A pub/sub message as read, with what it says."""
+
+    channel: bytes | str
+    raw: bytes | str
+    event: JobEvent
 
 
 def as_row(event: JobEvent, progress_seconds: float = 0.0) -> Event:
@@ -69,31 +78,33 @@ class EventLog:
         try:
             return await self.store.apply_event(as_row(event, self.progress_seconds))
         except UNAVAILABLE as exc:
-            log.warning("PostgreSQL unavailable (%s); event for job %s kept in the backlog", exc, event.job_id)
-            await self.redis.xadd(self.bridge.events_backlog, {"channel": channel, "raw": raw})
-            EVENTS_DELAYED.inc()
+            await self._keep_in_backlog([Heard(channel, raw, event)], exc)
             return None
 
-    async def record_many(self, heard: Sequence[tuple[str | bytes, str | bytes, JobEvent]]) -> None:
-        """Record (channel, raw, event) messages in one round trip, as `record` does each; what each did is not
+    async def record_many(self, heard: Sequence[Heard]) -> None:
+        """Record messages in one round trip, as `record` does each; what each did is not
         told. A batch PostgreSQL refuses outright is written again one message at a time, so a row it cannot take
         costs only itself (logged), never the rest of the round."""
-        heard = [message for message in heard if is_job_id(message[2].job_id)]
+        heard = [message for message in heard if is_job_id(message.event.job_id)]
         try:
             await self.store.apply_events([as_row(event, self.progress_seconds) for _, _, event in heard])
         except UNAVAILABLE as exc:
-            log.warning("PostgreSQL unavailable (%s); %d events kept in the backlog", exc, len(heard))
-            pipe = self.redis.pipeline(transaction=False)
-            for channel, raw, _ in heard:
-                pipe.xadd(self.bridge.events_backlog, {"channel": channel, "raw": raw})
-            await pipe.execute()
-            EVENTS_DELAYED.inc(len(heard))
+            await self._keep_in_backlog(heard, exc)
         except REFUSED:
             for message in heard:
                 try:
                     await self.record(*message)
                 except REFUSED as exc:
-                    log.error("PostgreSQL refused the event %r of job %s: %s", message[1], message[2].job_id, exc)
+                    log.error("PostgreSQL refused the event %r of job %s: %s", message.raw, message.event.job_id, exc)
+
+    async def _keep_in_backlog(self, heard: Sequence[Heard], why: BaseException) -> None:
+        """Messages PostgreSQL cannot take now, into the backlog that relays drain once it is back (one round trip)."""
+        log.warning("PostgreSQL unavailable (%s); %d events kept in the backlog", why, len(heard))
+        pipe = self.redis.pipeline(transaction=False)
+        for channel, raw, _ in heard:
+            pipe.xadd(self.bridge.events_backlog, {"channel": channel, "raw": raw})
+        await pipe.execute()
+        EVENTS_DELAYED.inc(len(heard))
 
     async def run(self, health: TaskHealth | None = None) -> None:
         """Drain the backlog (this relay's share of it) until cancelled."""

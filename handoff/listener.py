@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 import redis.asyncio as aioredis
 from temporalio.client import Client
@@ -36,7 +35,7 @@ from core.store import is_job_id
 from core.supervise import TaskHealth
 from core.temporal import RPC_TIMEOUT
 from core.wire import WireLimits
-from handoff.event_log import EventLog
+from handoff.event_log import EventLog, Heard
 from handoff.streams import dead_letter
 from workflows.graph import drop_nulls, failed_nodes, python_part
 from workflows.inputs import Handback
@@ -49,14 +48,6 @@ STOP_WRITE_SECONDS = 2.0  # how long a stopping relay may spend writing what it 
 ROUND_LIMIT = 1000  # status and data messages written in one round (one transaction)
 
 UNREADABLE_FAILURE = "the data plane reported the job failed; the failed node's own error could not be read"
-
-
-class Heard(NamedTuple):
-    """A pub/sub message as read, with what it says."""
-
-    channel: bytes | str
-    raw: bytes | str
-    event: JobEvent
 
 
 class EventListener:

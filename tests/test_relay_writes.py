@@ -16,7 +16,7 @@ from core.event_rows import Event
 from core.messages import JobEvent
 from core.redis import TRANSIENT
 from core.store import Store, connect_pool
-from handoff.event_log import EventLog
+from handoff.event_log import EventLog, Heard
 from handoff.listener import EventListener
 from tests.e2e import BRIDGE, outcome, wait_for
 from tests.test_exactly_once import (
@@ -115,9 +115,9 @@ async def test_a_row_postgresql_refuses_costs_only_itself(stack, store):
     log = EventLog(stack.redis, store, BRIDGE, "refused")
     channel = BRIDGE.channel("data", job_id)
 
-    def data_message(text: str) -> tuple[str, str, JobEvent]:
+    def data_message(text: str) -> Heard:
         event = JobEvent("data", job_id, None, None, text, None, fingerprint=f"data/{text!r}")
-        return channel, json.dumps({"jobId": job_id, "data": text}), event
+        return Heard(channel, json.dumps({"jobId": job_id, "data": text}), event)
 
     # The wire refuses a NUL before a relay holds it (test_hostile_streams); built here, past that check.
     await log.record_many([data_message("before"), data_message("a\x00b"), data_message("after")])
@@ -142,26 +142,20 @@ async def test_a_relay_stopping_writes_what_it_holds(stack, store):
 
 
 async def test_relays_writing_the_same_messages_at_once_never_deadlock(database_url):
-    """Every relay hears every message, in the order published, and writes a round in one transaction, holding its
-    rows until it commits. Two relays that cut the same messages into different rounds take the rows they share in
-    the same order, so neither waits for the other in a cycle (PostgreSQL would fail one after a second)."""
+    """Every relay hears every message and writes a round in one transaction, holding its rows until it commits. Its
+    held progress is one row per job, in the order the jobs first reported in that round, so two relays whose rounds
+    were cut differently hold the same jobs' progress in different orders (here opposite). Rows are taken job by job
+    whatever that order, so neither waits for the other in a cycle (PostgreSQL would fail one after a second)."""
     pools = [await connect_pool(database_url, min_size=1, max_size=1) for _ in range(2)]
     try:
         store = Store(pools[0])
-        jobs = [str(uuid.uuid4()) for _ in range(40)]
-        for job_id in jobs:
-            await store.create_job(job_id, {}, "custom")
-        # Progress rows too, one per message (as with progress_event_seconds = 0): they also raise the job's row.
-        heard = [Event(job_id, f"note/{n}", data=f"note {n}") for n in range(3) for job_id in jobs]
-        heard += [Event(job_id, f"progress/{n}", progress=n / 10) for n in range(1, 3) for job_id in jobs]
-
-        async def in_rounds(store: Store, size: int) -> None:
-            for start in range(0, len(heard), size):
-                await store.apply_events(heard[start : start + size])
-
-        for _ in range(3):
-            await asyncio.gather(in_rounds(Store(pools[0]), len(heard)), in_rounds(Store(pools[1]), 37))
-        assert len(await store.events(jobs[0])) == 5
+        for round_number in range(20):
+            jobs = [str(uuid.uuid4()) for _ in range(20)]
+            for job_id in jobs:
+                await store.create_job(job_id, {}, "custom")
+            progress = [Event(job_id, "progress/5s/1", progress=0.5, highest_progress=True) for job_id in jobs]
+            await asyncio.gather(Store(pools[0]).apply_events(progress), Store(pools[1]).apply_events(progress[::-1]))
+            assert [len(await store.events(job_id)) for job_id in jobs] == [1] * len(jobs), round_number
     finally:
         for pool in pools:
             await pool.close()
@@ -249,7 +243,10 @@ async def test_a_round_postgresql_cannot_take_for_now_waits_in_the_backlog(stack
         channel = bridge.channel("data", job_id)
         messages = [(channel, json.dumps({"jobId": job_id, "data": n}), f"n{n}") for n in range(3)]
         await log.record_many(
-            [(c, raw, JobEvent("data", job_id, None, None, data, None, fingerprint=data)) for c, raw, data in messages]
+            [
+                Heard(c, raw, JobEvent("data", job_id, None, None, data, None, fingerprint=data))
+                for c, raw, data in messages
+            ]
         )
     finally:
         await pool.close()
