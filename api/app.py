@@ -29,7 +29,6 @@ from api.routes_uploads import router as uploads_router
 from api.routes_ws import WebSocketEndpoint
 from api.subscriber import SEND_WATCH, watch_sends
 from core.contracts import contracts, service_runtimes
-from core.pubsub import subscribe_forever
 from core.redis import redis_client
 from core.settings import Settings
 from core.storage import object_store
@@ -52,16 +51,15 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         redis = redis_client(settings.redis_url)
         pool = await connect_pool(settings.database_url)
         client = temporal or await connect(settings.temporal_address, settings.temporal_namespace)
-        hub = Hub(spec.bridge, redis, settings.max_entry_bytes, settings.ws_progress_pushes_per_second)
+        hub = Hub(
+            spec.bridge, redis, settings.max_entry_bytes, settings.ws_progress_pushes_per_second, settings.redis_url
+        )
         tasks = Supervisor()
-
-        async def push_updates(health: TaskHealth) -> None:
-            await subscribe_forever(settings.redis_url, hub.patterns, hub.on_message, health, hub.catch_up)
 
         async def drop_stalled_clients(health: TaskHealth) -> None:
             await watch_sends(hub.clients, health)
 
-        tasks.start(HUB_LISTENER, push_updates)
+        tasks.start(HUB_LISTENER, hub.listen)
         tasks.start(SEND_WATCH, drop_stalled_clients)
         app.state.backend = Backend(
             settings, spec, redis, Store(pool), client, service_runtimes(spec), hub, object_store(settings), tasks

@@ -1,7 +1,7 @@
 """The WebSocket hub: pub/sub events pushed to the clients subscribed to each job, as they happen.
 
-Each API replica subscribes to the status and progress channels itself and serves only its own
-clients. A client gets an outbox and a sender task of its own (api/subscriber.py), so a slow or dead client is
+Each API replica serves only its own clients, and subscribes to the status and progress channels of only the
+jobs they follow. A client gets an outbox and a sender task of its own (api/subscriber.py), so a slow or dead client is
 disconnected instead of delaying anyone else. Statuses reach clients only from the control plane
 (`source: control-plane`), at once; progress at most `progress_pushes_per_second` times a second per job.
 """
@@ -21,6 +21,8 @@ from api.subscriber import Subscriber
 from core.contracts import Bridge, ContractError
 from core.failures import UNKNOWN_CODE, job_error_from_json
 from core.messages import channel_job, parse_event
+from core.pubsub import Following
+from core.supervise import TaskHealth
 from core.wire import WireLimits
 from workflows.graph import clamp_progress
 from workflows.names import CONTROL_SOURCE
@@ -61,6 +63,7 @@ class Hub:
         redis: aioredis.Redis | None = None,
         max_bytes: int = WireLimits.max_bytes,
         progress_pushes_per_second: float = 10,
+        redis_url: str | None = None,
     ):
         self.bridge, self.max_bytes = bridge, max_bytes
         # A progress bar needs no more frames than this: progress between them is folded into the next push, which
@@ -70,10 +73,22 @@ class Hub:
         self.clients: set[Subscriber] = set()  # every connected client, followed jobs or not
         self.subscribers: dict[str, set[Subscriber]] = {}
         self.views: dict[str, JobView] = {}
+        # The channels of followed jobs, on one connection; its listener is a supervised task (HUB_LISTENER).
+        self.following = Following(redis_url, self.on_message, self.catch_up) if redis_url else None
 
-    @property
-    def patterns(self) -> list[str]:
-        return [self.bridge.status_channel + "*", self.bridge.progress_channel + "*"]
+    def channels(self, job_id: str) -> tuple[str, str]:
+        return self.bridge.channel("status", job_id), self.bridge.channel("progress", job_id)
+
+    async def listen(self, health: TaskHealth | None = None) -> None:
+        """Hear the followed jobs' messages until cancelled (the HUB_LISTENER task)."""
+        if self.following is None:
+            raise RuntimeError("a hub made without a Redis URL hears nothing")
+        await self.following.run(health)
+
+    async def follow(self, job_id: str) -> None:
+        """Returns once this replica hears the job's messages: a state read after it misses nothing published."""
+        if self.following is not None:
+            await self.following.follow(*self.channels(job_id))
 
     def subscribe(self, client: Subscriber, job_id: str) -> None:
         client.jobs.add(job_id)
@@ -86,6 +101,8 @@ class Hub:
             watchers.discard(client)
             if not watchers:
                 del self.subscribers[job_id]
+                if self.following is not None:
+                    self.following.drop(*self.channels(job_id))
                 view = self.views.pop(job_id, None)
                 if view is not None and view.due is not None:
                     view.due.cancel()

@@ -161,6 +161,7 @@ async def _receive_forever(backend: Backend, client: Subscriber) -> None:
         elif message["action"] == "subscribe" and (job_id in client.jobs or len(client.jobs) < MAX_SUBSCRIPTIONS):
             hub.subscribe(client, job_id)
             client.offer(_response("subscribed", job_id))
+            await hub.follow(job_id)
             status, progress, error = await _initial_state(backend, job_id)
             client.offer_update(job_id, hub.current(job_id, status, progress, error))
         elif message["action"] == "unsubscribe":

@@ -1,4 +1,7 @@
-"""A pattern subscription that survives Redis restarts: resubscribes with backoff, never dies on a bad message.
+"""Pub/sub subscriptions that survive Redis restarts: resubscribe with backoff, never die on a bad message.
+
+A relay hears every job (a pattern subscription); an API replica follows the channels of the jobs its own clients
+watch (`Following`), since ignoring a message costs it about as much as reading one.
 
 Messages are read as bytes and handed on as bytes: what other programs publish is decoded by the handler,
 where bytes that are not UTF-8 are one bad message (a dead letter), not an error inside redis-py that would
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 MessageHandler = Callable[[bytes, bytes], Awaitable[None]]
 Resubscribed = Callable[[], Awaitable[None]]
 IDLE_WAKE_SECONDS = 1.0
+CONFIRM_SECONDS = 2.0  # how long `follow` waits for Redis to confirm a subscription before carrying on
 
 
 async def subscribe_forever(
@@ -72,6 +76,102 @@ async def _listen(
                     log.exception("handling a message on %r failed", message["channel"])
     finally:
         await asyncio.shield(_close(pubsub, client))
+
+
+class Following:
+    """Channels followed on one connection as listeners come and go; the connection survives Redis restarts.
+
+    `follow` returns once Redis has confirmed every channel asked for, so a state read after it misses nothing
+    published since; while Redis is unreachable it carries on after `confirm_seconds`, and `on_subscribed` (the
+    catch-up) runs once a new connection has subscribed everything followed. Channels no longer followed are
+    unsubscribed when the listener next wakes; until then their messages still arrive, for the handler to ignore.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        on_message: MessageHandler,
+        on_subscribed: Resubscribed | None = None,
+        confirm_seconds: float = CONFIRM_SECONDS,
+    ):
+        self.redis_url, self.on_message, self.on_subscribed = redis_url, on_message, on_subscribed
+        self.confirm_seconds = confirm_seconds
+        self.confirmed: dict[str, asyncio.Future[None]] = {}  # each followed channel, done once Redis confirmed it
+        self.dropped: set[str] = set()  # no longer followed, not yet unsubscribed
+        self.catch_up_when_confirmed = False  # set while a new connection's first SUBSCRIBE is unconfirmed
+        self.pubsub: PubSub | None = None  # the connection listened on, while there is one
+
+    async def follow(self, *channels: str) -> None:
+        loop = asyncio.get_running_loop()
+        new = [channel for channel in channels if channel not in self.confirmed]
+        for channel in new:
+            self.confirmed[channel] = loop.create_future()
+            self.dropped.discard(channel)
+        if new and self.pubsub is not None:
+            try:
+                await self.pubsub.subscribe(*new)
+            except TRANSIENT as exc:  # the listener subscribes every followed channel again when it reconnects
+                log.warning("subscribing to %s failed: %s", ", ".join(new), exc)
+        waiting = [future for channel in channels if not (future := self.confirmed[channel]).done()]
+        if waiting:
+            _, unconfirmed = await asyncio.wait(waiting, timeout=self.confirm_seconds)
+            if unconfirmed:
+                log.warning("Redis has not confirmed %d subscription(s); carrying on", len(unconfirmed))
+
+    def drop(self, *channels: str) -> None:
+        for channel in channels:
+            future = self.confirmed.pop(channel, None)
+            if future is not None:
+                if not future.done():
+                    future.set_result(None)  # whoever still waits for it has left
+                self.dropped.add(channel)
+
+    async def run(self, health: TaskHealth | None = None) -> None:
+        """Listen until cancelled: serving once every followed channel is subscribed, failing while reconnecting."""
+        on_retry = health.failing if health else None
+        async for attempt in retrying("pub/sub on followed channels", TRANSIENT, on_retry=on_retry):
+            with attempt:
+                await self._listen(health)
+
+    async def _listen(self, health: TaskHealth | None) -> None:
+        # This loop reconnects, not redis-py: it would subscribe again unseen, and the catch-up would not run.
+        client = redis_client(self.redis_url, raw=True, pool_size=2, retry=False)
+        pubsub = client.pubsub()
+        try:
+            await pubsub.connect()
+            self.dropped.clear()  # a new connection holds only what is followed now
+            self.pubsub = pubsub
+            # One SUBSCRIBE for all: Redis has subscribed every channel by the time the first confirmation arrives.
+            self.catch_up_when_confirmed = bool(self.confirmed)
+            if self.confirmed:
+                await pubsub.subscribe(*self.confirmed)
+            else:
+                await _subscribed(health, self.on_subscribed)
+            while True:
+                message = await pubsub.get_message(timeout=IDLE_WAKE_SECONDS)
+                raise_if_cancelled()
+                if self.dropped:
+                    dropped, self.dropped = self.dropped, set()
+                    await pubsub.unsubscribe(*dropped)
+                if message is not None:
+                    await self._handle(message, health)
+        finally:
+            self.pubsub = None
+            await asyncio.shield(_close(pubsub, client))
+
+    async def _handle(self, message: dict, health: TaskHealth | None) -> None:
+        if message["type"] == "message":
+            try:
+                await self.on_message(message["channel"], message["data"])
+            except Exception:
+                log.exception("handling a message on %r failed", message["channel"])
+        elif message["type"] == "subscribe":
+            future = self.confirmed.get(message["channel"].decode())
+            if future is not None and not future.done():
+                future.set_result(None)
+            if self.catch_up_when_confirmed:
+                self.catch_up_when_confirmed = False
+                await _subscribed(health, self.on_subscribed)
 
 
 async def _subscribed(health: TaskHealth | None, on_subscribed: Resubscribed | None) -> None:

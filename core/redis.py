@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -33,11 +35,13 @@ DRIVER_INFO = DriverInfo()
 
 
 def redis_client(
-    url: str, block_ms: int | None = None, *, raw: bool = False, pool_size: int = POOL_SIZE
+    url: str, block_ms: int | None = None, *, raw: bool = False, pool_size: int = POOL_SIZE, retry: bool = True
 ) -> aioredis.Redis:
     """A client for `url`; with `block_ms`, its socket timeout outlasts blocking reads of that length.
 
     `raw` keeps replies as bytes: for consumers of what other programs wrote, which decode it themselves.
+    Without `retry`, a lost connection raises at once, and redis-py neither reconnects nor subscribes again by
+    itself: for a listener that does both itself, and must know when.
     """
     socket_timeout = block_ms / 1000 + 5 if block_ms else None
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -50,8 +54,8 @@ def redis_client(
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_keepalive=True,
         driver_info=DRIVER_INFO,
-        retry=redis_retry(),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry=redis_retry() if retry else Retry(NoBackoff(), 0, supported_errors=()),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError] if retry else [],
     )
     return aioredis.Redis.from_pool(pool)
 

@@ -293,7 +293,7 @@ async def test_temporal_down_submissions_answer_503_naming_it(private, outage_st
 
 
 async def test_a_background_task_that_dies_is_restarted_and_ready_shows_it(private, outage_stack, llm):
-    """The hub's subscription refused by Redis (an ACL): it dies on each start, /ready says so, and once Redis
+    """The hub's subscriptions refused by Redis (an ACL): it dies on each start, /ready says so, and once Redis
     allows it again the supervisor's next restart serves, catches its clients up on what they missed, and
     pushes resume."""
     stack = outage_stack
@@ -306,7 +306,7 @@ async def test_a_background_task_that_dies_is_restarted_and_ready_shows_it(priva
     async with ws_client(stack.api_url) as watcher:
         assert (await watcher.subscribe(followed))["status"] == "running"
         try:
-            await admin.execute_command("ACL", "SETUSER", "default", "-psubscribe")
+            await admin.execute_command("ACL", "SETUSER", "default", "-subscribe")
             for connection in await admin.client_list(_type="pubsub"):
                 await admin.client_kill_filter(_id=connection["id"])
 
@@ -324,7 +324,7 @@ async def test_a_background_task_that_dies_is_restarted_and_ready_shows_it(priva
                 bridge.channel("status", followed), json.dumps({"jobId": followed, "status": "completed"})
             )
         finally:
-            await admin.execute_command("ACL", "SETUSER", "default", "+psubscribe")
+            await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
             await admin.aclose()
         caught_up = await watcher.recv_about(followed, timeout=20)
         assert (caught_up["status"], caught_up["progress"]) == ("completed", 1.0), caught_up

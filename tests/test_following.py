@@ -1,0 +1,133 @@
+"""An API replica hears only the jobs its clients follow: one subscription per followed job's channel, confirmed
+before the job's state is read, dropped when its last watcher leaves, and kept through Redis dropping the
+connection. Before, every replica pattern-subscribed to every job and read (then ignored) every message."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import pytest
+
+from core.pubsub import Following
+from core.supervise import TaskHealth
+from tests.e2e import BRIDGE, wait_for
+from tests.ws_clients import ws_client, ws_clients
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def subscribers(redis, job_id: str) -> tuple[int, int]:
+    """How many connections subscribe to the job's status and progress channels (pattern subscriptions aside)."""
+    counts = dict(await redis.pubsub_numsub(BRIDGE.channel("status", job_id), BRIDGE.channel("progress", job_id)))
+    return counts[BRIDGE.channel("status", job_id)], counts[BRIDGE.channel("progress", job_id)]
+
+
+async def test_the_api_subscribes_to_a_job_while_its_clients_follow_it_and_once_for_all_of_them(stack, redis_client):
+    job_id = str(uuid.uuid4())
+    assert await subscribers(redis_client, job_id) == (0, 0)
+    async with ws_clients(stack.api_url, 3) as clients:
+        for client in clients:
+            await client.subscribe(job_id)
+        assert await subscribers(redis_client, job_id) == (1, 1)  # one replica, one subscription per channel
+        await clients[0].send({"action": "unsubscribe", "jobId": job_id})
+        await clients[0].recv_about(job_id)
+    # The last watcher gone (the others simply disconnected), the listener unsubscribes at its next wake.
+    await wait_for(lambda: _gone(redis_client, job_id), 10, "the API to unsubscribe from a job nobody follows")
+
+
+async def _gone(redis, job_id: str) -> bool:
+    return await subscribers(redis, job_id) == (0, 0)
+
+
+async def test_a_client_following_hundreds_of_unknown_jobs_leaves_no_subscription_behind(stack, redis_client):
+    unknown = [f"no-such-job-{i}" for i in range(300)]
+    async with ws_client(stack.api_url) as client:
+        for job_id in unknown:
+            assert (await client.subscribe(job_id))["status"] == "not_found"
+        assert await subscribers(redis_client, unknown[-1]) == (1, 1)
+    for job_id in (unknown[0], unknown[150], unknown[-1]):
+        await wait_for(lambda job_id=job_id: _gone(redis_client, job_id), 10, f"no subscription left for {job_id}")
+
+
+@contextlib.asynccontextmanager
+async def following(redis_url: str, **options):
+    """A Following whose listener runs; yields (following, messages heard, health, catch-ups counted)."""
+    heard: list[tuple[bytes, bytes]] = []
+    catch_ups: list[int] = []
+
+    async def on_message(channel: bytes, data: bytes) -> None:
+        heard.append((channel, data))
+
+    async def on_subscribed() -> None:
+        catch_ups.append(len(heard))
+
+    channels = Following(redis_url, on_message, on_subscribed, **options)
+    health = TaskHealth("following")
+    listener = asyncio.create_task(channels.run(health))
+    try:
+        await asyncio.wait_for(health.is_up.wait(), 10)
+        yield channels, heard, health, catch_ups
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+
+
+async def test_what_is_published_once_follow_returns_is_heard(redis_url, redis_client):
+    """`follow` returns only once Redis has confirmed the subscription: a message published on another connection
+    right after it (the state read the API does next) is never missed, in many tries."""
+    async with following(redis_url) as (channels, heard, _, _):
+        names = [f"test:following:{uuid.uuid4()}" for _ in range(50)]
+        for name in names:
+            await channels.follow(name)
+            assert await redis_client.publish(name, "hello") == 1
+        await wait_for(lambda: len(heard) == len(names), 5, "every message heard")
+        assert [channel.decode() for channel, _ in heard] == names
+
+
+async def test_a_channel_dropped_and_followed_again_before_the_listener_wakes_stays_subscribed(redis_url, redis_client):
+    async with following(redis_url) as (channels, heard, _, _):
+        name = f"test:following:{uuid.uuid4()}"
+        await channels.follow(name)
+        channels.drop(name)
+        await channels.follow(name)
+        await asyncio.sleep(1.5)  # past the listener's idle wake, when it unsubscribes what was dropped
+        assert (await redis_client.pubsub_numsub(name))[0][1] == 1
+        assert await redis_client.publish(name, "still here") == 1
+        await wait_for(lambda: heard == [(name.encode(), b"still here")], 5, "the message heard")
+
+
+async def test_followed_channels_are_subscribed_again_after_redis_drops_the_connection(redis_url, redis_client):
+    """The listener reconnects, subscribes every followed channel, and only then catches up (the hub's
+    catch-up reads each followed job's state: read earlier, a change before the subscription would be lost)."""
+    async with following(redis_url) as (channels, heard, health, catch_ups):
+        names = [f"test:following:{uuid.uuid4()}" for _ in range(3)]
+        await channels.follow(*names)
+        assert catch_ups == [0]  # the first connection had nothing to subscribe
+        for connection in await redis_client.client_list(_type="pubsub"):
+            if connection["sub"] == "3":
+                await redis_client.client_kill_filter(_id=connection["id"])
+        await wait_for(lambda: len(catch_ups) == 2, 15, "a catch-up after subscribing again")
+        assert health.up
+        counts = dict(await redis_client.pubsub_numsub(*names))
+        assert all(counts[name] == 1 for name in names), counts
+        await redis_client.publish(names[1], "after")
+        await wait_for(lambda: heard == [(names[1].encode(), b"after")], 5, "a message on the new connection")
+
+
+async def test_follow_carries_on_when_redis_never_confirms(redis_client):
+    """Redis unreachable: `follow` waits `confirm_seconds`, not for ever (the catch-up covers the gap later)."""
+    heard: list = []
+
+    async def on_message(channel: bytes, data: bytes) -> None:
+        heard.append(data)
+
+    channels = Following("redis://127.0.0.1:1/0", on_message, confirm_seconds=0.3)
+    listener = asyncio.create_task(channels.run(TaskHealth("following")))
+    try:
+        await asyncio.wait_for(channels.follow("test:following:nowhere"), 5)
+        assert "test:following:nowhere" in channels.confirmed and not heard
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
