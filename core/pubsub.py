@@ -82,8 +82,9 @@ class Following:
     """Channels followed on one connection as listeners come and go; the connection survives Redis restarts.
 
     `follow` returns once Redis has confirmed every channel asked for, so a state read after it misses nothing
-    published since; while Redis is unreachable it carries on after `confirm_seconds`, and `on_subscribed` (the
-    catch-up) runs once a new connection has subscribed everything followed. Channels no longer followed are
+    published since. Without a connection (Redis unreachable) it returns at once, and after `confirm_seconds` when
+    no confirmation comes; `on_subscribed` (the catch-up) runs once a new connection has subscribed everything
+    followed, which covers both. Channels no longer followed are
     unsubscribed when the listener next wakes; until then their messages still arrive, for the handler to ignore.
     """
 
@@ -107,7 +108,9 @@ class Following:
         for channel in new:
             self.confirmed[channel] = loop.create_future()
             self.dropped.discard(channel)
-        if new and self.pubsub is not None:
+        if self.pubsub is None:
+            return  # no connection: the listener subscribes everything followed once it has one, then catches up
+        if new:
             try:
                 await self.pubsub.subscribe(*new)
             except TRANSIENT as exc:  # the listener subscribes every followed channel again when it reconnects

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 
 import pytest
 
-from core.pubsub import Following
+from core.pubsub import CONFIRM_SECONDS, Following
 from core.supervise import TaskHealth
+from spinbot.ports import free_port
 from tests.e2e import BRIDGE, wait_for
 from tests.ws_clients import ws_client, ws_clients
 
@@ -116,17 +118,20 @@ async def test_followed_channels_are_subscribed_again_after_redis_drops_the_conn
         await wait_for(lambda: heard == [(names[1].encode(), b"after")], 5, "a message on the new connection")
 
 
-async def test_follow_carries_on_when_redis_never_confirms(redis_client):
-    """Redis unreachable: `follow` waits `confirm_seconds`, not for ever (the catch-up covers the gap later)."""
+async def test_follow_does_not_wait_while_redis_is_unreachable():
+    """No connection: `follow` returns at once (a WebSocket subscribe then reads the state from PostgreSQL), and
+    the channel is subscribed, then caught up on, once the listener connects."""
     heard: list = []
 
     async def on_message(channel: bytes, data: bytes) -> None:
         heard.append(data)
 
-    channels = Following("redis://127.0.0.1:1/0", on_message, confirm_seconds=0.3)
+    channels = Following(f"redis://127.0.0.1:{free_port()}/0", on_message)
     listener = asyncio.create_task(channels.run(TaskHealth("following")))
     try:
+        started = time.monotonic()
         await asyncio.wait_for(channels.follow("test:following:nowhere"), 5)
+        assert time.monotonic() - started < CONFIRM_SECONDS / 2
         assert "test:following:nowhere" in channels.confirmed and not heard
     finally:
         listener.cancel()
