@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from core.redis import TRANSIENT, raise_if_cancelled, redis_client
@@ -82,10 +85,14 @@ class Following:
     """Channels followed on one connection as listeners come and go; the connection survives Redis restarts.
 
     `follow` returns once Redis has confirmed every channel asked for, so a state read after it misses nothing
-    published since. Without a connection (Redis unreachable) it returns at once, and after `confirm_seconds` when
-    no confirmation comes; `on_subscribed` (the catch-up) runs once a new connection has subscribed everything
-    followed, which covers both. Channels no longer followed are
-    unsubscribed when the listener next wakes; until then their messages still arrive, for the handler to ignore.
+    published since; without a connection (Redis unreachable) it returns at once, and after `confirm_seconds` when
+    no confirmation comes. `on_subscribed` (the catch-up) runs once a new connection has subscribed everything
+    followed. Channels no longer followed are unsubscribed when the listener next wakes; their messages until then
+    are the handler's to ignore.
+
+    The listener alone reads the connection; `follow` only writes to it. The listener alone reconnects (redis-py
+    may not: see `core.redis.ConnectOnce`), and gives up a connection on which a confirmation is overdue while
+    nothing arrives, so a connection that died without a word costs one wait, not one per subscription.
     """
 
     def __init__(
@@ -99,22 +106,22 @@ class Following:
         self.confirm_seconds = confirm_seconds
         self.confirmed: dict[str, asyncio.Future[None]] = {}  # each followed channel, done once Redis confirmed it
         self.dropped: set[str] = set()  # no longer followed, not yet unsubscribed
+        self.connection: Connection | None = None  # the listener's, while it has one
         self.catch_up_when_confirmed = False  # set while a new connection's first SUBSCRIBE is unconfirmed
-        self.pubsub: PubSub | None = None  # the connection listened on, while there is one
+        self.unconfirmed = 0  # followed channels Redis has not confirmed yet
+        self.asked_at: float | None = None  # since when a SUBSCRIBE sent on this connection awaits its confirmation
 
     async def follow(self, *channels: str) -> None:
         loop = asyncio.get_running_loop()
         new = [channel for channel in channels if channel not in self.confirmed]
         for channel in new:
             self.confirmed[channel] = loop.create_future()
+            self.unconfirmed += 1
             self.dropped.discard(channel)
-        if self.pubsub is None:
-            return  # no connection: the listener subscribes everything followed once it has one, then catches up
+        if self.connection is None:
+            return  # the listener subscribes everything followed once it has a connection, then catches up
         if new:
-            try:
-                await self.pubsub.subscribe(*new)
-            except TRANSIENT as exc:  # the listener subscribes every followed channel again when it reconnects
-                log.warning("subscribing to %s failed: %s", ", ".join(new), exc)
+            await self._send("SUBSCRIBE", *new)
         waiting = [future for channel in channels if not (future := self.confirmed[channel]).done()]
         if waiting:
             _, unconfirmed = await asyncio.wait(waiting, timeout=self.confirm_seconds)
@@ -125,8 +132,7 @@ class Following:
         for channel in channels:
             future = self.confirmed.pop(channel, None)
             if future is not None:
-                if not future.done():
-                    future.set_result(None)  # whoever still waits for it has left
+                self._settle(future)  # whoever still waits for it has left
                 self.dropped.add(channel)
 
     async def run(self, health: TaskHealth | None = None) -> None:
@@ -137,30 +143,55 @@ class Following:
                 await self._listen(health)
 
     async def _listen(self, health: TaskHealth | None) -> None:
-        # This loop reconnects, not redis-py: it would subscribe again unseen, and the catch-up would not run.
-        client = redis_client(self.redis_url, raw=True, pool_size=2, retry=False)
+        client = redis_client(self.redis_url, raw=True, pool_size=2, reconnect=False)
         pubsub = client.pubsub()
         try:
             await pubsub.connect()
-            self.dropped.clear()  # a new connection holds only what is followed now
-            self.pubsub = pubsub
+            self.connection, self.dropped, self.asked_at = pubsub.connection, set(), None
             # One SUBSCRIBE for all: Redis has subscribed every channel by the time the first confirmation arrives.
             self.catch_up_when_confirmed = bool(self.confirmed)
             if self.confirmed:
-                await pubsub.subscribe(*self.confirmed)
+                await self._send("SUBSCRIBE", *self.confirmed)
             else:
                 await _subscribed(health, self.on_subscribed)
             while True:
+                if self.connection is None or not self.connection.is_connected:
+                    raise RedisConnectionError("the pub/sub connection was lost")
                 message = await pubsub.get_message(timeout=IDLE_WAKE_SECONDS)
                 raise_if_cancelled()
+                if message is None:
+                    self._give_up_if_unconfirmed()
+                else:
+                    await self._handle(message, health)
                 if self.dropped:
                     dropped, self.dropped = self.dropped, set()
-                    await pubsub.unsubscribe(*dropped)
-                if message is not None:
-                    await self._handle(message, health)
+                    await self._send("UNSUBSCRIBE", *dropped)
         finally:
-            self.pubsub = None
+            self.connection = None
             await asyncio.shield(_close(pubsub, client))
+
+    async def _send(self, *command: str) -> None:
+        """Write a command and never read (the listener reads every reply). Bounded: a write that fails or hangs
+        closes the connection, and the listener replaces it."""
+        if self.connection is None:
+            return
+        if command[0] == "SUBSCRIBE" and self.asked_at is None:
+            self.asked_at = time.monotonic()
+        try:
+            await asyncio.wait_for(self.connection.send_command(*command, check_health=False), self.confirm_seconds)
+        except TRANSIENT as exc:  # TimeoutError included
+            log.warning("%s on the pub/sub connection failed (%s); it will be replaced", command[0], exc)
+
+    def _give_up_if_unconfirmed(self) -> None:
+        """Nothing arrived for a while, yet a SUBSCRIBE has long been unconfirmed: the connection is dead."""
+        waiting = self.unconfirmed or self.catch_up_when_confirmed
+        if waiting and self.asked_at is not None and time.monotonic() - self.asked_at > self.confirm_seconds:
+            raise RedisConnectionError(f"Redis confirmed no subscription for {self.confirm_seconds:g} s")
+
+    def _settle(self, future: asyncio.Future[None]) -> None:
+        if not future.done():
+            future.set_result(None)
+            self.unconfirmed -= 1
 
     async def _handle(self, message: dict, health: TaskHealth | None) -> None:
         if message["type"] == "message":
@@ -170,11 +201,13 @@ class Following:
                 log.exception("handling a message on %r failed", message["channel"])
         elif message["type"] == "subscribe":
             future = self.confirmed.get(message["channel"].decode())
-            if future is not None and not future.done():
-                future.set_result(None)
+            if future is not None:
+                self._settle(future)
             if self.catch_up_when_confirmed:
                 self.catch_up_when_confirmed = False
                 await _subscribed(health, self.on_subscribed)
+            if not self.unconfirmed:
+                self.asked_at = None
 
 
 async def _subscribed(health: TaskHealth | None, on_subscribed: Resubscribed | None) -> None:

@@ -35,13 +35,13 @@ DRIVER_INFO = DriverInfo()
 
 
 def redis_client(
-    url: str, block_ms: int | None = None, *, raw: bool = False, pool_size: int = POOL_SIZE, retry: bool = True
+    url: str, block_ms: int | None = None, *, raw: bool = False, pool_size: int = POOL_SIZE, reconnect: bool = True
 ) -> aioredis.Redis:
     """A client for `url`; with `block_ms`, its socket timeout outlasts blocking reads of that length.
 
     `raw` keeps replies as bytes: for consumers of what other programs wrote, which decode it themselves.
-    Without `retry`, a lost connection raises at once, and redis-py neither reconnects nor subscribes again by
-    itself: for a listener that does both itself, and must know when.
+    Without `reconnect`, a command is never retried and a lost connection is never opened again: every use of it
+    raises instead. For a pub/sub listener that reconnects and subscribes again itself, and must know when.
     """
     socket_timeout = block_ms / 1000 + 5 if block_ms else None
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -54,10 +54,30 @@ def redis_client(
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_keepalive=True,
         driver_info=DRIVER_INFO,
-        retry=redis_retry() if retry else Retry(NoBackoff(), 0, supported_errors=()),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError] if retry else [],
+        retry=redis_retry() if reconnect else Retry(NoBackoff(), 0, supported_errors=()),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError] if reconnect else [],
     )
+    if not reconnect:
+        kind = pool.connection_class  # by the URL's scheme: TCP, TLS or a unix socket
+        pool.connection_class = type(f"Once{kind.__name__}", (ConnectOnce, kind), {})
     return aioredis.Redis.from_pool(pool)
+
+
+class ConnectOnce:
+    """A connection (mixed into redis-py's) that raises where it would connect again once it has been lost.
+
+    redis-py reconnects a lost connection wherever it is next used, and a pub/sub connection then subscribes again
+    to what redis-py recorded, unseen by its user."""
+
+    _connected_once = False
+
+    async def connect_check_health(self, *args, **kwargs) -> None:
+        if self.is_connected:  # type: ignore[attr-defined]
+            return
+        if self._connected_once:
+            raise RedisConnectionError("connection lost (its user opens a new one)")
+        await super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        self._connected_once = True
 
 
 def bytes_twin(client: aioredis.Redis) -> aioredis.Redis:

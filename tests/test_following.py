@@ -136,3 +136,82 @@ async def test_follow_does_not_wait_while_redis_is_unreachable():
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
+
+
+async def test_follow_on_an_idle_connection_whose_health_check_is_due_only_writes(redis_url, redis_client):
+    """redis-py's own subscribe() first health-checks an unsubscribed connection: a PING whose reply it reads, while
+    the listener reads the same connection ("readuntil() called while another coroutine is already waiting"). The
+    WebSocket subscribe that called it was closed with 1011, and the connection dropped for every followed job."""
+    async with following(redis_url) as (channels, _, health, catch_ups):
+        connection = channels.connection
+        assert connection is not None
+        connection.next_health_check = 0  # due now
+        name = f"test:following:{uuid.uuid4()}"
+        await channels.follow(name)
+        assert (await redis_client.pubsub_numsub(name))[0][1] == 1
+        assert channels.connection is connection and catch_ups == [0] and health.up  # no reconnect
+
+
+async def test_a_connection_lost_while_the_listener_is_busy_is_replaced_and_caught_up_on(redis_url, redis_client):
+    """The connection killed while the listener is inside a handler (the hub reads Redis there), and two jobs
+    followed meanwhile: redis-py would reopen it unseen where it is next used, subscribed to what redis-py had
+    recorded and without the catch-up. The listener replaces it, subscribes everything, then catches up."""
+    slow_handler_entered = asyncio.Event()
+
+    async def slow(channel: bytes, data: bytes) -> None:
+        if data == b"slow":
+            slow_handler_entered.set()
+            await asyncio.sleep(1.0)
+
+    async with following(redis_url) as (channels, heard, _, catch_ups):
+        channels.on_message, recorded = slow, channels.on_message
+        names = [f"test:following:{uuid.uuid4()}" for _ in range(3)]
+        await channels.follow(names[0])
+        await redis_client.publish(names[0], "slow")
+        await asyncio.wait_for(slow_handler_entered.wait(), 5)
+        for connection in await redis_client.client_list(_type="pubsub"):
+            if connection["sub"] == "1":
+                await redis_client.client_kill_filter(_id=connection["id"])
+        await asyncio.gather(channels.follow(names[1]), channels.follow(names[2]))
+        channels.on_message = recorded
+        await wait_for(lambda: len(catch_ups) == 2, 15, "a catch-up on a new connection")
+        counts = dict(await redis_client.pubsub_numsub(*names))
+        assert all(counts[name] == 1 for name in names), counts
+        for name in names:
+            await redis_client.publish(name, "after")
+        await wait_for(lambda: len(heard) == 3, 5, "a message on each followed channel")
+        assert sorted(channel.decode() for channel, _ in heard) == sorted(names)
+
+
+async def test_a_connection_on_which_redis_confirms_nothing_is_given_up(redis_url):
+    """The path to Redis goes silent (no FIN, no reset): a SUBSCRIBE is never confirmed. The listener gives the
+    connection up once nothing has arrived past `confirm_seconds`, so later subscriptions do not each wait for it."""
+    redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    silent = asyncio.Event()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if not silent.is_set():
+                writer.write(data)
+                await writer.drain()
+
+    async def proxy(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", redis_port)
+        await asyncio.gather(
+            relay(client_reader, server_writer), relay(server_reader, client_writer), return_exceptions=True
+        )
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with following(f"redis://127.0.0.1:{port}/0", confirm_seconds=0.3) as (channels, _, health, _):
+            await channels.follow("test:following:before")
+            lost = channels.connection
+            silent.set()
+            started = time.monotonic()
+            await channels.follow("test:following:unanswered")
+            assert 0.25 < time.monotonic() - started < 1.0  # waited `confirm_seconds`, no longer
+            await wait_for(lambda: not health.up, 5, "the listener to give the silent connection up")
+            assert channels.connection is not lost
+    finally:
+        server.close()
