@@ -21,7 +21,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from core.redis import TRANSIENT, raise_if_cancelled, redis_client
+from core.redis import CONNECT_TIMEOUT, TRANSIENT, raise_if_cancelled, redis_client
 from core.retry import retrying
 from core.supervise import TaskHealth
 
@@ -31,6 +31,9 @@ MessageHandler = Callable[[bytes, bytes], Awaitable[None]]
 Resubscribed = Callable[[], Awaitable[None]]
 IDLE_WAKE_SECONDS = 1.0
 CONFIRM_SECONDS = 2.0  # how long `follow` waits for Redis to confirm a subscription before carrying on
+# How long a SUBSCRIBE may go unconfirmed, with nothing else arriving, before its connection is taken for dead.
+# Well past CONFIRM_SECONDS: a Redis busy for seconds (a long script) is slow, not gone.
+GIVE_UP_SECONDS = 10.0
 
 
 async def subscribe_forever(
@@ -91,8 +94,9 @@ class Following:
     are the handler's to ignore.
 
     The listener alone reads the connection; `follow` only writes to it. The listener alone reconnects (redis-py
-    may not: see `core.redis.ConnectOnce`), and gives up a connection on which a confirmation is overdue while
-    nothing arrives, so a connection that died without a word costs one wait, not one per subscription.
+    may not: see `core.redis.ConnectOnce`). It gives up a connection on which a SUBSCRIBE has gone unconfirmed for
+    `give_up_seconds` while nothing arrives (one that died without a word); once one wait has run out, follows on
+    that connection no longer wait.
     """
 
     def __init__(
@@ -101,18 +105,21 @@ class Following:
         on_message: MessageHandler,
         on_subscribed: Resubscribed | None = None,
         confirm_seconds: float = CONFIRM_SECONDS,
+        give_up_seconds: float = GIVE_UP_SECONDS,
     ):
         self.redis_url, self.on_message, self.on_subscribed = redis_url, on_message, on_subscribed
-        self.confirm_seconds = confirm_seconds
+        self.confirm_seconds, self.give_up_seconds = confirm_seconds, give_up_seconds
         self.confirmed: dict[str, asyncio.Future[None]] = {}  # each followed channel, done once Redis confirmed it
         self.dropped: set[str] = set()  # no longer followed, not yet unsubscribed
         self.connection: Connection | None = None  # the listener's, while it has one
         self.catch_up_when_confirmed = False  # set while a new connection's first SUBSCRIBE is unconfirmed
         self.unconfirmed = 0  # followed channels Redis has not confirmed yet
-        self.asked_at: float | None = None  # since when a SUBSCRIBE sent on this connection awaits its confirmation
+        self.asked_at: float | None = None  # since when a SUBSCRIBE on this connection has gone unconfirmed
+        self.suspect = False  # a wait for a confirmation ran out: later follows on this connection do not wait
 
     async def follow(self, *channels: str) -> None:
         loop = asyncio.get_running_loop()
+        channels = tuple(dict.fromkeys(channels))
         new = [channel for channel in channels if channel not in self.confirmed]
         for channel in new:
             self.confirmed[channel] = loop.create_future()
@@ -120,12 +127,13 @@ class Following:
             self.dropped.discard(channel)
         if self.connection is None:
             return  # the listener subscribes everything followed once it has a connection, then catches up
-        if new:
-            await self._send("SUBSCRIBE", *new)
+        if new and not await self._send("SUBSCRIBE", *new):
+            return  # the listener replaces the connection, subscribes everything, then catches up
         waiting = [future for channel in channels if not (future := self.confirmed[channel]).done()]
-        if waiting:
+        if waiting and not self.suspect:
             _, unconfirmed = await asyncio.wait(waiting, timeout=self.confirm_seconds)
             if unconfirmed:
+                self.suspect = True
                 log.warning("Redis has not confirmed %d subscription(s); carrying on", len(unconfirmed))
 
     def drop(self, *channels: str) -> None:
@@ -146,8 +154,9 @@ class Following:
         client = redis_client(self.redis_url, raw=True, pool_size=2, reconnect=False)
         pubsub = client.pubsub()
         try:
-            await pubsub.connect()
-            self.connection, self.dropped, self.asked_at = pubsub.connection, set(), None
+            # Its reads have no socket timeout (each read passes its own): one that never answers must not hold us.
+            await asyncio.wait_for(pubsub.connect(), CONNECT_TIMEOUT)
+            self.connection, self.dropped, self.asked_at, self.suspect = pubsub.connection, set(), None, False
             # One SUBSCRIBE for all: Redis has subscribed every channel by the time the first confirmation arrives.
             self.catch_up_when_confirmed = bool(self.confirmed)
             if self.confirmed:
@@ -170,23 +179,25 @@ class Following:
             self.connection = None
             await asyncio.shield(_close(pubsub, client))
 
-    async def _send(self, *command: str) -> None:
-        """Write a command and never read (the listener reads every reply). Bounded: a write that fails or hangs
-        closes the connection, and the listener replaces it."""
+    async def _send(self, *command: str) -> bool:
+        """Write a command and never read (the listener reads every reply); whether it was written. Bounded: a
+        write that fails or hangs closes the connection, and the listener replaces it."""
         if self.connection is None:
-            return
+            return False
         if command[0] == "SUBSCRIBE" and self.asked_at is None:
             self.asked_at = time.monotonic()
         try:
             await asyncio.wait_for(self.connection.send_command(*command, check_health=False), self.confirm_seconds)
         except TRANSIENT as exc:  # TimeoutError included
             log.warning("%s on the pub/sub connection failed (%s); it will be replaced", command[0], exc)
+            return False
+        return True
 
     def _give_up_if_unconfirmed(self) -> None:
         """Nothing arrived for a while, yet a SUBSCRIBE has long been unconfirmed: the connection is dead."""
         waiting = self.unconfirmed or self.catch_up_when_confirmed
-        if waiting and self.asked_at is not None and time.monotonic() - self.asked_at > self.confirm_seconds:
-            raise RedisConnectionError(f"Redis confirmed no subscription for {self.confirm_seconds:g} s")
+        if waiting and self.asked_at is not None and time.monotonic() - self.asked_at > self.give_up_seconds:
+            raise RedisConnectionError(f"Redis confirmed no subscription for {self.give_up_seconds:g} s")
 
     def _settle(self, future: asyncio.Future[None]) -> None:
         if not future.done():
@@ -203,11 +214,12 @@ class Following:
             future = self.confirmed.get(message["channel"].decode())
             if future is not None:
                 self._settle(future)
+            # Redis answers: time any wait still open from now, and let follows wait for their confirmations again.
+            self.asked_at = time.monotonic() if self.unconfirmed else None
+            self.suspect = False
             if self.catch_up_when_confirmed:
                 self.catch_up_when_confirmed = False
                 await _subscribed(health, self.on_subscribed)
-            if not self.unconfirmed:
-                self.asked_at = None
 
 
 async def _subscribed(health: TaskHealth | None, on_subscribed: Resubscribed | None) -> None:

@@ -52,7 +52,7 @@ def redis_client(
         health_check_interval=HEALTH_CHECK_SECONDS,
         socket_timeout=socket_timeout,
         socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_keepalive=True,
+        **({} if url.startswith("unix:") else {"socket_keepalive": True}),  # a unix socket's connection takes none
         driver_info=DRIVER_INFO,
         retry=redis_retry() if reconnect else Retry(NoBackoff(), 0, supported_errors=()),
         retry_on_error=[RedisConnectionError, RedisTimeoutError] if reconnect else [],

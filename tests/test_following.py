@@ -185,7 +185,7 @@ async def test_a_connection_lost_while_the_listener_is_busy_is_replaced_and_caug
 
 async def test_a_connection_on_which_redis_confirms_nothing_is_given_up(redis_url):
     """The path to Redis goes silent (no FIN, no reset): a SUBSCRIBE is never confirmed. The listener gives the
-    connection up once nothing has arrived past `confirm_seconds`, so later subscriptions do not each wait for it."""
+    connection up once nothing has arrived for `give_up_seconds`; meanwhile only the first follow waits."""
     redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     silent = asyncio.Event()
 
@@ -204,14 +204,44 @@ async def test_a_connection_on_which_redis_confirms_nothing_is_given_up(redis_ur
     server = await asyncio.start_server(proxy, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        async with following(f"redis://127.0.0.1:{port}/0", confirm_seconds=0.3) as (channels, _, health, _):
+        url = f"redis://127.0.0.1:{port}/0"
+        async with following(url, confirm_seconds=0.3, give_up_seconds=0.5) as (channels, _, health, _):
             await channels.follow("test:following:before")
             lost = channels.connection
             silent.set()
             started = time.monotonic()
             await channels.follow("test:following:unanswered")
             assert 0.25 < time.monotonic() - started < 1.0  # waited `confirm_seconds`, no longer
+            started = time.monotonic()
+            await channels.follow("test:following:unanswered-too")
+            assert time.monotonic() - started < 0.2  # the connection is suspect: no second wait
             await wait_for(lambda: not health.up, 5, "the listener to give the silent connection up")
             assert channels.connection is not lost
     finally:
         server.close()
+
+
+BUSY_LUA = """
+local start = redis.call('TIME')
+while true do
+  local now = redis.call('TIME')
+  if (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > tonumber(ARGV[1]) then return 1 end
+end
+"""
+
+
+async def test_a_redis_busy_for_a_while_keeps_its_subscribers_connection(redis_url, redis_client):
+    """Redis running a long script answers nobody: a follow made meanwhile waits `confirm_seconds` and carries on,
+    but the connection is kept (giving it up would make every replica resubscribe and catch up at once)."""
+    async with following(redis_url, confirm_seconds=0.3, give_up_seconds=3.0) as (channels, heard, health, catch_ups):
+        connection = channels.connection
+        name = f"test:following:{uuid.uuid4()}"
+        busy = asyncio.create_task(redis_client.eval(BUSY_LUA, 0, 1_500_000))
+        await asyncio.sleep(0.1)
+        await channels.follow(name, name)  # a channel named twice is followed once
+        await busy
+        await wait_for(lambda: channels.unconfirmed == 0, 5, "the confirmation once Redis answers again")
+        await asyncio.sleep(1.2)  # an idle read or two after it
+        assert channels.connection is connection and health.up and catch_ups == [0]
+        await redis_client.publish(name, "after")
+        await wait_for(lambda: heard == [(name.encode(), b"after")], 5, "the message")

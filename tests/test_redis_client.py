@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+
+import pytest
+from redis.asyncio.connection import UnixDomainSocketConnection
 from redis.driver_info import DriverInfo
 
-from core.redis import DRIVER_INFO, bytes_twin, redis_client
+from core.redis import DRIVER_INFO, ConnectOnce, bytes_twin, redis_client
+from spinbot.services import redis_server_binary
 
 
 async def test_every_connection_shares_one_driver_info(redis_url):
@@ -24,3 +30,33 @@ async def test_every_connection_shares_one_driver_info(redis_url):
             await pool.release(connection)
         await twin.aclose()
         await client.aclose()
+
+
+@pytest.fixture
+def unix_redis(tmp_path):
+    """A Redis listening on a unix socket only; its path."""
+    socket = tmp_path / "redis.sock"
+    command = [redis_server_binary(), "--port", "0", "--unixsocket", str(socket), "--save", "", "--dir", str(tmp_path)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield socket
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_a_unix_socket_url_works_for_commands_and_for_a_listener_that_reconnects_itself(unix_redis):
+    """`unix://` URLs failed in every client (redis-py's unix connection takes no `socket_keepalive`: a TypeError
+    that no retry catches). A client that must not reconnect by itself gets the same connection kind, once."""
+    for reconnect in (True, False):
+        client = redis_client(f"unix://{unix_redis}", reconnect=reconnect)
+        try:
+            assert await client.set("k", "v") and await client.get("k") == "v"
+            kind = client.connection_pool.connection_class
+            assert issubclass(kind, UnixDomainSocketConnection)
+            assert issubclass(kind, ConnectOnce) is not reconnect
+        finally:
+            await client.aclose()
