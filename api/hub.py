@@ -1,9 +1,10 @@
 """The WebSocket hub: pub/sub events pushed to the clients subscribed to each job, as they happen.
 
 Each API replica serves only its own clients, and subscribes to the status and progress channels of only the
-jobs they follow. A client gets an outbox and a sender task of its own (api/subscriber.py), so a slow or dead client is
-disconnected instead of delaying anyone else. Statuses reach clients only from the control plane
-(`source: control-plane`), at once; progress at most `progress_pushes_per_second` times a second per job.
+jobs they follow (`core.pubsub.Following`). A client gets an outbox and a sender task of its own
+(api/subscriber.py), so a slow or dead client is disconnected instead of delaying anyone else. Statuses reach
+clients only from the control plane (`source: control-plane`), at once; progress at most
+`progress_pushes_per_second` times a second per job.
 """
 
 from __future__ import annotations
