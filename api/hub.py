@@ -204,12 +204,21 @@ class Hub:
                 await self._catch_up_job(job_id, status, progress)
 
     async def _catch_up_job(self, job_id: str, status: str | None, progress: str | None) -> None:
-        view = self.views.get(job_id)
-        if view is None or view.status is None or job_id not in self.subscribers:
-            return  # unsubscribed meanwhile, or its initial state is still being read
+        if job_id not in self.subscribers:
+            return  # unsubscribed meanwhile
+        view = self.views.setdefault(job_id, JobView())
+        if view.status is None and status:
+            # Its current state is still being read, perhaps from before this replica heard the job again: what is
+            # stored now is at least as new, and the state sent after `subscribed` keeps it (`current`).
+            error = await self._failure(job_id) if status == JobStatus.FAILED else None
+            view = self.views.get(job_id) or JobView()  # after the wait: its watchers may all have left
+            if view.status is None and job_id in self.subscribers:
+                view.status, view.error = status, error
         stored = clamp_progress(progress) if progress is not None else view.progress
         rose = stored > view.progress
         view.progress = max(view.progress, stored)
+        if view.status is None:
+            return  # the state sent after `subscribed` carries the progress
         if status and status != view.status:
             await self._new_status(job_id, status, None)  # its push carries the progress too
         elif rose:

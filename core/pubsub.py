@@ -96,7 +96,7 @@ class Following:
     The listener alone reads the connection; `follow` only writes to it. The listener alone reconnects (redis-py
     may not: see `core.redis.ConnectOnce`). It gives up a connection on which a SUBSCRIBE has gone unconfirmed for
     `give_up_seconds` while nothing arrives (one that died without a word); once one wait has run out, follows on
-    that connection no longer wait.
+    that connection no longer wait, and the catch-up runs when Redis answers again.
     """
 
     def __init__(
@@ -216,9 +216,11 @@ class Following:
                 self._settle(future)
             # Redis answers: time any wait still open from now, and let follows wait for their confirmations again.
             self.asked_at = time.monotonic() if self.unconfirmed else None
+            # Follows that did not wait meanwhile may have read their job's state before Redis took their SUBSCRIBE:
+            # the catch-up covers them, as it covers a new connection.
+            catch_up, self.catch_up_when_confirmed = self.catch_up_when_confirmed or self.suspect, False
             self.suspect = False
-            if self.catch_up_when_confirmed:
-                self.catch_up_when_confirmed = False
+            if catch_up:
                 await _subscribed(health, self.on_subscribed)
 
 

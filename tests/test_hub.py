@@ -165,3 +165,24 @@ async def test_the_send_watch_drops_a_client_whose_socket_takes_nothing_and_only
         watch.cancel()
         for sender in senders.values():
             sender.cancel()
+
+
+async def test_a_catch_up_while_a_clients_first_state_is_read_keeps_the_newer_state(redis_url, redis_client, job_id):
+    """A client subscribed while this replica had no pub/sub connection: its first state was read (`running`) before
+    the new connection subscribed, and the job completed in between. The catch-up, which runs once the job's
+    channels are subscribed again, finds `completed`; the state sent after `subscribed` must say so."""
+    redis = make_redis_client(redis_url)
+    hub = Hub(BRIDGE, redis)
+    client = Subscriber(RecordingSocket())  # type: ignore[arg-type]
+    SENDERS[client] = asyncio.create_task(client.send_forever())
+    try:
+        hub.subscribe(client, job_id)
+        await redis_client.set(BRIDGE.status_key(job_id), "completed", ex=60)
+        await redis_client.set(BRIDGE.progress_key(job_id), "1", ex=60)
+        await hub.catch_up()  # the first state read ("running", 0.4) is still under way
+        client.offer_update(job_id, hub.current(job_id, "running", 0.4))
+        await asyncio.sleep(0.1)
+        assert seen(client)[-1] == ("completed", 1.0, None)
+    finally:
+        stop(client)
+        await redis.aclose()
