@@ -156,7 +156,9 @@ class Following:
         try:
             # Its reads have no socket timeout (each read passes its own): one that never answers must not hold us.
             await asyncio.wait_for(pubsub.connect(), CONNECT_TIMEOUT)
-            self.connection, self.dropped, self.asked_at, self.suspect = pubsub.connection, set(), None, False
+            connection = pubsub.connection
+            assert connection is not None  # connect() opened it
+            self.connection, self.dropped, self.asked_at, self.suspect = connection, set(), None, False
             # One SUBSCRIBE for all: Redis has subscribed every channel by the time the first confirmation arrives.
             self.catch_up_when_confirmed = bool(self.confirmed)
             if self.confirmed:
@@ -164,7 +166,7 @@ class Following:
             else:
                 await _subscribed(health, self.on_subscribed)
             while True:
-                if self.connection is None or not self.connection.is_connected:
+                if not connection.is_connected:
                     raise RedisConnectionError("the pub/sub connection was lost")
                 message = await pubsub.get_message(timeout=IDLE_WAKE_SECONDS)
                 raise_if_cancelled()
