@@ -152,7 +152,8 @@ async def _tick_progress(res: Resources, task: NodeTask, stop: asyncio.Event) ->
         return
     for step in itertools.count(1):
         try:
-            await asyncio.wait_for(stop.wait(), PROGRESS_TICK_SECONDS)
+            async with asyncio.timeout(PROGRESS_TICK_SECONDS):
+                await stop.wait()
             return
         except TimeoutError:
             await _report_progress(res, task.job_id, task.progress_start + span * TICK_CEILING * (1 - TICK_DECAY**step))

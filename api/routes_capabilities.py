@@ -76,7 +76,8 @@ async def _run_capabilities_job(backend: Backend) -> dict:
     handle = backend.temporal.get_workflow_handle(job["jobId"])
     try:
         # The segment timeout ends the job itself; the extra second covers the node-plane merge.
-        state = await asyncio.wait_for(handle.result(), timeout + 1)
+        async with asyncio.timeout(timeout + 1):
+            state = await handle.result()
     except TimeoutError:
         raise ApiError(504, f"no data-plane worker answered info.get_capabilities within {timeout:g}s") from None
     except WorkflowFailureError as exc:

@@ -58,7 +58,8 @@ async def _authorised(socket: WebSocket, keys: list[str]) -> bool:
     if not keys or key_is_valid(socket.query_params.get("key") or socket.query_params.get("token"), keys):
         return True
     try:
-        frame = await asyncio.wait_for(socket.receive(), AUTH_TIMEOUT)
+        async with asyncio.timeout(AUTH_TIMEOUT):
+            frame = await socket.receive()
     except TimeoutError:
         return False
     first = _parse(frame.get("text") or "")
@@ -140,7 +141,8 @@ async def _close(socket: WebSocket, serving: Exception | None, sending: Exceptio
         return  # the client left
     if socket.client_state == WebSocketState.CONNECTED:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(socket.close(code=code, reason=reason), 2)
+            async with asyncio.timeout(2):
+                await socket.close(code=code, reason=reason)
 
 
 async def _receive_forever(backend: Backend, client: Subscriber) -> None:

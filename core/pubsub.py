@@ -21,7 +21,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from core.redis import CONNECT_TIMEOUT, TRANSIENT, raise_if_cancelled, redis_client
+from core.redis import CONNECT_TIMEOUT, TRANSIENT, redis_client
 from core.retry import retrying
 from core.supervise import TaskHealth
 
@@ -68,7 +68,6 @@ async def _listen(
         while True:
             # A bounded wait, not listen(): a message is handled as it arrives, and a stop is seen within a second.
             message = await pubsub.get_message(timeout=IDLE_WAKE_SECONDS)
-            raise_if_cancelled()
             if message is None:
                 continue
             if message["type"] == "psubscribe":
@@ -155,7 +154,8 @@ class Following:
         pubsub = client.pubsub()
         try:
             # Its reads have no socket timeout (each read passes its own): one that never answers must not hold us.
-            await asyncio.wait_for(pubsub.connect(), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await pubsub.connect()
             connection = pubsub.connection
             assert connection is not None  # connect() opened it
             self.connection, self.dropped, self.asked_at, self.suspect = connection, set(), None, False
@@ -169,7 +169,6 @@ class Following:
                 if not connection.is_connected:
                     raise RedisConnectionError("the pub/sub connection was lost")
                 message = await pubsub.get_message(timeout=IDLE_WAKE_SECONDS)
-                raise_if_cancelled()
                 if message is None:
                     self._give_up_if_unconfirmed()
                 else:
@@ -189,7 +188,8 @@ class Following:
         if command[0] == "SUBSCRIBE" and self.asked_at is None:
             self.asked_at = time.monotonic()
         try:
-            await asyncio.wait_for(self.connection.send_command(*command, check_health=False), self.confirm_seconds)
+            async with asyncio.timeout(self.confirm_seconds):
+                await self.connection.send_command(*command, check_health=False)
         except TRANSIENT as exc:  # TimeoutError included
             log.warning("%s on the pub/sub connection failed (%s); it will be replaced", command[0], exc)
             return False

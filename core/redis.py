@@ -57,10 +57,27 @@ def redis_client(
         retry=redis_retry() if reconnect else Retry(NoBackoff(), 0, supported_errors=()),
         retry_on_error=[RedisConnectionError, RedisTimeoutError] if reconnect else [],
     )
-    if not reconnect:
-        kind = pool.connection_class  # by the URL's scheme: TCP, TLS or a unix socket
-        pool.connection_class = type(f"Once{kind.__name__}", (ConnectOnce, kind), {})
+    kind = pool.connection_class  # by the URL's scheme: TCP, TLS or a unix socket
+    ours = (KeepsCancels,) if reconnect else (KeepsCancels, ConnectOnce)
+    pool.connection_class = type(f"Our{kind.__name__}", (*ours, kind), {})
     return aioredis.Redis.from_pool(pool)
+
+
+class KeepsCancels:
+    """A connection (mixed into redis-py's) whose sends never lose a cancel.
+
+    With a socket timeout, redis-py sends each command under asyncio.wait_for, and on Python 3.11 wait_for returns
+    the send's result when a cancel lands as the send completes: the task runs on as if never asked to stop, and a
+    loop that next waits for anything but Redis waits for ever. Such a send raises CancelledError here instead, and
+    closes the connection first: its reply, unread, would otherwise answer the next command that borrows it."""
+
+    async def send_packed_command(self, *args, **kwargs) -> None:
+        task = asyncio.current_task()
+        asked = task.cancelling() if task else 0
+        await super().send_packed_command(*args, **kwargs)  # type: ignore[misc]
+        if task is not None and task.cancelling() > asked:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise asyncio.CancelledError
 
 
 class ConnectOnce:
@@ -95,17 +112,6 @@ def bytes_twin(client: aioredis.Redis) -> aioredis.Redis:
     else:
         twin = aioredis.ConnectionPool(kind, size, **options)
     return aioredis.Redis.from_pool(twin)
-
-
-def raise_if_cancelled() -> None:
-    """Re-raise a cancel that redis-py lost: it sends through asyncio.wait_for, which Python 3.11 lets swallow one.
-
-    Every blocking Redis loop calls this after each read, and reads block for a bounded time, so a
-    stop request is honoured within one read instead of leaving the task running forever.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def blocking_read_ms(redis: aioredis.Redis, block_ms: int) -> int:

@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from api.app import create_app
 from core.contracts import contracts
+from core.redis import redis_client
 from core.settings import Settings
 from handoff.dataplane import DataPlaneWorker
 from handoff.service import run_relay
@@ -103,11 +104,12 @@ async def api_replica(settings: Settings, temporal: Client, ping_seconds: float 
 
 @contextlib.asynccontextmanager
 async def running_stack(settings: Settings, temporal: Client):
-    redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client(settings.redis_url)  # as every role opens its own: the reference worker below uses it
     relay_ready = asyncio.Event()
     async with running_workers(temporal, settings), api_replica(settings, temporal) as url:
         relay = asyncio.create_task(run_relay(settings, temporal, consumer="test-relay", ready=relay_ready))
-        await asyncio.wait_for(relay_ready.wait(), 10)
+        async with asyncio.timeout(10):
+            await relay_ready.wait()
         async with httpx.AsyncClient(base_url=url, timeout=30) as api:
             stack = Stack(settings, temporal, redis, api, url)
             stack.start_dataplane()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import subprocess
 import time
 
@@ -60,3 +62,35 @@ async def test_a_unix_socket_url_works_for_commands_and_for_a_listener_that_reco
             assert issubclass(kind, ConnectOnce) is not reconnect
         finally:
             await client.aclose()
+
+
+@pytest.mark.parametrize("block_ms", [None, 2000])
+async def test_a_task_cancelled_while_it_sends_a_command_stops(redis_url, block_ms):
+    """redis-py sends each command under asyncio.wait_for, which on Python 3.11 returns the send's result when a
+    cancel lands as the send completes: the cancel was lost, and a loop that then waited for anything but Redis
+    (the relay's event recorder, waiting for more to write) ran on after its stop, for ever."""
+    client = redis_client(redis_url, block_ms)  # with block_ms, a socket timeout: the send runs under wait_for
+
+    async def commands_for_ever():
+        while True:
+            pipe = client.pipeline(transaction=False)
+            pipe.set("cancel-probe", 1)
+            pipe.expire("cancel-probe", 10)
+            await pipe.execute()
+            await client.get("cancel-probe")
+
+    ran_on = 0
+    try:
+        for _ in range(100):
+            task = asyncio.create_task(commands_for_ever())
+            await asyncio.sleep(random.random() * 0.003)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=1)
+            if not done:
+                ran_on += 1
+                task.cancel()  # the loop above sends again soon: this cancel lands elsewhere
+                await asyncio.wait([task], timeout=1)
+        assert ran_on == 0, f"{ran_on} of 100 cancelled tasks ran on"
+        assert await client.get("cancel-probe") == "1", "the connections returned to the pool still answer in turn"
+    finally:
+        await client.aclose()
