@@ -318,7 +318,7 @@ async def test_progress_held_while_redis_is_down_is_written_when_it_returns(stac
 async def test_a_recorder_stopped_in_the_middle_of_a_round_stops(stack, store):
     """Stopping a relay cancels its recorder, often mid-round. It once ran on instead, now and then, waiting for more
     to write for ever (redis-py lost the cancel: see core.redis.KeepsCancels), so the relay never finished stopping."""
-    redis = redis_client(stack.settings.redis_url)  # as a relay opens its own
+    redis = redis_client(stack.settings.redis_url, block_ms=BRIDGE.block_ms)  # as a relay opens its own
     ran_on = 0
     try:
         for _ in range(200):
