@@ -51,7 +51,8 @@ class Finished:
     async def wait(self, job_id: str, timeout: float = 120) -> float:
         if job_id not in self.done:
             waiter = self.waiters.setdefault(job_id, asyncio.get_running_loop().create_future())
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(waiter)
         return self.done[job_id]
 
 
@@ -61,7 +62,8 @@ async def finished_jobs(redis_url: str) -> AsyncIterator[Finished]:
     redis = aioredis.from_url(redis_url, decode_responses=True)
     listening = asyncio.create_task(finished.listen(redis, ready))
     try:
-        await asyncio.wait_for(ready.wait(), 10)
+        async with asyncio.timeout(10):
+            await ready.wait()
         yield finished
     finally:
         listening.cancel()

@@ -70,13 +70,15 @@ class Group:
             completed = client.expect(JobStatus.COMPLETED, update_of(job_id, JobStatus.COMPLETED))
             client.send({"action": "subscribe", "jobId": job_id})
             try:
-                _, current = await asyncio.wait_for(state, 30)
+                async with asyncio.timeout(30):
+                    _, current = await state
             finally:
                 self.answered()
             if current["status"] == JobStatus.COMPLETED:
                 completed.cancel()
                 return "late"
-            arrived, _ = await asyncio.wait_for(completed, wait_s)
+            async with asyncio.timeout(wait_s):
+                arrived, _ = await completed
             return job_id, arrived
         except (ConnectionError, TimeoutError):  # whatever went wrong with this one client, it was dropped
             return "dropped"

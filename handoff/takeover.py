@@ -26,6 +26,7 @@ from handoff.streams import GroupVanished, StreamConsumer, ensure_group
 log = logging.getLogger(__name__)
 
 LEFT_OVER_MAX = 10_000  # entries a restarted worker picks up again under its own name
+RETIRE_SECONDS = 2.0  # how long a stopping worker may spend marking itself gone
 
 _NOW_MS = """
 local t = redis.call('TIME')
@@ -110,7 +111,7 @@ class Liveness:
                 group.create_task(self._take_over_forever(left_over))
         finally:
             with contextlib.suppress(*TRANSIENT, ResponseError, asyncio.TimeoutError):
-                await asyncio.shield(asyncio.wait_for(self.retire(), 2))
+                await asyncio.shield(self.retire())
 
     async def _take_over_forever(self, left_over: list[str]) -> None:
         if left_over:
@@ -154,4 +155,5 @@ class Liveness:
         return len(pairs)
 
     async def retire(self) -> None:
-        await self.redis.eval(_RETIRE, 1, self.bridge.liveness_key, self.consumer)
+        async with asyncio.timeout(RETIRE_SECONDS):  # a stopping worker does not wait on Redis for long
+            await self.redis.eval(_RETIRE, 1, self.bridge.liveness_key, self.consumer)
