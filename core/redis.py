@@ -114,6 +114,14 @@ def bytes_twin(client: aioredis.Redis) -> aioredis.Redis:
     return aioredis.Redis.from_pool(twin)
 
 
+def raise_if_cancelled() -> None:
+    """Re-raise a cancel that a client not built here lost (see KeepsCancels): the data-plane loops take any redis-py
+    client, and call this after each read, so a stop is honoured within one read even then."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def blocking_read_ms(redis: aioredis.Redis, block_ms: int) -> int:
     """BLOCK for XREADGROUP, kept under the client's socket timeout: a read cut off by that timeout loses
     its reply, and the entries it delivered would stay pending for good."""

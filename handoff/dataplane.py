@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from core import jobkeys
 from core.contracts import Bridge, contracts
 from core.messages import parse_graph_entry
-from core.redis import TRANSIENT, redis_client
+from core.redis import TRANSIENT, raise_if_cancelled, redis_client
 from core.retry import call_with_retry
 from core.settings import Settings
 from core.supervise import Supervisor, TaskHealth
@@ -146,6 +146,7 @@ class DataPlaneWorker:
             ", ".join(sorted(self.handlers)),
         )
         left_over = await self.liveness.start()
+        raise_if_cancelled()  # a stop that redis-py swallowed during start-up
         async with asyncio.TaskGroup() as group:
             group.create_task(self.stream.run(health))
             group.create_task(self.liveness.run(left_over))
@@ -194,6 +195,8 @@ class DataPlaneWorker:
         except TRANSIENT as exc:
             log.warning("could not read the status of job %s (%s); carrying on", job_id, exc)
             return
+        finally:
+            raise_if_cancelled()
         if status in FINISHED_JOB:
             raise JobFinished(status)
 

@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from core.contracts import ContractError
 from core.metrics import DEAD_LETTERS
-from core.redis import TRANSIENT, Entry, blocking_read_ms, bytes_twin
+from core.redis import TRANSIENT, Entry, blocking_read_ms, bytes_twin, raise_if_cancelled
 from core.retry import call_with_retry, retrying
 from core.supervise import TaskHealth
 from core.wire import WireLimits, dead_letter_fields, decode_fields
@@ -172,6 +172,7 @@ class StreamConsumer:
                     if "NOGROUP" in str(exc):
                         raise GroupVanished(str(exc)) from None
                     raise
+            raise_if_cancelled()
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     await self._dispatch(entry_id, fields, deliveries=1)

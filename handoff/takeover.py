@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from core.contracts import Bridge
 from core.metrics import ENTRIES_TAKEN_OVER
-from core.redis import TRANSIENT
+from core.redis import TRANSIENT, raise_if_cancelled
 from core.retry import call_with_retry, retrying
 from handoff.streams import GroupVanished, StreamConsumer, ensure_group
 
@@ -127,6 +127,7 @@ class Liveness:
                 await ensure_group(self.redis, self.bridge.data_stream, self.bridge.workers_group)
                 while True:
                     await step()
+                    raise_if_cancelled()  # a plain redis-py client, not ours, may have lost a stop request
                     await asyncio.sleep(self.bridge.heartbeat_ms / 1000)
 
     async def beat(self) -> None:
