@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from core.contracts import contracts
 from core.messages import parse_graph_entry
+from core.redis import redis_client as make_redis_client
 from core.schemas import first_error
 from handoff.dataplane import DataPlaneWorker
 from handoff.simulator import Simulator
@@ -45,7 +46,8 @@ async def start_worker(redis_url, bridge):
         concurrency: int = 8,
         name: str = "test-worker",
     ) -> None:
-        client = aioredis.from_url(redis_url, decode_responses=True, client_name=name)
+        # Opened as `spinbot dataplane` opens its own (core.redis), named so a test can find its connections.
+        client = make_redis_client(f"{redis_url}?client_name={name}", block_ms=bridge.block_ms)
         worker = DataPlaneWorker(
             client,
             bridge,

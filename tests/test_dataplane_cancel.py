@@ -9,9 +9,9 @@ import uuid
 from contextlib import suppress
 
 import pytest
-import redis.asyncio as aioredis
 
 from core.contracts import contracts
+from core.redis import redis_client as make_redis_client
 from handoff.dataplane import DataPlaneWorker
 from handoff.simulator import Simulator
 from tests.e2e import BRIDGE, outcome, submit, wait_for
@@ -31,7 +31,7 @@ def bridge():
 
 @pytest.fixture
 async def worker(redis_url, bridge):
-    client = aioredis.from_url(redis_url, decode_responses=True)
+    client = make_redis_client(redis_url, block_ms=bridge.block_ms)  # as `spinbot dataplane` opens its own
     task = asyncio.create_task(
         DataPlaneWorker(client, bridge, contracts().python_capabilities, Simulator(NODE_SECONDS), "cancel-test").run()
     )

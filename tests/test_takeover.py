@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from core.contracts import contracts
+from core.redis import redis_client as make_redis_client
 from handoff.dataplane import DataPlaneWorker
 from handoff.simulator import Simulator
 from handoff.streams import ensure_group
@@ -70,7 +71,7 @@ async def workers(redis_url, bridge):
     running: list[tuple[asyncio.Task, aioredis.Redis]] = []
 
     async def start(name: str, seconds: float) -> asyncio.Task:
-        client = aioredis.from_url(redis_url, decode_responses=True)
+        client = make_redis_client(redis_url, block_ms=bridge.block_ms)  # as `spinbot dataplane` opens its own
         worker = DataPlaneWorker(client, bridge, contracts().python_capabilities, Simulator(seconds), name)
         task = asyncio.create_task(worker.run())
         running.append((task, client))
