@@ -84,7 +84,8 @@ class Settings(BaseSettings):
     # finished (at most jobs.ttl of redis.bridge.json); its status is then read from PostgreSQL.
     finished_key_seconds: int = Field(default=3600, ge=1)
     # Entries of process:data, process:control and the event backlog that every consumer group has read and acked
-    # are trimmed once older than this; an entry a group has not read, or has pending, is never trimmed.
+    # are trimmed once older than this. An entry a group has not read, or has pending, is kept: in the event backlog
+    # until written, in process:data and process:control until older than segment_timeout_seconds plus this.
     stream_retention_seconds: float = Field(default=300, ge=0)
     # Each dead-letter stream keeps at most this many entries (the newest).
     dead_letter_max_entries: int = Field(default=1000, ge=1)

@@ -4,6 +4,8 @@ flight and a window behind it, never with time.
 Every `cleanup_interval_seconds` each relay, as a supervised task:
 - trims process:data, process:control and the event backlog to the entries some consumer group has not read or
   not yet acked, plus those younger than `stream_retention_seconds` (one script per stream, atomic against reads);
+  a segment's entries go regardless once older than `segment_timeout_seconds` (plus that window): no job waits
+  for them any more;
 - caps each dead-letter stream at `dead_letter_max_entries` and drops letters older than their retention;
 - deletes the job_events rows of jobs finished more than `retention_hours` ago, in batches. (A finished job's
   Redis keys expire by themselves: its last sync gives them a short TTL, see core/jobkeys.py.)
@@ -33,9 +35,11 @@ OUTAGES: tuple[type[BaseException], ...] = (*TRANSIENT, *UNAVAILABLE)
 DELETE_BATCH = 2000  # job_events rows per statement: short transactions, short locks
 DELETE_BATCHES_PER_ROUND = 25  # a long backlog (the first round after an upgrade) is worked off over rounds
 
-# KEYS[1]: a stream; ARGV[1]: the window in ms. Trims, by id (the time Redis added the entry), what is older
-# than the window and what every group has both read (up to its last-delivered id) and acked (before its oldest
-# pending entry). A stream without groups keeps everything: nobody has read it yet.
+# KEYS[1]: a stream; ARGV[1]: the window in ms; ARGV[2]: the age in ms past which an entry is trimmed whatever
+# the groups say (0: never). Trims, by id (the time Redis added the entry), what is older than the window and what
+# every group has both read (up to its last-delivered id) and acked (before its oldest pending entry). A stream
+# without groups keeps everything younger than that age: nobody has read it yet. Replies {entries trimmed, 1 when
+# the age cut into entries some group had not read or not acked, else 0}.
 _TRIM_ACKED = """
 local function parse(s)
   local ms, seq = string.match(s, '^(%d+)-(%d+)$')
@@ -45,12 +49,13 @@ local function lower(ams, aseq, bms, bseq)
   if ams < bms or (ams == bms and aseq < bseq) then return ams, aseq end
   return bms, bseq
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
-if #groups == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
 local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[1])
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms = now - tonumber(ARGV[1])
 local seq = 0
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then ms = 0 end
 for _, g in ipairs(groups) do
   local name, last
   for i = 1, #g, 2 do
@@ -64,8 +69,19 @@ for _, g in ipairs(groups) do
     ms, seq = lower(ms, seq, pms, pseq)
   end
 end
-if ms <= 0 then return 0 end
-return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f-%.0f', ms, seq))
+local cut = 0
+local given_up = now - tonumber(ARGV[2])
+if tonumber(ARGV[2]) > 0 and given_up > ms then
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  if #first > 0 and #groups > 0 then
+    local fms, fseq = parse(first[1][1])
+    local lms, lseq = lower(fms, fseq, ms, seq)
+    if fms < given_up and lms == ms and lseq == seq then cut = 1 end  -- the groups' floor kept it
+  end
+  ms, seq = given_up, 0
+end
+if ms <= 0 then return {0, cut} end
+return {redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f-%.0f', ms, seq)), cut}
 """
 
 # KEYS[1]: a dead-letter stream; ARGV[1]: the most entries it keeps; ARGV[2]: their longest age in ms.
@@ -85,6 +101,10 @@ class RetentionPolicy:
     """How long each kind of record is kept (from the settings), and how often that is applied."""
 
     stream_ms: int = 300_000
+    # A segment's entries (its push, its handback) older than the ceiling of a wait for the data plane, plus the
+    # window, are no use to anyone: the job stopped waiting for them. Trimmed even when a group holds them (a GPU
+    # worker that died holding one is never judged dead, and its entry would otherwise keep every later one).
+    segment_ms: int = 2 * 3600 * 1000 + 300_000
     dead_letter_entries: int = 1000
     dead_letter_ms: int = 7 * 24 * 3600 * 1000
     finished_seconds: float = 7 * 24 * 3600
@@ -94,6 +114,7 @@ class RetentionPolicy:
     def of(cls, settings: Settings) -> RetentionPolicy:
         return cls(
             stream_ms=int(settings.stream_retention_seconds * 1000),
+            segment_ms=int((settings.segment_timeout_seconds + settings.stream_retention_seconds) * 1000),
             dead_letter_entries=settings.dead_letter_max_entries,
             dead_letter_ms=int(settings.dead_letter_retention_hours * 3600 * 1000),
             finished_seconds=settings.retention_hours * 3600,
@@ -114,9 +135,11 @@ class Retention:
         self.redis, self.store, self.bridge, self.policy = redis, store, bridge, policy
 
     @property
-    def work_streams(self) -> list[str]:
-        """Streams read by consumer groups: trimmed to what every group is done with, after the window."""
-        return [self.bridge.data_stream, self.bridge.control_stream, self.bridge.events_backlog]
+    def work_streams(self) -> dict[str, int]:
+        """Streams read by consumer groups, trimmed to what every group is done with after the window; each with
+        the age past which its entries go regardless (0: never, for events waiting out a PostgreSQL outage)."""
+        segment = self.policy.segment_ms
+        return {self.bridge.data_stream: segment, self.bridge.control_stream: segment, self.bridge.events_backlog: 0}
 
     @property
     def dead_letter_streams(self) -> list[str]:
@@ -157,12 +180,23 @@ class Retention:
         """Every stream's trim in one round trip; returns the entries removed per stream."""
         policy = self.policy
         pipe = self.redis.pipeline(transaction=False)
-        for stream in self.work_streams:
-            pipe.eval(_TRIM_ACKED, 1, stream, policy.stream_ms)
+        for stream, give_up_ms in self.work_streams.items():
+            pipe.eval(_TRIM_ACKED, 1, stream, policy.stream_ms, give_up_ms)
         for stream in self.dead_letter_streams:
             pipe.eval(_TRIM_DEAD, 1, stream, policy.dead_letter_entries, policy.dead_letter_ms)
-        counts = await pipe.execute()
-        trimmed = dict(zip([*self.work_streams, *self.dead_letter_streams], map(int, counts), strict=True))
+        replies = iter(await pipe.execute())
+        trimmed = {}
+        for stream in self.work_streams:
+            trimmed[stream], cut = map(int, next(replies))
+            if cut:
+                log.warning(
+                    "retention: trimmed %s entries older than %gs that a consumer group had not read or acked "
+                    "(their jobs had stopped waiting for them; a data-plane worker that died holding one?)",
+                    stream,
+                    policy.segment_ms / 1000,
+                )
+        for stream in self.dead_letter_streams:
+            trimmed[stream] = int(next(replies))
         for stream, count in trimmed.items():
             if count:
                 STREAM_ENTRIES_TRIMMED.labels(stream=stream).inc(count)

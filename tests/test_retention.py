@@ -107,6 +107,41 @@ async def test_acked_entries_past_the_window_are_trimmed_and_unread_or_pending_o
     assert ids_of(await redis.xrange(stream)) == new  # acked by all, but inside the window
 
 
+async def test_a_segment_held_by_a_dead_worker_holds_its_stream_back_no_longer_than_the_segment_ceiling(
+    redis_client, store, caplog
+):
+    """A GPU worker that died holding a segment (it has no heartbeat, so it is never judged dead) left the entry
+    pending for good, and every entry after it was kept: whole graphs, up to the push-time cap of ~100,000."""
+    bridge = own_bridge()
+    redis, stream = redis_client, bridge.data_stream
+    now = await redis_now_ms(redis)
+    await redis.xgroup_create(stream, "workers", id="0", mkstream=True)
+    ancient = await add_at(redis, stream, now - 3 * 60 * MINUTE_MS, 2)
+    recent = await add_at(redis, stream, now - 30 * MINUTE_MS, 2)
+    await redis.xreadgroup("workers", "gpu-died", {stream: ">"}, count=1)  # ancient[0]: pending for good
+    await redis.xack(stream, "workers", *await read(redis, stream, "workers", 2))  # ancient[1], recent[0]
+    await read(redis, stream, "workers", 1)  # recent[1]: pending on a live worker, inside the ceiling
+    # Handbacks nobody reads past the ceiling go too; events waiting out a PostgreSQL outage never do.
+    await add_at(redis, bridge.control_stream, now - 3 * 60 * MINUTE_MS, 2)
+    await add_at(redis, bridge.control_stream, now - 30 * MINUTE_MS, 1)
+    await redis.xgroup_create(bridge.events_backlog, "recorders", id="0", mkstream=True)
+    await add_at(redis, bridge.events_backlog, now - 3 * 60 * MINUTE_MS, 1)
+    await read(redis, bridge.events_backlog, "recorders", 1)
+    policy = RetentionPolicy(stream_ms=MINUTE_MS, segment_ms=60 * MINUTE_MS)
+
+    with caplog.at_level("WARNING", logger="handoff.retention"):
+        swept = await Retention(redis, store, bridge, policy).sweep()
+
+    assert ids_of(await redis.xrange(stream)) == recent, "the dead worker's entry still held the stream back"
+    assert swept.trimmed[stream] == 2
+    assert len(await redis.xrange(bridge.control_stream)) == 1
+    assert await redis.xlen(bridge.events_backlog) == 1
+    assert [r for r in caplog.records if stream in r.getMessage() and "not read or acked" in r.getMessage()]
+    # Trimmed, still pending: a worker taking it over finds it gone and acks it (StreamConsumer.serve_claimed).
+    pending = await redis.xpending_range(stream, "workers", "-", "+", 10)
+    assert [row["message_id"] for row in pending] == [ancient[0], recent[1]]
+
+
 async def test_dead_letters_are_capped_and_aged(redis_client, store):
     bridge = own_bridge()
     redis = redis_client
