@@ -10,7 +10,7 @@ import time
 import redis.asyncio as aioredis
 from temporalio import activity
 
-from activities.push import Segment, pushed, queue_push, queue_withdraw, withdrawn
+from activities.push import Segment, push_marks, pushed, queue_push, queue_withdraw, withdrawn
 from core import jobkeys
 from core.contracts import Bridge
 from core.event_rows import Event
@@ -97,14 +97,15 @@ class BridgeActivities:
         jobkeys.set_graph(pipe, bridge, job_id, graph_json, created)
         jobkeys.set_state(pipe, bridge, job_id, snap.status, snap.progress, progress_ceiling(snap.graph))
         segment, first_script = None, len(pipe)  # the scripts' replies are read back by position
+        tag = (snap.graph.get("metadata") or {}).get("handoff") or {}
         if snap.push:
-            tag = (snap.graph.get("metadata") or {}).get("handoff") or {}
             segment = Segment(job_id, run_id, tag)
             queue_push(pipe, bridge, segment, created, graph_json)
         if snap.withdraw:
             queue_withdraw(pipe, bridge, job_id)
         if snap.status in jobkeys.TERMINAL:
-            jobkeys.expire_finished(pipe, bridge, job_id, self.finished_key_seconds)
+            marks = push_marks(bridge, job_id, run_id, tag)
+            jobkeys.expire_finished(pipe, bridge, job_id, self.finished_key_seconds, marks)
         for channel, raw in messages:
             pipe.publish(channel, raw)
         replies = iter((await pipe.execute())[first_script:])

@@ -109,6 +109,15 @@ def pushed(bridge: Bridge, segment: Segment, reply: list) -> dict:
     return result
 
 
+def push_marks(bridge: Bridge, job_id: str, run_id: str, last_tag: dict) -> list[str]:
+    """The marks of every segment this run may have pushed, up to its last tag: a finished job's are given its
+    keys' short TTL. (A run continued-as-new from another leaves that run's marks to their own TTL.)"""
+    last, attempt = last_tag.get("segment"), last_tag.get("attempt")
+    if not isinstance(last, int) or isinstance(last, bool):
+        return []
+    return [bridge.pushed_key(job_id, run_id, segment, attempt) for segment in range(1, last + 1)]
+
+
 def queue_withdraw(pipe: Pipeline, bridge: Bridge, job_id: str) -> None:
     """Queue the withdrawal on `pipe`; its reply is [entry id, outcome]."""
     pipe.eval(_WITHDRAW, 2, bridge.last_push_key(job_id), bridge.data_stream)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from redis.asyncio.client import Pipeline
 
@@ -161,10 +162,10 @@ def set_graph(pipe: Pipeline, bridge: Bridge, job_id: str, graph_json: str, crea
     pipe.expire(key, bridge.ttl)
 
 
-def expire_finished(pipe: Pipeline, bridge: Bridge, job_id: str, seconds: int) -> None:
-    """A finished job's keys go `seconds` after it finished (never later than jobs.ttl): its status and graph are
-    in PostgreSQL, and Redis holds the work in flight, not a record of every job."""
+def expire_finished(pipe: Pipeline, bridge: Bridge, job_id: str, seconds: int, others: Sequence[str] = ()) -> None:
+    """A finished job's keys, and `others` of its own, go `seconds` after it finished (never later than jobs.ttl):
+    its status and graph are in PostgreSQL, and Redis holds the work in flight, not a record of every job."""
     ttl = min(seconds, bridge.ttl)
     keys = (bridge.job_key, bridge.status_key, bridge.progress_key, bridge.last_push_key)
-    for key in keys:
-        pipe.expire(key(job_id), ttl)
+    for name in (*(key(job_id) for key in keys), *others):
+        pipe.expire(name, ttl)

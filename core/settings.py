@@ -80,8 +80,9 @@ class Settings(BaseSettings):
     # job_events rows of a finished (completed or failed) job are deleted this many hours after it finished;
     # its jobs row (status, last graph, artifacts) stays. 0: at the next cleanup.
     retention_hours: float = Field(default=7 * 24, ge=0)
-    # A finished job's Redis keys (job:<id>, its :status, :progress and :pushed) expire this many seconds after it
-    # finished (at most jobs.ttl of redis.bridge.json); its status is then read from PostgreSQL.
+    # A finished job's Redis keys (job:<id>, its :status, :progress, :pushed and its segments' push marks) expire
+    # this many seconds after it finished (at most jobs.ttl of redis.bridge.json); its status is then read from
+    # PostgreSQL.
     finished_key_seconds: int = Field(default=3600, ge=1)
     # Entries of process:data, process:control and the event backlog that every consumer group has read and acked
     # are trimmed once older than this. An entry a group has not read, or has pending, is kept: in the event backlog

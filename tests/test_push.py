@@ -73,6 +73,20 @@ async def test_a_re_run_sync_step_pushes_its_segment_once(activities, redis_clie
     assert 0 < ttl <= bridge.ttl, "the mark expires with the job's keys"
 
 
+async def test_a_finished_jobs_push_marks_expire_with_its_keys(redis_client, store, bridge, job_id):
+    """Each segment's mark kept the running job's TTL (12 h) after the job ended, a key per segment per job."""
+    activities = BridgeActivities(redis_client, store, bridge, finished_key_seconds=60)
+    for segment in (1, 2):
+        await sync(activities, segment_snapshot(job_id, segment=segment))
+    marks = [bridge.pushed_key(job_id, "run-1", segment, 1) for segment in (1, 2)]
+    assert all(ttl > 60 for ttl in [await redis_client.ttl(mark) for mark in marks])
+
+    await sync(activities, segment_snapshot(job_id, segment=2, push=False, status=JobStatus.COMPLETED))
+
+    assert all(0 < ttl <= 60 for ttl in [await redis_client.ttl(mark) for mark in marks])
+    assert 0 < await redis_client.ttl(bridge.last_push_key(job_id)) <= 60
+
+
 async def test_withdraw_takes_back_an_unread_segment(activities, redis_client, bridge, job_id):
     await ensure_group(redis_client, bridge.data_stream, bridge.workers_group)
     await sync(activities, segment_snapshot(job_id))
