@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from core.contracts import Bridge
 from core.metrics import CLEANUPS, JOB_EVENTS_DELETED, STREAM_ENTRIES_TRIMMED
@@ -184,10 +186,13 @@ class Retention:
             pipe.eval(_TRIM_ACKED, 1, stream, policy.stream_ms, give_up_ms)
         for stream in self.dead_letter_streams:
             pipe.eval(_TRIM_DEAD, 1, stream, policy.dead_letter_entries, policy.dead_letter_ms)
-        replies = iter(await pipe.execute())
+        # One stream's error (a key of another type under its name, say) must not keep the others untrimmed.
+        replies = iter(await pipe.execute(raise_on_error=False))
         trimmed = {}
         for stream in self.work_streams:
-            trimmed[stream], cut = map(int, next(replies))
+            if (reply := _trimmed(stream, next(replies))) is None:
+                continue
+            trimmed[stream], cut = map(int, reply)
             if cut:
                 log.warning(
                     "retention: trimmed %s entries older than %gs that a consumer group had not read or acked "
@@ -196,7 +201,8 @@ class Retention:
                     policy.segment_ms / 1000,
                 )
         for stream in self.dead_letter_streams:
-            trimmed[stream] = int(next(replies))
+            if (reply := _trimmed(stream, next(replies))) is not None:
+                trimmed[stream] = int(reply)
         for stream, count in trimmed.items():
             if count:
                 STREAM_ENTRIES_TRIMMED.labels(stream=stream).inc(count)
@@ -215,3 +221,11 @@ class Retention:
             window = self.policy.finished_seconds
             log.info("retention: deleted %d job_events rows of jobs finished over %gs ago", deleted, window)
         return deleted
+
+
+def _trimmed(stream: str, reply: Any) -> Any:
+    """A trim script's reply, or None (logged) when Redis refused it for this stream."""
+    if isinstance(reply, ResponseError):
+        log.error("retention: could not trim %s: %s", stream, reply)
+        return None
+    return reply

@@ -272,6 +272,26 @@ async def test_retention_deletes_old_finished_jobs_events_and_keeps_running_and_
     assert (await retention.sweep()).events_deleted == 0
 
 
+async def test_a_stream_redis_refuses_to_trim_leaves_the_rest_of_the_round_going(redis_client, store, caplog):
+    """A key of another type under a stream's name made Redis refuse its trim, and the whole round stopped there:
+    no other stream trimmed, no job_events row deleted, round after round."""
+    bridge = own_bridge()
+    await redis_client.set(bridge.control_stream, "not a stream")
+    now = await redis_now_ms(redis_client)
+    await redis_client.xgroup_create(bridge.data_stream, "workers", id="0", mkstream=True)
+    old = await add_at(redis_client, bridge.data_stream, now - 10 * MINUTE_MS, 2)
+    await redis_client.xack(bridge.data_stream, "workers", *await read(redis_client, bridge.data_stream, "workers", 2))
+    done = await job_with_events(store, "completed", finished_hours_ago=3, events_hours_ago=3)
+    retention = Retention(redis_client, store, bridge, RetentionPolicy(stream_ms=MINUTE_MS, finished_seconds=3600))
+
+    with caplog.at_level("ERROR", logger="handoff.retention"):
+        swept = await retention.sweep()
+
+    assert swept.trimmed[bridge.data_stream] == len(old) and await store.events(done) == []
+    assert bridge.control_stream not in swept.trimmed
+    assert [r for r in caplog.records if bridge.control_stream in r.getMessage() and "WRONGTYPE" in r.getMessage()]
+
+
 async def test_a_finished_jobs_keys_expire_soon_and_late_writes_of_the_api_do_not_extend_them(stack, store, job_id):
     await store.create_job(job_id, {}, "custom")
     bridge = BridgeActivities(stack.redis, store, BRIDGE, finished_key_seconds=60)
