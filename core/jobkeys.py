@@ -67,7 +67,8 @@ return redis.call('SET', KEYS[1], text, 'EX', ARGV[3])
 """
 
 # Progress reported on pub/sub (by either plane) only rises, and never past the job's ceiling; a job
-# without one (unknown, expired, not started) is not given any.
+# without one (unknown, expired, not started) is not given any. The key keeps the TTL the workflow's steps gave it:
+# a late report must not keep a finished job's key for jobs.ttl.
 _REPORT_PROGRESS = """
 local ceiling_text = redis.call('HGET', KEYS[2], ARGV[3])
 local ceiling = tonumber(ceiling_text or '')
@@ -78,8 +79,10 @@ local text, value = ARGV[1], tonumber(ARGV[1])
 if value > ceiling then
   text, value = ceiling_text, ceiling
 end
-local current = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
+local current_text = redis.call('GET', KEYS[1])
+local current = tonumber(current_text or '-1') or -1
 if value > current then
+  if current_text then return redis.call('SET', KEYS[1], text, 'KEEPTTL') end
   return redis.call('SET', KEYS[1], text, 'EX', ARGV[2])
 end
 return 0

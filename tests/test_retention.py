@@ -313,6 +313,23 @@ async def test_a_finished_jobs_keys_expire_soon_and_late_writes_of_the_api_do_no
     assert await stack.redis.get(BRIDGE.status_key(job_id)) == "completed"
 
 
+async def test_late_progress_of_a_failed_job_does_not_extend_its_keys(stack, store, job_id):
+    """A failed job whose node-plane node was still running has room under its ceiling: a late report raised its
+    progress and gave the key jobs.ttl (12 h) again."""
+    await store.create_job(job_id, {}, "custom")
+    bridge = BridgeActivities(stack.redis, store, BRIDGE, finished_key_seconds=60)
+    graph = {"schema": "langgraph.v1", "workflowId": job_id, "context": {}, "metadata": {}, **copy.deepcopy(ONE_NODE)}
+    graph["nodes"][0]["status"] = "running"
+    await ActivityEnvironment().run(bridge.sync_job, JobSnapshot(job_id, graph, "failed", 0.0))
+
+    pipe = stack.redis.pipeline(transaction=False)
+    jobkeys.report_progress(pipe, BRIDGE, job_id, 0.5)
+    await pipe.execute()
+
+    assert await stack.redis.get(BRIDGE.progress_key(job_id)) == "0.5"  # still raised, as before
+    assert 0 < await stack.redis.ttl(BRIDGE.progress_key(job_id)) <= 60
+
+
 async def test_the_cleanup_task_survives_redis_and_postgresql_outages(tmp_path):
     port = free_port()
     redis_server = start_redis(tmp_path / "redis", port, persist=False)
