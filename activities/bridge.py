@@ -13,10 +13,9 @@ from temporalio import activity
 from activities.push import Segment, push_marks, pushed, queue_push, queue_withdraw, withdrawn
 from core import jobkeys
 from core.contracts import Bridge
-from core.event_rows import Event
+from core.event_rows import Event, announcement
 from core.failures import job_error
 from core.logs import log_event
-from core.messages import fingerprint, parse_created
 from core.metrics import JOB_SECONDS, JOBS_FINISHED
 from core.store import Store
 from core.timestamps import now_ms
@@ -67,15 +66,11 @@ class BridgeActivities:
         messages, which the event log (keyed by a fingerprint of each message) records once. A step re-run in a
         new workflow task (its worker died first) has another time, so each message also carries an eventId that
         names the event itself: a run announces each status, each node's output and each progress once."""
-        bridge, job_id, at = self.bridge, snap.job_id, parse_created(created)
         messages: list[tuple[str, str, Event | None]] = []
 
         def add(kind: str, what: str, fields: dict) -> None:
             event_id = f"{run_id}/{what}" if run_id else None
-            payload = {"jobId": job_id, **fields, "created": created, **({"eventId": event_id} if event_id else {})}
-            channel, raw = bridge.channel(kind, job_id), json.dumps(payload)
-            row = Event(job_id, fingerprint(channel, raw, event_id), fields.get("status"), None, fields.get("data"), at)
-            messages.append((channel, raw, None if kind == "progress" else row))
+            messages.append(announcement(self.bridge, kind, snap.job_id, fields, created, event_id))
 
         for item in snap.data:
             add("data", f"data/{item.get('nodeId')}", {"data": json.dumps(item)})

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from core import jobkeys
+from core.contracts import Bridge
+from core.messages import fingerprint, parse_created
 
 
 @dataclass
@@ -20,6 +23,20 @@ class Event:
     # One row per fingerprint holding the highest progress reported under it (coalesced progress), instead of
     # one row per message.
     highest_progress: bool = False
+
+
+def announcement(
+    bridge: Bridge, kind: str, job_id: str, fields: dict, created: str, event_id: str | None
+) -> tuple[str, str, Event | None]:
+    """A message the control plane publishes about a job's own change, as (channel, raw, its job_events row; None
+    for progress, which relays coalesce). `event_id` names the change itself, so the message is recorded once
+    however often the step that announces it runs."""
+    payload = {"jobId": job_id, **fields, "created": created, **({"eventId": event_id} if event_id else {})}
+    channel, raw = bridge.channel(kind, job_id), json.dumps(payload)
+    if kind == "progress":
+        return channel, raw, None
+    status, data, at = fields.get("status"), fields.get("data"), parse_created(created)
+    return channel, raw, Event(job_id, fingerprint(channel, raw, event_id), status, None, data, at)
 
 
 # The row of a coalesced progress interval ($8) takes a higher progress, its time and a new event id (it is now the

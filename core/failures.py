@@ -31,7 +31,7 @@ def job_error(graph: Any) -> dict | None:
     return {
         "nodeId": named if failure else (node or {}).get("id"),
         "message": str(message),
-        "code": str(node_error.get("code") or UNKNOWN_CODE),
+        "code": str(node_error.get("code") or (failure or {}).get("code") or UNKNOWN_CODE),
     }
 
 

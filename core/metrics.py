@@ -28,6 +28,11 @@ JOB_EVENTS_DELETED = Counter(
     "spinbot_job_events_deleted_total", "job_events rows of jobs finished longer ago than the retention deleted"
 )
 CLEANUPS = Counter("spinbot_cleanups_total", "Rounds of the relays' retention cleanup", ["outcome"])
+JOBS_CLOSED_OUT = Counter(
+    "spinbot_jobs_closed_out_total",
+    "Jobs recorded failed by a relay because their workflow ended outside the job (terminated, timed out)",
+    ["code"],
+)
 TASK_UP = Gauge("spinbot_task_up", "1 while a supervised background task is serving, else 0", ["task"])
 TASK_RESTARTS = Counter("spinbot_task_restarts_total", "Supervised background tasks restarted after dying", ["task"])
 SEGMENTS_WITHOUT_CONSUMER = Counter(
@@ -92,7 +97,7 @@ ROLE_FAMILIES: dict[str, list[Collector]] = {
     "worker": [JOBS_FINISHED, JOB_SECONDS, NODE_SECONDS, SEGMENTS_WITHOUT_CONSUMER, SEGMENTS_WITHDRAWN],
     "relay": [
         HANDBACKS, HANDOFF_SECONDS, PUBSUB_MESSAGES, DEAD_LETTERS, EVENTS_DELAYED,
-        STREAM_ENTRIES_TRIMMED, JOB_EVENTS_DELETED, CLEANUPS, *SHARED_TASKS,
+        STREAM_ENTRIES_TRIMMED, JOB_EVENTS_DELETED, CLEANUPS, JOBS_CLOSED_OUT, *SHARED_TASKS,
     ],
     "dataplane": [DEAD_LETTERS, ENTRIES_TAKEN_OVER, *SHARED_TASKS],
 }  # fmt: skip

@@ -1,5 +1,5 @@
-"""`spinbot relay`: the handback relay, the pub/sub listener and the retention cleanup in one process (run as many
-as you like)."""
+"""`spinbot relay`: the handback relay, the pub/sub listener, the retention cleanup and the search for jobs whose
+workflow ended outside the job, in one process (run as many as you like)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from handoff.event_log import EventLog
 from handoff.listener import EventListener
 from handoff.relay import HandbackRelay
 from handoff.retention import Retention, RetentionPolicy
+from handoff.stranded import StrandedJobs
 
 START_TIMEOUT = 30.0
 
@@ -39,6 +40,8 @@ async def run_relay(
     events = EventLog(redis, store, spec.bridge, consumer, settings.progress_event_seconds)
     retention = Retention(redis, store, spec.bridge, RetentionPolicy.of(settings))
     listener = EventListener(redis, events, client, spec.bridge, limits)
+    interval, lookback = settings.cleanup_interval_seconds, settings.retention_hours * 3600
+    stranded = StrandedJobs(client, redis, store, spec.bridge, interval, lookback, settings.finished_key_seconds)
 
     async def listen(health: TaskHealth) -> None:
         await subscribe_forever(settings.redis_url, spec.bridge.channel_patterns, listener.on_message, health)
@@ -49,6 +52,7 @@ async def run_relay(
     tasks.start("event-recorder", listener.record_held)
     tasks.start("event-backlog", events.run)
     tasks.start("retention", retention.run)
+    tasks.start("stranded-jobs", stranded.run)
     try:
         if ready:
             await tasks.wait_up(START_TIMEOUT)

@@ -1,0 +1,157 @@
+"""Jobs whose workflow ended outside the job: terminated by an operator (the Temporal Web UI, `temporal workflow
+terminate`), timed out, or failed in Temporal itself.
+
+Such a run never reaches its last step. PostgreSQL, Redis and every client would show the job running for ever,
+and retention would never count it finished. Every cleanup interval, each relay asks Temporal's visibility for runs
+that closed while their JobStatus search attribute still said unfinished. It records each job `failed`, as the
+workflow's last step would have: the job's row with a status event, its Redis keys (with a finished job's short
+TTL), and a `failed` status message that carries the reason. A job already recorded finished, or whose workflow runs
+on in a later run (a reset, a retry), is left alone. So is a job without a row (nothing shows it running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+import redis.asyncio as aioredis
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryReverseRequest
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from core import jobkeys
+from core.contracts import Bridge
+from core.event_rows import announcement
+from core.failures import job_error
+from core.logs import log_event
+from core.metrics import JOBS_CLOSED_OUT
+from core.redis import TRANSIENT
+from core.store import UNAVAILABLE, Store, is_job_id
+from core.supervise import TaskHealth
+from core.temporal import RPC_TIMEOUT
+from core.timestamps import now_ms
+from workflows import graph as g
+from workflows.names import CONTROL_SOURCE, JOB_WORKFLOW, STATUS_ATTRIBUTE
+from workflows.status import JobStatus, NodeStatus
+
+log = logging.getLogger(__name__)
+
+# How each way of ending outside the job is told to clients: the error's code, and what happened.
+ENDINGS = {
+    WorkflowExecutionStatus.TERMINATED: ("Terminated", "terminated in Temporal"),
+    WorkflowExecutionStatus.TIMED_OUT: ("TimedOut", "timed out in Temporal"),
+    WorkflowExecutionStatus.FAILED: ("WorkflowFailed", "its workflow failed in Temporal"),
+    WorkflowExecutionStatus.CANCELED: ("Cancelled", "cancelled in Temporal"),
+}
+VISIBILITY_LAG = timedelta(minutes=5)  # visibility is eventually consistent: each round looks back this far more
+REASON_CHARS = 500
+OUTAGES: tuple[type[BaseException], ...] = (*TRANSIENT, *UNAVAILABLE, RPCError)
+
+
+def stranded_query(since: datetime) -> str:
+    """Job runs closed since `since` (outside the job) whose status the workflow never recorded as finished."""
+    finished = ", ".join(f"'{status}'" for status in jobkeys.TERMINAL)
+    return (
+        f"WorkflowType = '{JOB_WORKFLOW}' AND ExecutionStatus IN ('Terminated', 'TimedOut', 'Failed', 'Canceled') "
+        f"AND {STATUS_ATTRIBUTE} NOT IN ({finished}) AND CloseTime > '{since.strftime('%Y-%m-%dT%H:%M:%SZ')}'"
+    )
+
+
+def closed_graph(graph: dict, message: str, code: str) -> dict:
+    """The graph as the workflow would have left it: what ran or could run failed with the reason, the rest skipped."""
+    graph = copy.deepcopy(graph)
+    in_flight = [n["id"] for n in graph["nodes"] if n.get("status") == NodeStatus.RUNNING]
+    g.fail_unfinished(graph, [*in_flight, *(n["id"] for n in g.ready_nodes(graph))], message, code)
+    g.skip_unreachable(graph)
+    graph.setdefault("metadata", {})["failure"] = {"nodeId": None, "message": message, "code": code}
+    return graph
+
+
+class StrandedJobs:
+    def __init__(
+        self,
+        client: Client,
+        redis: aioredis.Redis,
+        store: Store,
+        bridge: Bridge,
+        interval_seconds: float,
+        first_lookback_seconds: float,
+        finished_key_seconds: int,
+    ):
+        self.client, self.redis, self.store, self.bridge = client, redis, store, bridge
+        self.interval_seconds, self.finished_key_seconds = interval_seconds, finished_key_seconds
+        self.since = datetime.now(UTC) - timedelta(seconds=first_lookback_seconds)
+
+    async def run(self, health: TaskHealth) -> None:
+        """A round every interval until cancelled; an outage fails the round, not the task."""
+        while True:
+            try:
+                await self.sweep()
+            except OUTAGES as exc:
+                log.warning("looking for stranded jobs failed (%s: %s); next round soon", type(exc).__name__, exc)
+                health.failing(exc)
+            else:
+                health.serving()
+            await asyncio.sleep(self.interval_seconds)
+
+    async def sweep(self) -> list[str]:
+        """One round; returns the jobs it recorded failed."""
+        started = datetime.now(UTC)
+        closed = []
+        async for run in self.client.list_workflows(stranded_query(self.since), rpc_timeout=RPC_TIMEOUT):
+            try:
+                if run.status in ENDINGS and await self.close_out(run.id, run.run_id, run.status):
+                    closed.append(run.id)
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                log.info("job %s: its run %s is gone from Temporal (%s)", run.id, run.run_id, exc.message)
+        self.since = started - VISIBILITY_LAG
+        return closed
+
+    async def close_out(self, job_id: str, run_id: str, status: WorkflowExecutionStatus) -> bool:
+        row = await self.store.job(job_id) if is_job_id(job_id) else None
+        if row is None or row["status"] in jobkeys.TERMINAL:
+            return False
+        latest = await self.client.get_workflow_handle(job_id).describe(rpc_timeout=RPC_TIMEOUT)
+        graph = row["last_graph"]
+        if latest.run_id != run_id or not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
+            return False
+        code, what = ENDINGS[status]
+        reason = await self._reason(job_id, run_id)
+        graph = closed_graph(graph, f"{what}: {reason}" if reason else what, code)
+        await self._record(job_id, run_id, graph, row["progress"])
+        JOBS_CLOSED_OUT.labels(code=code).inc()
+        log_event(log, "job failed outside its workflow", level=logging.WARNING, job_id=job_id, error=job_error(graph))
+        return True
+
+    async def _reason(self, job_id: str, run_id: str) -> str:
+        """What the operator gave as the reason to terminate (the run's last event), if that is how it ended."""
+        request = GetWorkflowExecutionHistoryReverseRequest(
+            namespace=self.client.namespace,
+            execution=WorkflowExecution(workflow_id=job_id, run_id=run_id),
+            maximum_page_size=1,
+        )
+        reply = await self.client.workflow_service.get_workflow_execution_history_reverse(request, timeout=RPC_TIMEOUT)
+        for event in reply.history.events:
+            if event.HasField("workflow_execution_terminated_event_attributes"):
+                return event.workflow_execution_terminated_event_attributes.reason[:REASON_CHARS]
+        return ""
+
+    async def _record(self, job_id: str, run_id: str, graph: dict, progress: float) -> None:
+        """As the workflow's last step records a failure: PostgreSQL first, then the keys and the message."""
+        created = now_ms()
+        fields = {"status": JobStatus.FAILED, "source": CONTROL_SOURCE, "error": job_error(graph)}
+        channel, raw, event = announcement(self.bridge, "status", job_id, fields, created, f"{run_id}/status/failed")
+        assert event is not None  # a status message has a row
+        await self.store.save_snapshot(job_id, JobStatus.FAILED, progress, graph, [event])
+        pipe = self.redis.pipeline(transaction=False)
+        jobkeys.set_graph(pipe, self.bridge, job_id, json.dumps(graph, separators=(",", ":")), created)
+        jobkeys.set_state(pipe, self.bridge, job_id, JobStatus.FAILED, progress, g.progress_ceiling(graph))
+        jobkeys.expire_finished(pipe, self.bridge, job_id, self.finished_key_seconds)
+        pipe.publish(channel, raw)
+        await pipe.execute()

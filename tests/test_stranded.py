@@ -1,0 +1,106 @@
+"""A job whose workflow ends outside the job (an operator terminates it in the Temporal Web UI) is recorded failed,
+with the reason, everywhere a client or the retention looks; one whose workflow runs on in a new run is not."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
+from temporalio.client import WorkflowExecutionStatus
+
+from handoff.service import run_relay
+from handoff.stranded import StrandedJobs, stranded_query
+from tests.e2e import BRIDGE, pushed_segment, submit, wait_for
+from tests.ws_clients import ws_client
+
+pytestmark = pytest.mark.timeout(90)
+
+SADTALKER = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "stranded"}}}
+FINISHED_KEY_SECONDS = 60
+
+
+def relay_search(stack, store) -> StrandedJobs:
+    """The relay's search, as `spinbot relay` runs it (the stack's relay runs one too, on its own interval)."""
+    return StrandedJobs(stack.temporal, stack.redis, store, BRIDGE, 1.0, 3600, FINISHED_KEY_SECONDS)
+
+
+@contextlib.asynccontextmanager
+async def quick_relay(stack):
+    """One more relay, as `spinbot relay` runs, whose rounds come every half second instead of every 30."""
+    update = {"cleanup_interval_seconds": 0.5, "finished_key_seconds": FINISHED_KEY_SECONDS}
+    ready = asyncio.Event()
+    relay = asyncio.create_task(run_relay(stack.settings.model_copy(update=update), stack.temporal, "quick", ready))
+    await asyncio.wait_for(ready.wait(), 30)
+    try:
+        yield
+    finally:
+        relay.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relay
+
+
+async def test_a_job_terminated_in_temporal_is_recorded_failed_with_the_reason(stack, store):
+    """Before, the job showed `running` for ever: in PostgreSQL, in its Redis keys (then PostgreSQL again once they
+    expired), to WebSocket clients, and to retention, which never deleted its events."""
+    async with stack.no_dataplane(), quick_relay(stack):  # the job waits on the data plane, as behind a stuck GPU
+        job_id = await submit(stack, SADTALKER)
+        await pushed_segment(stack.redis, job_id)
+        async with ws_client(stack.api_url) as ws:
+            assert (await ws.subscribe(job_id))["status"] == "running"
+            await stack.temporal.get_workflow_handle(job_id).terminate(reason="GPU node drained by ops")
+
+            async def recorded():
+                return (await store.job(job_id))["status"] == "failed"
+
+            await wait_for(recorded, timeout=20, what="a relay to record the terminated job failed")
+            [*_, update] = await ws.updates_until(job_id, "failed", timeout=10)
+
+    expected = {"nodeId": None, "message": "terminated in Temporal: GPU node drained by ops", "code": "Terminated"}
+    assert update["error"] == expected
+    status = (await stack.api.get(f"/api/status/{job_id}")).json()
+    assert (status["status"], status["error"]) == ("failed", expected)
+    graph = (await store.job(job_id))["last_graph"]
+    nodes = {node["id"]: node["status"] for node in graph["nodes"]}
+    assert nodes == {"script": "completed", "train_voice": "failed", "generate_video": "skipped",
+                     "postprocess_video": "skipped"}  # fmt: skip
+    assert "failed" in [event["status"] for event in await store.events(job_id)]
+    assert await stack.redis.get(BRIDGE.status_key(job_id)) == "failed"
+    assert 0 < await stack.redis.ttl(BRIDGE.status_key(job_id)) <= FINISHED_KEY_SECONDS
+    assert await relay_search(stack, store).sweep() == []  # recorded once: later rounds find it finished
+
+
+async def test_a_job_whose_workflow_was_reset_runs_on_untouched(stack, store):
+    """A reset terminates the run it replaces; the job runs on in the new run and must not be failed."""
+    search = relay_search(stack, store)
+    async with stack.no_dataplane():
+        job_id = await submit(stack, SADTALKER)
+        await pushed_segment(stack.redis, job_id)
+        handle = stack.temporal.get_workflow_handle(job_id)
+        completed = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+        [first_task, *_] = [e.event_id async for e in handle.fetch_history_events() if e.event_type == completed]
+        old_run = (await handle.describe()).run_id
+        await stack.temporal.workflow_service.reset_workflow_execution(
+            ResetWorkflowExecutionRequest(
+                namespace=stack.temporal.namespace,
+                workflow_execution=WorkflowExecution(workflow_id=job_id, run_id=old_run),
+                reason="operator reset",
+                workflow_task_finish_event_id=first_task,
+                request_id=str(uuid.uuid4()),
+            )
+        )
+
+        async def old_run_listed():
+            query = stranded_query(datetime.now(UTC) - timedelta(minutes=5))
+            return [run async for run in stack.temporal.list_workflows(query) if run.run_id == old_run]
+
+        await wait_for(old_run_listed, what="the reset's old run listed as closed while unfinished")
+        assert await search.sweep() == []
+        assert (await store.job(job_id))["status"] == "running"
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+        await handle.terminate(reason="test over")
