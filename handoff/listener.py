@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 from temporalio.client import Client
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 STOP_WRITE_SECONDS = 2.0  # how long a stopping relay may spend writing what it holds
 ROUND_LIMIT = 1000  # status and data messages written in one round (one transaction)
+CLOCK_AHEAD = timedelta(minutes=1)  # how far ahead of ours a publisher's clock may be before its times are not taken
 
 UNREADABLE_FAILURE = "the data plane reported the job failed; the failed node's own error could not be read"
 
@@ -74,8 +75,11 @@ class EventListener:
             await dead_letter(self.redis, source, dead, letter, str(exc), self.limits.dead_letters)
             return
         PUBSUB_MESSAGES.labels(kind=event.kind).inc()
-        if event.created is None:  # its row's time: when it was heard, not when its round is written
-            event = dataclasses.replace(event, created=datetime.now(UTC))
+        heard_at = datetime.now(UTC)
+        if event.created is None or event.created > heard_at + CLOCK_AHEAD:
+            # Its row's time: when it was heard, not when its round is written; nor a time to come, which would keep
+            # the row past retention (that reads this time) and put progress in an interval not yet begun.
+            event = dataclasses.replace(event, created=heard_at)
         if event.progress is not None:
             self._hold_progress(channel, raw, event)
             return

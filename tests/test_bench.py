@@ -18,6 +18,7 @@ from bench.load import api_client, finished_jobs, measure_load, run_one
 from bench.load import submit as submit_over_http
 from bench.report import KEYS, Report
 from bench.sizes import plan_ms
+from bench.soak import soak
 from bench.tables import add_load, add_plan
 from bench.ws_client import BenchClient
 from bench.ws_group import update_of
@@ -51,6 +52,15 @@ async def test_the_bench_counts_a_job_runs_its_floor_and_prints_one_json_line(st
     assert figures["jobs_per_s"] > 0 and figures["floor_jobs_per_s"] > 0 and figures["plan_500_ms"] > 0
     assert figures["floor_latency_p50_ms"] > 0
     assert figures["ws_clients"] is None  # that phase did not run
+
+
+async def test_the_bench_soak_runs_its_jobs_and_reads_what_they_leave_in_redis_and_postgresql(stack, llm):
+    async with finished_jobs(stack.settings.redis_url) as finished:
+        figures = await soak(stack.api_url, stack.settings.redis_url, stack.settings.database_url, finished, 4, 0.0)
+    assert (figures.jobs, figures.failed) == (4, 0)
+    # Growth, read before and after: either may be 0 or less for four jobs (free space in pages, keys expiring).
+    sizes = (figures.redis_bytes, figures.table_bytes, figures.database_bytes)
+    assert all(isinstance(size, int) for size in sizes) and figures.seconds > 0
 
 
 async def test_the_bench_http_client_keeps_a_few_connections_and_says_what_the_api_refused(stack, llm):

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
@@ -262,6 +262,20 @@ async def test_a_message_without_a_time_is_dated_when_heard(stack, store):
     await relay.on_message(BRIDGE.channel("data", job_id), json.dumps({"jobId": job_id, "data": "undated"}))
     heard_by = datetime.now(UTC)
     await asyncio.sleep(0.3)
+    await relay.write_held()
+    [event] = await store.events(job_id)
+    assert event["created"] <= heard_by, (event["created"], heard_by)
+
+
+async def test_a_message_dated_in_the_future_is_dated_when_heard(stack, store):
+    """A publisher whose clock ran a year ahead dated its row a year ahead: retention, which deletes by that time,
+    kept the row a year past the job's window."""
+    job_id = str(uuid.uuid4())
+    await store.create_job(job_id, {}, "custom")
+    relay = listener(stack, store, "ahead")
+    ahead = (datetime.now(UTC) + timedelta(days=365)).isoformat()
+    await relay.on_message(BRIDGE.channel("data", job_id), json.dumps({"jobId": job_id, "data": "x", "created": ahead}))
+    heard_by = datetime.now(UTC)
     await relay.write_held()
     [event] = await store.events(job_id)
     assert event["created"] <= heard_by, (event["created"], heard_by)
