@@ -19,6 +19,7 @@ from core.metrics import (
     DATA_OLDEST_PENDING,
     DATA_PENDING,
     DEAD_LETTER_BACKLOG,
+    EVENTS_BACKLOG,
     JOBS_BY_STATUS,
     role_registry,
 )
@@ -29,7 +30,8 @@ REGISTRY = role_registry("api")
 
 
 async def refresh_shared_gauges(backend: Backend) -> None:
-    """Jobs by status, dead letters waiting, and the data plane's backlog: what no single process counts."""
+    """Jobs by status, dead letters waiting, the data plane's backlog and the events waiting for PostgreSQL: what no
+    single process counts."""
     bridge = backend.contracts.bridge
     counts = await backend.store.count_by_status()
     for status in {*JobStatus, *counts}:  # a status that emptied must read 0, not its last count
@@ -39,10 +41,12 @@ async def refresh_shared_gauges(backend: Backend) -> None:
     for stream in streams:
         pipe.xlen(stream)
     pipe.xlen(bridge.data_stream)
-    *dead, backlog = await pipe.execute()
+    pipe.xlen(bridge.events_backlog)  # grows while PostgreSQL is away, by every message the relays hear meanwhile
+    *dead, backlog, events = await pipe.execute()
     for stream, length in zip(streams, dead, strict=True):
         DEAD_LETTER_BACKLOG.labels(stream=stream).set(length)
     DATA_BACKLOG.set(backlog)
+    EVENTS_BACKLOG.set(events)
     group = next((g for g in await _groups(backend) if _text(g.get("name")) == bridge.workers_group), None)
     DATA_CONSUMERS.set(int(group.get("consumers", 0)) if group else 0)
     DATA_PENDING.set(int(group.get("pending", 0)) if group else 0)

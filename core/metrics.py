@@ -81,6 +81,9 @@ NODE_SECONDS = Histogram(
 JOBS_BY_STATUS = Gauge("spinbot_jobs", "Jobs in PostgreSQL by status", ["status"])
 DEAD_LETTER_BACKLOG = Gauge("spinbot_dead_letter_entries", "Entries waiting in a dead-letter stream", ["stream"])
 DATA_BACKLOG = Gauge("spinbot_data_stream_entries", "Entries in the data-plane stream (process:data)")
+EVENTS_BACKLOG = Gauge(
+    "spinbot_events_backlog_entries", "Pub/sub messages waiting in the event backlog for PostgreSQL to take them"
+)
 DATA_PENDING = Gauge("spinbot_data_stream_pending_entries", "Entries a data-plane worker has read and not yet acked")
 DATA_CONSUMERS = Gauge("spinbot_data_stream_consumers", "Consumers in the data-plane workers group")
 DATA_OLDEST_PENDING = Gauge(
@@ -92,7 +95,7 @@ ROLE_FAMILIES: dict[str, list[Collector]] = {
     "api": [
         HTTP_REQUESTS, HTTP_SECONDS, WS_CONNECTED, WS_CONNECTIONS, WS_RECEIVED, WS_SENT, WS_LIFETIME, WS_ERRORS,
         JOBS_SUBMITTED, JOBS_BY_STATUS, DEAD_LETTER_BACKLOG, DEAD_LETTERS,
-        DATA_BACKLOG, DATA_PENDING, DATA_CONSUMERS, DATA_OLDEST_PENDING, *SHARED_TASKS,
+        DATA_BACKLOG, DATA_PENDING, DATA_CONSUMERS, DATA_OLDEST_PENDING, EVENTS_BACKLOG, *SHARED_TASKS,
     ],
     "worker": [JOBS_FINISHED, JOB_SECONDS, NODE_SECONDS, SEGMENTS_WITHOUT_CONSUMER, SEGMENTS_WITHDRAWN],
     "relay": [

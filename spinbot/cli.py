@@ -188,6 +188,7 @@ def relay(
 
     async def main():
         client = await connect(config.temporal_address, config.temporal_namespace)
+        await _ensure_search_attributes(client)  # its search for stranded jobs asks visibility by JobStatus
         await run_relay(config, client)
 
     _run(main())

@@ -33,6 +33,7 @@ async def test_the_api_reports_the_data_planes_backlog(stack):
     found = families(reply.text)
     samples = {s.name: s.value for name in found for s in found[name].samples}
     assert samples["spinbot_data_stream_entries"] == await stack.redis.xlen(BRIDGE.data_stream)
+    assert samples["spinbot_events_backlog_entries"] == await stack.redis.xlen(BRIDGE.events_backlog)
     groups = {g["name"]: g for g in await stack.redis.xinfo_groups(BRIDGE.data_stream)}
     assert samples["spinbot_data_stream_consumers"] == groups[BRIDGE.workers_group]["consumers"]
     assert (

@@ -90,7 +90,7 @@ async def test_a_worker_registers_them_reaching_temporal_through_the_sdk_environ
     [(None, RPCStatusCode.PERMISSION_DENIED), (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNIMPLEMENTED)],
     ids=["add-denied", "list-and-add-denied"],
 )
-@pytest.mark.parametrize("role", [["worker", "--workflows"], ["api"]])
+@pytest.mark.parametrize("role", [["worker", "--workflows"], ["api"], ["relay"]])
 def test_where_registering_is_forbidden_startup_fails_naming_what_to_create(
     list_status, add_status, role, database_url
 ):
