@@ -10,13 +10,13 @@ import time
 import redis.asyncio as aioredis
 from temporalio import activity
 
-from activities.push import Segment, push_marks, pushed, queue_push, queue_withdraw, withdrawn
 from core import jobkeys
 from core.contracts import Bridge
 from core.event_rows import Event, announcement
 from core.failures import job_error
 from core.logs import log_event
 from core.metrics import JOB_SECONDS, JOBS_FINISHED
+from core.segment_entries import Segment, push_marks, pushed, queue_push, queue_withdraw, withdrawn
 from core.store import Store
 from core.timestamps import now_ms
 from workflows.graph import progress_ceiling

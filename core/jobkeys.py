@@ -82,7 +82,7 @@ end
 local current_text = redis.call('GET', KEYS[1])
 local current = tonumber(current_text or '-1') or -1
 if value > current then
-  if current_text then return redis.call('SET', KEYS[1], text, 'KEEPTTL') end
+  if current_text and redis.call('TTL', KEYS[1]) > 0 then return redis.call('SET', KEYS[1], text, 'KEEPTTL') end
   return redis.call('SET', KEYS[1], text, 'EX', ARGV[2])
 end
 return 0

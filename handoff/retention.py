@@ -39,9 +39,11 @@ DELETE_BATCHES_PER_ROUND = 25  # a long backlog (the first round after an upgrad
 
 # KEYS[1]: a stream; ARGV[1]: the window in ms; ARGV[2]: the age in ms past which an entry is trimmed whatever
 # the groups say (0: never). Trims, by id (the time Redis added the entry), what is older than the window and what
-# every group has both read (up to its last-delivered id) and acked (before its oldest pending entry). A stream
-# without groups keeps everything younger than that age: nobody has read it yet. Replies {entries trimmed, 1 when
-# the age cut into entries some group had not read or not acked, else 0}.
+# every group has both read (up to its last-delivered id) and acked (before its oldest pending entry). Entries past
+# that age still pending are acked first (up to 1,000 per group a round): trimming leaves their pending records, which
+# would otherwise hold every later round back at them. A stream without groups keeps everything younger than that
+# age: nobody has read it yet. Replies {entries trimmed, 1 when the age cut into entries some group had not read or
+# not acked, else 0}.
 _TRIM_ACKED = """
 local function parse(s)
   local ms, seq = string.match(s, '^(%d+)-(%d+)$')
@@ -56,6 +58,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ms = now - tonumber(ARGV[1])
 local seq = 0
+local given_up = now - tonumber(ARGV[2])
+local cut = 0
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
 if #groups == 0 then ms = 0 end
 for _, g in ipairs(groups) do
@@ -65,17 +69,24 @@ for _, g in ipairs(groups) do
   end
   local lms, lseq = parse(last)
   ms, seq = lower(ms, seq, lms, lseq + 1)
+  if tonumber(ARGV[2]) > 0 and given_up > 1 then
+    local stale = redis.call('XPENDING', KEYS[1], name, '-', string.format('%.0f', given_up - 1), 1000)
+    if #stale > 0 then
+      local ids = {}
+      for i, p in ipairs(stale) do ids[i] = p[1] end
+      redis.call('XACK', KEYS[1], name, unpack(ids))
+      cut = 1
+    end
+  end
   local pending = redis.call('XPENDING', KEYS[1], name)
   if pending[1] > 0 then
     local pms, pseq = parse(pending[2])
     ms, seq = lower(ms, seq, pms, pseq)
   end
 end
-local cut = 0
-local given_up = now - tonumber(ARGV[2])
 if tonumber(ARGV[2]) > 0 and given_up > ms then
   local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-  if #first > 0 and #groups > 0 then
+  if #first > 0 and #groups > 0 and cut == 0 then
     local fms, fseq = parse(first[1][1])
     local lms, lseq = lower(fms, fseq, ms, seq)
     if fms < given_up and lms == ms and lseq == seq then cut = 1 end  -- the groups' floor kept it

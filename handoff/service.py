@@ -40,8 +40,8 @@ async def run_relay(
     events = EventLog(redis, store, spec.bridge, consumer, settings.progress_event_seconds)
     retention = Retention(redis, store, spec.bridge, RetentionPolicy.of(settings))
     listener = EventListener(redis, events, client, spec.bridge, limits)
-    interval, lookback = settings.cleanup_interval_seconds, settings.retention_hours * 3600
-    stranded = StrandedJobs(client, redis, store, spec.bridge, interval, lookback, settings.finished_key_seconds)
+    interval = settings.cleanup_interval_seconds
+    stranded = StrandedJobs(client, redis, store, spec.bridge, interval, settings.finished_key_seconds)
 
     async def listen(health: TaskHealth) -> None:
         await subscribe_forever(settings.redis_url, spec.bridge.channel_patterns, listener.on_message, health)

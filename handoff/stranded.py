@@ -4,9 +4,11 @@ terminate`), timed out, or failed in Temporal itself.
 Such a run never reaches its last step. PostgreSQL, Redis and every client would show the job running for ever,
 and retention would never count it finished. Every cleanup interval, each relay asks Temporal's visibility for runs
 that closed while their JobStatus search attribute still said unfinished. It records each job `failed`, as the
-workflow's last step would have: the job's row with a status event, its Redis keys (with a finished job's short
-TTL), and a `failed` status message that carries the reason. A job already recorded finished, or whose workflow runs
-on in a later run (a reset, a retry), is left alone. So is a job without a row (nothing shows it running).
+workflow's cancel step would have: its segment taken back from `process:data` if no worker has read it, its Redis
+keys (with a finished job's short TTL), a `failed` status message that carries the reason, and last the job's row
+with a status event. The row is what marks the job done: a round cut short before it is done again in full. A job
+already recorded finished, or whose workflow runs on in a later run (a reset, a retry), is left alone. So is a job
+without a row (nothing shows it running).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from core.event_rows import announcement
 from core.failures import job_error
 from core.logs import log_event
 from core.metrics import JOBS_CLOSED_OUT
-from core.redis import TRANSIENT
-from core.store import UNAVAILABLE, Store, is_job_id
+from core.segment_entries import push_marks, queue_withdraw, withdrawn
+from core.store import Store, is_job_id
 from core.supervise import TaskHealth
 from core.temporal import RPC_TIMEOUT
 from core.timestamps import now_ms
@@ -48,8 +50,8 @@ ENDINGS = {
     WorkflowExecutionStatus.CANCELED: ("Cancelled", "cancelled in Temporal"),
 }
 VISIBILITY_LAG = timedelta(minutes=5)  # visibility is eventually consistent: each round looks back this far more
+FIRST_LOOKBACK = timedelta(days=7)  # a relay starting looks this far back: runs that closed while none was running
 REASON_CHARS = 500
-OUTAGES: tuple[type[BaseException], ...] = (*TRANSIENT, *UNAVAILABLE, RPCError)
 
 
 def stranded_query(since: datetime) -> str:
@@ -79,19 +81,20 @@ class StrandedJobs:
         store: Store,
         bridge: Bridge,
         interval_seconds: float,
-        first_lookback_seconds: float,
         finished_key_seconds: int,
+        first_lookback: timedelta = FIRST_LOOKBACK,
     ):
         self.client, self.redis, self.store, self.bridge = client, redis, store, bridge
         self.interval_seconds, self.finished_key_seconds = interval_seconds, finished_key_seconds
-        self.since = datetime.now(UTC) - timedelta(seconds=first_lookback_seconds)
+        self.since = datetime.now(UTC) - first_lookback
 
     async def run(self, health: TaskHealth) -> None:
-        """A round every interval until cancelled; an outage fails the round, not the task."""
+        """A round every interval until cancelled; an outage, or a job that could not be recorded, fails the round
+        (reported in the task's health), not the task."""
         while True:
             try:
                 await self.sweep()
-            except OUTAGES as exc:
+            except Exception as exc:
                 log.warning("looking for stranded jobs failed (%s: %s); next round soon", type(exc).__name__, exc)
                 health.failing(exc)
             else:
@@ -99,17 +102,25 @@ class StrandedJobs:
             await asyncio.sleep(self.interval_seconds)
 
     async def sweep(self) -> list[str]:
-        """One round; returns the jobs it recorded failed."""
+        """One round; returns the jobs it recorded failed. A job it could not record is tried again next round, and
+        never holds up the others; the first such error is raised once all were tried."""
         started = datetime.now(UTC)
-        closed = []
+        closed: list[str] = []
+        errors: list[Exception] = []
         async for run in self.client.list_workflows(stranded_query(self.since), rpc_timeout=RPC_TIMEOUT):
             try:
                 if run.status in ENDINGS and await self.close_out(run.id, run.run_id, run.status):
                     closed.append(run.id)
             except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
-                    raise
-                log.info("job %s: its run %s is gone from Temporal (%s)", run.id, run.run_id, exc.message)
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    log.info("job %s: its run %s is gone from Temporal (%s)", run.id, run.run_id, exc.message)
+                else:
+                    errors.append(exc)
+            except Exception as exc:  # one job's error (bytes PostgreSQL refuses, Redis read-only) is that job's
+                log.exception("job %s: could not record its end in Temporal; next round tries again", run.id)
+                errors.append(exc)
+        if errors:
+            raise errors[0]
         self.since = started - VISIBILITY_LAG
         return closed
 
@@ -139,19 +150,23 @@ class StrandedJobs:
         reply = await self.client.workflow_service.get_workflow_execution_history_reverse(request, timeout=RPC_TIMEOUT)
         for event in reply.history.events:
             if event.HasField("workflow_execution_terminated_event_attributes"):
-                return event.workflow_execution_terminated_event_attributes.reason[:REASON_CHARS]
+                reason = event.workflow_execution_terminated_event_attributes.reason
+                return reason.replace("\x00", "")[:REASON_CHARS]  # PostgreSQL takes no NUL, in text or in JSON
         return ""
 
     async def _record(self, job_id: str, run_id: str, graph: dict, progress: float) -> None:
-        """As the workflow's last step records a failure: PostgreSQL first, then the keys and the message."""
+        """As the workflow's cancel step records its end, with the row last (see the module's docstring)."""
         created = now_ms()
         fields = {"status": JobStatus.FAILED, "source": CONTROL_SOURCE, "error": job_error(graph)}
         channel, raw, event = announcement(self.bridge, "status", job_id, fields, created, f"{run_id}/status/failed")
         assert event is not None  # a status message has a row
-        await self.store.save_snapshot(job_id, JobStatus.FAILED, progress, graph, [event])
         pipe = self.redis.pipeline(transaction=False)
+        queue_withdraw(pipe, self.bridge, job_id)
         jobkeys.set_graph(pipe, self.bridge, job_id, json.dumps(graph, separators=(",", ":")), created)
         jobkeys.set_state(pipe, self.bridge, job_id, JobStatus.FAILED, progress, g.progress_ceiling(graph))
-        jobkeys.expire_finished(pipe, self.bridge, job_id, self.finished_key_seconds)
+        marks = push_marks(self.bridge, job_id, run_id, (graph.get("metadata") or {}).get("handoff") or {})
+        jobkeys.expire_finished(pipe, self.bridge, job_id, self.finished_key_seconds, marks)
         pipe.publish(channel, raw)
-        await pipe.execute()
+        withdrawal, *_ = await pipe.execute()
+        withdrawn(self.bridge, job_id, withdrawal)
+        await self.store.save_snapshot(job_id, JobStatus.FAILED, progress, graph, [event])

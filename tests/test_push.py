@@ -131,7 +131,7 @@ async def test_withdraw_without_any_group_takes_the_entry_back(activities, redis
 async def test_a_segment_nobody_reads_is_reported(activities, redis_client, bridge, job_id, caplog):
     metric = "spinbot_segments_without_consumer_total"
     before = counter(metric)
-    with caplog.at_level(logging.WARNING, logger="activities.push"):
+    with caplog.at_level(logging.WARNING, logger="core.segment_entries"):
         result = await sync(activities, segment_snapshot(job_id))
         await sync(activities, segment_snapshot(job_id))  # the same push re-run: reported, not counted again
     assert result and result["push"]["withoutConsumer"] is True and result["push"]["liveConsumers"] == 0
@@ -180,7 +180,7 @@ async def _sync_results(stack, job_id: str) -> list[dict]:
 
 async def test_a_job_waiting_without_data_plane_shows_it_in_its_history(stack, llm, caplog):
     async with stack.no_dataplane():
-        with caplog.at_level(logging.WARNING, logger="activities.push"):
+        with caplog.at_level(logging.WARNING, logger="core.segment_entries"):
             job_id = await submit(stack, SADTALKER)
             await pushed_segment(stack.redis, job_id)
 
@@ -197,7 +197,7 @@ async def test_a_job_waiting_without_data_plane_shows_it_in_its_history(stack, l
 
 async def test_a_cancelled_jobs_unread_segment_is_withdrawn(stack, llm, caplog):
     async with stack.no_dataplane():
-        with caplog.at_level(logging.INFO, logger="activities.push"):
+        with caplog.at_level(logging.INFO, logger="core.segment_entries"):
             job_id = await submit(stack, {**SADTALKER, "params": {"script": {"prompt": "withdraw me"}}})
             await pushed_segment(stack.redis, job_id)
             reply = await stack.api.post(f"/api/jobs/{job_id}/cancel")

@@ -116,10 +116,10 @@ async def test_a_segment_held_by_a_dead_worker_holds_its_stream_back_no_longer_t
     redis, stream = redis_client, bridge.data_stream
     now = await redis_now_ms(redis)
     await redis.xgroup_create(stream, "workers", id="0", mkstream=True)
-    ancient = await add_at(redis, stream, now - 3 * 60 * MINUTE_MS, 2)
+    await add_at(redis, stream, now - 3 * 60 * MINUTE_MS, 2)  # old[0], old[1]
     recent = await add_at(redis, stream, now - 30 * MINUTE_MS, 2)
-    await redis.xreadgroup("workers", "gpu-died", {stream: ">"}, count=1)  # ancient[0]: pending for good
-    await redis.xack(stream, "workers", *await read(redis, stream, "workers", 2))  # ancient[1], recent[0]
+    await redis.xreadgroup("workers", "gpu-died", {stream: ">"}, count=1)  # old[0]: pending for good
+    await redis.xack(stream, "workers", *await read(redis, stream, "workers", 2))  # old[1], recent[0]
     await read(redis, stream, "workers", 1)  # recent[1]: pending on a live worker, inside the ceiling
     # Handbacks nobody reads past the ceiling go too; events waiting out a PostgreSQL outage never do.
     await add_at(redis, bridge.control_stream, now - 3 * 60 * MINUTE_MS, 2)
@@ -129,17 +129,22 @@ async def test_a_segment_held_by_a_dead_worker_holds_its_stream_back_no_longer_t
     await read(redis, bridge.events_backlog, "recorders", 1)
     policy = RetentionPolicy(stream_ms=MINUTE_MS, segment_ms=60 * MINUTE_MS)
 
+    retention = Retention(redis, store, bridge, policy)
     with caplog.at_level("WARNING", logger="handoff.retention"):
-        swept = await Retention(redis, store, bridge, policy).sweep()
+        swept = await retention.sweep()
 
-    assert ids_of(await redis.xrange(stream)) == recent, "the dead worker's entry still held the stream back"
-    assert swept.trimmed[stream] == 2
+    # Acked past the ceiling, the dead worker's entry no longer holds back even recent[0], read and acked.
+    assert ids_of(await redis.xrange(stream)) == recent[1:], "the dead worker's entry still held the stream back"
+    assert swept.trimmed[stream] == 3
+    pending = await redis.xpending_range(stream, "workers", "-", "+", 10)
+    assert [row["message_id"] for row in pending] == [recent[1]]
     assert len(await redis.xrange(bridge.control_stream)) == 1
     assert await redis.xlen(bridge.events_backlog) == 1
-    assert [r for r in caplog.records if stream in r.getMessage() and "not read or acked" in r.getMessage()]
-    # Trimmed, still pending: a worker taking it over finds it gone and acks it (StreamConsumer.serve_claimed).
-    pending = await redis.xpending_range(stream, "workers", "-", "+", 10)
-    assert [row["message_id"] for row in pending] == [ancient[0], recent[1]]
+    warned = [r for r in caplog.records if stream in r.getMessage() and "not read or acked" in r.getMessage()]
+    assert len(warned) == 1
+    caplog.clear()
+    await retention.sweep()  # said once: nothing past the ceiling is left to cut
+    assert not [r for r in caplog.records if "not read or acked" in r.getMessage()]
 
 
 async def test_dead_letters_are_capped_and_aged(redis_client, store):

@@ -27,7 +27,7 @@ FINISHED_KEY_SECONDS = 60
 
 def relay_search(stack, store) -> StrandedJobs:
     """The relay's search, as `spinbot relay` runs it (the stack's relay runs one too, on its own interval)."""
-    return StrandedJobs(stack.temporal, stack.redis, store, BRIDGE, 1.0, 3600, FINISHED_KEY_SECONDS)
+    return StrandedJobs(stack.temporal, stack.redis, store, BRIDGE, 1.0, FINISHED_KEY_SECONDS)
 
 
 @contextlib.asynccontextmanager
@@ -71,8 +71,40 @@ async def test_a_job_terminated_in_temporal_is_recorded_failed_with_the_reason(s
                      "postprocess_video": "skipped"}  # fmt: skip
     assert "failed" in [event["status"] for event in await store.events(job_id)]
     assert await stack.redis.get(BRIDGE.status_key(job_id)) == "failed"
-    assert 0 < await stack.redis.ttl(BRIDGE.status_key(job_id)) <= FINISHED_KEY_SECONDS
+    run_id = (await stack.temporal.get_workflow_handle(job_id).describe()).run_id
+    for key in (BRIDGE.status_key(job_id), BRIDGE.pushed_key(job_id, run_id, 1, 1)):
+        assert 0 < await stack.redis.ttl(key) <= FINISHED_KEY_SECONDS, key
+    # Its segment, which no worker had read, is taken back, as a cancelled job's is.
+    assert job_id not in [fields["jobId"] for _, fields in await stack.redis.xrange(BRIDGE.data_stream)]
     assert await relay_search(stack, store).sweep() == []  # recorded once: later rounds find it finished
+
+
+async def test_a_job_that_cannot_be_recorded_holds_up_no_other_and_a_nul_in_the_reason_is_dropped(stack, store):
+    """One job's error ended the round before the jobs listed after it (visibility lists the newest closed first);
+    and PostgreSQL takes no NUL, which an operator's reason may carry."""
+    search = relay_search(stack, store)
+    async with stack.no_dataplane():
+        job_id, broken = await submit(stack, SADTALKER), await submit(stack, SADTALKER)
+        for each in (job_id, broken):
+            await pushed_segment(stack.redis, each)
+        await store.pool.execute(  # a row no close-out can read
+            'UPDATE jobs SET last_graph = \'{"nodes": [1], "edges": []}\' WHERE job_id = $1', uuid.UUID(broken)
+        )
+        try:
+            await stack.temporal.get_workflow_handle(job_id).terminate(reason="drained\x00 by ops")
+            await stack.temporal.get_workflow_handle(broken).terminate(reason="listed first")
+
+            async def recorded():
+                with contextlib.suppress(AttributeError):  # the broken job's, raised once the round is through
+                    await search.sweep()
+                return (await store.job(job_id))["status"] == "failed"
+
+            await wait_for(recorded, timeout=20, what="the other job recorded failed despite the broken one")
+            assert (await store.job(broken))["status"] == "running"  # tried again each round; logged each time
+        finally:
+            await store.pool.execute("UPDATE jobs SET status = 'failed' WHERE job_id = $1", uuid.UUID(broken))
+    error = (await stack.api.get(f"/api/status/{job_id}")).json()["error"]
+    assert error["message"] == "terminated in Temporal: drained by ops"
 
 
 async def test_a_job_whose_workflow_was_reset_runs_on_untouched(stack, store):

@@ -1,6 +1,7 @@
-"""Segments on `process:data`: pushed once per (job, run, segment, attempt), withdrawn on cancel while unread.
+"""Segments on `process:data`: pushed once per (job, run, segment, attempt), withdrawn while unread when the job ends
+early (cancelled in the workflow, or terminated in Temporal: see handoff/stranded.py).
 
-Both are Redis scripts, queued on the sync's pipeline so a state change stays one round trip.
+Both are Redis scripts, queued on the caller's pipeline so a state change stays one round trip.
 """
 
 from __future__ import annotations
