@@ -7,7 +7,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.metrics import role_registry
-from tests.e2e import BRIDGE
+from tests.e2e import BRIDGE, wait_for
 from tests.stack import api_replica
 
 
@@ -29,6 +29,12 @@ def test_each_role_exports_only_its_own_families():
 
 
 async def test_the_api_reports_the_data_planes_backlog(stack):
+    async def consumers():
+        groups = {g["name"]: g for g in await stack.redis.xinfo_groups(BRIDGE.data_stream)}
+        return groups.get(BRIDGE.workers_group, {}).get("consumers")
+
+    # A test before may have restarted the stack's worker, which joins its group again at its first read.
+    await wait_for(consumers, what="the stack's data-plane worker in its group")
     reply = await stack.api.get("/metrics")
     found = families(reply.text)
     samples = {s.name: s.value for name in found for s in found[name].samples}

@@ -9,11 +9,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import generate_latest
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowExecutionStatus
 
+from core.metrics import role_registry
 from handoff.service import run_relay
 from handoff.stranded import StrandedJobs, stranded_query
 from tests.e2e import BRIDGE, pushed_segment, submit, wait_for
@@ -74,8 +76,9 @@ async def test_a_job_terminated_in_temporal_is_recorded_failed_with_the_reason(s
     run_id = (await stack.temporal.get_workflow_handle(job_id).describe()).run_id
     for key in (BRIDGE.status_key(job_id), BRIDGE.pushed_key(job_id, run_id, 1, 1)):
         assert 0 < await stack.redis.ttl(key) <= FINISHED_KEY_SECONDS, key
-    # Its segment, which no worker had read, is taken back, as a cancelled job's is.
+    # Its segment, which no worker had read, is taken back, as a cancelled job's is, and the relay counts it.
     assert job_id not in [fields["jobId"] for _, fields in await stack.redis.xrange(BRIDGE.data_stream)]
+    assert "spinbot_segments_withdrawn_total" in generate_latest(role_registry("relay")).decode()
     assert await relay_search(stack, store).sweep() == []  # recorded once: later rounds find it finished
 
 
