@@ -13,13 +13,16 @@ from redis.asyncio.client import Pipeline
 
 from core.contracts import Bridge
 from core.metrics import SEGMENTS_WITHDRAWN, SEGMENTS_WITHOUT_CONSUMER
+from core.stream_lua import STREAM_HELPERS
 
 log = logging.getLogger(__name__)
 
 # Mark-if-absent plus XADD in one step: a re-run of the same sync finds the mark and adds nothing.
 # Then count live consumers: heartbeating reference workers, plus group members without a heartbeat
 # (the GPU worker) that have read within consumerSeenMs.
-_PUSH_ONCE = """
+_PUSH_ONCE = (
+    STREAM_HELPERS
+    + """
 local id = redis.call('GET', KEYS[1])
 local fresh = 0
 if not id then
@@ -33,44 +36,38 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live = redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')
 local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[3], ARGV[6])
 if type(consumers) == 'table' and not consumers.err then
-  for _, c in ipairs(consumers) do
-    local name, idle
-    for i = 1, #c, 2 do
-      if c[i] == 'name' then name = c[i + 1] elseif c[i] == 'idle' then idle = c[i + 1] end
-    end
-    if name and idle and not redis.call('ZSCORE', KEYS[4], name) and idle < tonumber(ARGV[7]) then
+  for _, raw in ipairs(consumers) do
+    local c = fields(raw)
+    if c['name'] and c['idle'] and not redis.call('ZSCORE', KEYS[4], c['name']) and c['idle'] < tonumber(ARGV[7]) then
       live = live + 1
     end
   end
 end
 return {id, fresh, live}
 """
+)
 
 # Take back the job's latest pushed entry unless a consumer group has already been handed it.
-_WITHDRAW = """
+_WITHDRAW = (
+    STREAM_HELPERS
+    + """
 local id = redis.call('GET', KEYS[1])
 if not id then return {'', 'none'} end
-local function parse(s)
-  local ms, seq = string.match(s, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
 local ms, seq = parse(id)
 local groups = redis.pcall('XINFO', 'GROUPS', KEYS[2])
 if type(groups) == 'table' and not groups.err then
-  for _, g in ipairs(groups) do
-    local name, last
-    for i = 1, #g, 2 do
-      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
-    end
-    local lms, lseq = parse(last)
+  for _, raw in ipairs(groups) do
+    local g = fields(raw)
+    local lms, lseq = parse(g['last-delivered-id'])
     if ms < lms or (ms == lms and seq <= lseq) then return {id, 'read'} end
-    if #redis.call('XPENDING', KEYS[2], name, id, id, 1) > 0 then return {id, 'read'} end
+    if #redis.call('XPENDING', KEYS[2], g['name'], id, id, 1) > 0 then return {id, 'read'} end
   end
 end
 redis.call('DEL', KEYS[1])
 if redis.call('XDEL', KEYS[2], id) == 0 then return {id, 'gone'} end
 return {id, 'withdrawn'}
 """
+)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from core.metrics import CLEANUPS, JOB_EVENTS_DELETED, STREAM_ENTRIES_TRIMMED
 from core.redis import TRANSIENT
 from core.settings import Settings
 from core.store import UNAVAILABLE, Store
+from core.stream_lua import STREAM_HELPERS
 from core.supervise import TaskHealth
 from handoff.streams import DEAD_SUFFIX
 
@@ -44,11 +45,9 @@ DELETE_BATCHES_PER_ROUND = 25  # a long backlog (the first round after an upgrad
 # would otherwise hold every later round back at them. A stream without groups keeps everything younger than that
 # age: nobody has read it yet. Replies {entries trimmed, 1 when the age cut into entries some group had not read or
 # not acked, else 0}.
-_TRIM_ACKED = """
-local function parse(s)
-  local ms, seq = string.match(s, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
+_TRIM_ACKED = (
+    STREAM_HELPERS
+    + """
 local function lower(ams, aseq, bms, bseq)
   if ams < bms or (ams == bms and aseq < bseq) then return ams, aseq end
   return bms, bseq
@@ -62,12 +61,10 @@ local given_up = now - tonumber(ARGV[2])
 local cut = 0
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
 if #groups == 0 then ms = 0 end
-for _, g in ipairs(groups) do
-  local name, last
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
-  end
-  local lms, lseq = parse(last)
+for _, raw in ipairs(groups) do
+  local g = fields(raw)
+  local name = g['name']
+  local lms, lseq = parse(g['last-delivered-id'])
   ms, seq = lower(ms, seq, lms, lseq + 1)
   if tonumber(ARGV[2]) > 0 and given_up > 1 then
     local stale = redis.call('XPENDING', KEYS[1], name, '-', string.format('%.0f', given_up - 1), 1000)
@@ -96,6 +93,7 @@ end
 if ms <= 0 then return {0, cut} end
 return {redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f-%.0f', ms, seq)), cut}
 """
+)
 
 # KEYS[1]: a dead-letter stream; ARGV[1]: the most entries it keeps; ARGV[2]: their longest age in ms.
 _TRIM_DEAD = """
