@@ -30,7 +30,7 @@ JOB_EVENTS_DELETED = Counter(
 CLEANUPS = Counter("spinbot_cleanups_total", "Rounds of the relays' retention cleanup", ["outcome"])
 JOBS_CLOSED_OUT = Counter(
     "spinbot_jobs_closed_out_total",
-    "Jobs recorded failed by a relay because their workflow ended outside the job (terminated, timed out)",
+    "Jobs whose end a relay recorded because their workflow ended outside the job (terminated, timed out)",
     ["code"],
 )
 TASK_UP = Gauge("spinbot_task_up", "1 while a supervised background task is serving, else 0", ["task"])

@@ -3,12 +3,19 @@ terminate`), timed out, or failed in Temporal itself.
 
 Such a run never reaches its last step. PostgreSQL, Redis and every client would show the job running for ever,
 and retention would never count it finished. Every cleanup interval, each relay asks Temporal's visibility for runs
-that closed while their JobStatus search attribute still said unfinished. It records each job `failed`, as the
-workflow's cancel step would have: its segment taken back from `process:data` if no worker has read it, its Redis
-keys (with a finished job's short TTL), a `failed` status message that carries the reason, and last the job's row
-with a status event. The row is what marks the job done: a round cut short before it is done again in full. A job
-already recorded finished, or whose workflow runs on in a later run (a reset, a retry), is left alone. So is a job
-without a row (nothing shows it running).
+that closed that way: terminated or timed out, or failed or cancelled while their JobStatus search attribute still
+said unfinished (a workflow that fails or is cancelled ends so itself, once its last step recorded it).
+
+- If this run's last step got as far as Redis (the job's status there is finished, written by this run) but not
+  PostgreSQL (down, or refusing the write), clients have already been told how the job ended: the relay writes the
+  job's row as that step would have.
+- Otherwise it records the job `failed`, as the workflow's cancel step would have: its segment taken back from
+  `process:data` if no worker has read it, its Redis keys (with a finished job's short TTL), a `failed` status
+  message that carries the reason, and last the job's row with a status event.
+
+The row is what marks the job done: a round cut short before it is done again in full. A job already recorded
+finished, or whose workflow runs on in a later run (a reset, a retry), is left alone. So is a job without a row
+(nothing shows it running).
 """
 
 from __future__ import annotations
@@ -55,11 +62,13 @@ REASON_CHARS = 500
 
 
 def stranded_query(since: datetime) -> str:
-    """Job runs closed since `since` (outside the job) whose status the workflow never recorded as finished."""
+    """Job runs closed since `since` outside the job. The attribute is no proof for a run terminated or timed out:
+    the workflow upserts it with its last step, whose PostgreSQL write may never have succeeded."""
     finished = ", ".join(f"'{status}'" for status in jobkeys.TERMINAL)
     return (
-        f"WorkflowType = '{JOB_WORKFLOW}' AND ExecutionStatus IN ('Terminated', 'TimedOut', 'Failed', 'Canceled') "
-        f"AND {STATUS_ATTRIBUTE} NOT IN ({finished}) AND CloseTime > '{since.strftime('%Y-%m-%dT%H:%M:%SZ')}'"
+        f"WorkflowType = '{JOB_WORKFLOW}' AND CloseTime > '{since.strftime('%Y-%m-%dT%H:%M:%SZ')}' AND "
+        f"(ExecutionStatus IN ('Terminated', 'TimedOut') "
+        f"OR (ExecutionStatus IN ('Failed', 'Canceled') AND {STATUS_ATTRIBUTE} NOT IN ({finished})))"
     )
 
 
@@ -71,6 +80,15 @@ def closed_graph(graph: dict, message: str, code: str) -> dict:
     g.skip_unreachable(graph)
     graph.setdefault("metadata", {})["failure"] = {"nodeId": None, "message": message, "code": code}
     return graph
+
+
+def _fraction(text: str | None) -> float:
+    """Progress as Redis holds it; the row keeps the higher of this and its own."""
+    try:
+        value = float(text or 0)
+    except ValueError:
+        return 0.0
+    return value if 0.0 <= value <= 1.0 else 0.0
 
 
 class StrandedJobs:
@@ -109,7 +127,7 @@ class StrandedJobs:
         errors: list[Exception] = []
         async for run in self.client.list_workflows(stranded_query(self.since), rpc_timeout=RPC_TIMEOUT):
             try:
-                if run.status in ENDINGS and await self.close_out(run.id, run.run_id, run.status):
+                if run.status in ENDINGS and await self.close_out(run.id, run.run_id, run.status, run.start_time):
                     closed.append(run.id)
             except RPCError as exc:
                 if exc.status == RPCStatusCode.NOT_FOUND:
@@ -124,7 +142,7 @@ class StrandedJobs:
         self.since = started - VISIBILITY_LAG
         return closed
 
-    async def close_out(self, job_id: str, run_id: str, status: WorkflowExecutionStatus) -> bool:
+    async def close_out(self, job_id: str, run_id: str, status: WorkflowExecutionStatus, started: datetime) -> bool:
         row = await self.store.job(job_id) if is_job_id(job_id) else None
         if row is None or row["status"] in jobkeys.TERMINAL:
             return False
@@ -133,6 +151,11 @@ class StrandedJobs:
         if latest.run_id != run_id or not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
             return False
         code, what = ENDINGS[status]
+        if ending := await self._ended_in_redis(job_id, started):
+            await self._record_row(job_id, run_id, *ending)
+            JOBS_CLOSED_OUT.labels(code=code).inc()
+            log_event(log, "job's end recorded from Redis", level=logging.WARNING, job_id=job_id, status=ending[0])
+            return True
         reason = await self._reason(job_id, run_id)
         graph = closed_graph(graph, f"{what}: {reason}" if reason else what, code)
         await self._record(job_id, run_id, graph, row["progress"])
@@ -153,6 +176,34 @@ class StrandedJobs:
                 reason = event.workflow_execution_terminated_event_attributes.reason
                 return reason.replace("\x00", "")[:REASON_CHARS]  # PostgreSQL takes no NUL, in text or in JSON
         return ""
+
+    async def _ended_in_redis(self, job_id: str, started: datetime) -> tuple[str, float, dict, str] | None:
+        """(status, progress, graph, when) as this run's last step wrote them to Redis, if it got that far."""
+        bridge = self.bridge
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.mget(bridge.status_key(job_id), bridge.progress_key(job_id))
+        pipe.hmget(bridge.job_key(job_id), "graph", "created")
+        (status, progress), (graph_json, created) = await pipe.execute()
+        by_this_run = (created or "").isdigit() and int(created) >= int(started.timestamp() * 1000)
+        if status not in jobkeys.TERMINAL or not by_this_run:
+            return None  # unfinished, or a status the run before this one left (a retry terminated at once)
+        try:
+            graph = json.loads(graph_json)
+            nodes = graph["nodes"]
+        except (TypeError, ValueError, KeyError):
+            return None
+        if not isinstance(nodes, list):
+            return None
+        return status, 1.0 if status == JobStatus.COMPLETED else _fraction(progress), graph, created
+
+    async def _record_row(self, job_id: str, run_id: str, status: str, progress: float, graph: dict, created: str):
+        """The PostgreSQL half of the run's last step, with the status message it announced as that step's row."""
+        fields: dict = {"status": status, "source": CONTROL_SOURCE}
+        if status == JobStatus.FAILED:
+            fields["error"] = job_error(graph)
+        *_, event = announcement(self.bridge, "status", job_id, fields, created, f"{run_id}/status/{status}")
+        assert event is not None  # a status message has a row
+        await self.store.save_snapshot(job_id, status, progress, graph, [event])
 
     async def _record(self, job_id: str, run_id: str, graph: dict, progress: float) -> None:
         """As the workflow's cancel step records its end, with the row last (see the module's docstring)."""

@@ -14,16 +14,20 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowExecutionStatus
+from temporalio.common import SearchAttributeKey
 
 from core.metrics import role_registry
+from core.store import Store, connect_pool
 from handoff.service import run_relay
 from handoff.stranded import StrandedJobs, stranded_query
 from tests.e2e import BRIDGE, pushed_segment, submit, wait_for
 from tests.ws_clients import ws_client
+from workflows.names import STATUS_ATTRIBUTE
 
 pytestmark = pytest.mark.timeout(90)
 
 SADTALKER = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "stranded"}}}
+JOB_STATUS = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
 
 
 def relay_search(stack, store) -> StrandedJobs:
@@ -90,6 +94,11 @@ async def test_a_job_that_cannot_be_recorded_holds_up_no_other_and_a_nul_in_the_
         job_id, broken = await submit(stack, SADTALKER), await submit(stack, SADTALKER)
         for each in (job_id, broken):
             await pushed_segment(stack.redis, each)
+
+            async def saved(each=each):  # the push step writes Redis and PostgreSQL side by side
+                return "handoff" in ((await store.job(each))["last_graph"].get("metadata") or {})
+
+            await wait_for(saved, what="the push step's row, which would overwrite the broken one")
         await store.pool.execute(  # a row no close-out can read
             'UPDATE jobs SET last_graph = \'{"nodes": [1], "edges": []}\' WHERE job_id = $1', uuid.UUID(broken)
         )
@@ -139,3 +148,79 @@ async def test_a_job_whose_workflow_was_reset_runs_on_untouched(stack, store):
         assert (await store.job(job_id))["status"] == "running"
         assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
         await handle.terminate(reason="test over")
+
+
+REFUSE_ENDINGS = """
+CREATE FUNCTION refuse_ending() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('application_name') <> 'relay-under-test' THEN
+        RAISE EXCEPTION 'PostgreSQL refuses the end of job %', NEW.job_id;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_ending BEFORE UPDATE ON jobs FOR EACH ROW
+    WHEN (NEW.job_id = '{job_id}' AND NEW.status IN ('completed', 'failed')) EXECUTE FUNCTION refuse_ending();
+"""
+
+
+@contextlib.asynccontextmanager
+async def postgresql_refusing_the_end(store, job_id: str):
+    """The job's last step gets its Redis half done but not its PostgreSQL half, as while PostgreSQL is down; only
+    the relay under test (by its connection's application_name) may write the job's end."""
+    await store.pool.execute(REFUSE_ENDINGS.format(job_id=uuid.UUID(job_id)))
+    try:
+        yield
+    finally:
+        await store.pool.execute("DROP TRIGGER refuse_ending ON jobs; DROP FUNCTION refuse_ending()")
+
+
+@pytest.mark.parametrize("terminated", ["at once", "once Temporal has the step's JobStatus"])
+async def test_a_job_whose_last_step_reached_only_redis_is_recorded_as_it_ended(stack, store, database_url, terminated):
+    """Before, a job that completed while PostgreSQL was away and was then terminated (its last step would never
+    have finished) was recorded `failed`, although every client had been told `completed`; or, once the run's
+    JobStatus, upserted with that step, said `completed` (the worker reports a long local activity's commands to
+    Temporal every ~8 s), the search skipped it, and its row said `running` for ever."""
+    joiner = "&" if "?" in database_url else "?"
+    relay_pool = await connect_pool(f"{database_url}{joiner}application_name=relay-under-test", max_size=2)
+    search = relay_search(stack, Store(relay_pool))
+    listener = stack.redis.pubsub()
+    try:
+        async with contextlib.AsyncExitStack() as refusing:
+            async with stack.no_dataplane():
+                job_id = await submit(stack, SADTALKER)
+                await pushed_segment(stack.redis, job_id)
+                await refusing.enter_async_context(postgresql_refusing_the_end(store, job_id))
+            # The data plane is back: the job completes, and its last step gets no further than Redis.
+
+            async def completed_in_redis():
+                return await stack.redis.get(BRIDGE.status_key(job_id)) == "completed"
+
+            await wait_for(completed_in_redis, what="the job's last step to write Redis")
+            assert (await store.job(job_id))["status"] == "running"
+            handle = stack.temporal.get_workflow_handle(job_id)
+            if terminated != "at once":
+
+                async def upserted():
+                    return (await handle.describe()).typed_search_attributes.get(JOB_STATUS) == "completed"
+
+                await wait_for(upserted, timeout=30, what="Temporal to hold the last step's JobStatus")
+            await handle.terminate(reason="stuck on PostgreSQL")
+            await listener.subscribe(BRIDGE.channel("status", job_id))
+
+            async def recorded():
+                await search.sweep()
+                return (await store.job(job_id))["status"] == "completed"
+
+            await wait_for(recorded, timeout=20, what="the relay to record the job's end from Redis")
+            heard = [await listener.get_message(ignore_subscribe_messages=True, timeout=0.2) for _ in range(3)]
+    finally:
+        await listener.aclose()
+        await relay_pool.close()
+
+    assert [message for message in heard if message] == []  # clients are told nothing new, no `failed` above all
+    row = await store.job(job_id)
+    assert (row["progress"], {node["status"] for node in row["last_graph"]["nodes"]}) == (1.0, {"completed"})
+    assert [event["status"] for event in await store.events(job_id)].count("completed") == 1
+    assert await stack.redis.get(BRIDGE.status_key(job_id)) == "completed"
+    assert (await stack.api.get(f"/api/status/{job_id}")).json()["status"] == "completed"
+    assert await relay_search(stack, store).sweep() == []
