@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,6 +14,7 @@ from temporalio.envconfig import ClientConfig
 
 from core.contracts import contracts, service_runtimes
 from core.settings import Settings
+from spinbot.dev import DEV_TEMPORAL_CONFIG
 from tests.deployment import (
     ROOT,
     SECRETS,
@@ -300,3 +302,13 @@ def test_the_proxy_api_and_redis_go_first_when_a_shared_host_is_busy(services):
     """As in `spinbot dev` (spinbot/priority.py): what answers people has the larger CPU weight (Docker's is 1024)."""
     for name, service in services.items():
         assert (int(service.get("cpu_shares", 1024)) > 1024) == (name in {"proxy", "api", "redis"}), name
+
+
+def test_temporal_runs_with_the_dynamic_config_spinbot_dev_applies(services):
+    """Without it, jobs run one after another waited ~50 ms at every task dispatch (BENCHMARKS.md, "Back to back")."""
+    temporal = services["temporal"]
+    mounts = {v["target"]: v["source"] for v in temporal["volumes"] if v["type"] == "bind"}
+    path = "/etc/temporal/" + temporal["environment"]["DYNAMIC_CONFIG_FILE_PATH"]  # the image's working directory
+    assert mounts[path] == str(ROOT / "deploy" / "temporal-dynamicconfig.yaml")
+    config = yaml.safe_load(Path(mounts[path]).read_text())
+    assert config == {key: [{"value": value, "constraints": {}}] for key, value in DEV_TEMPORAL_CONFIG.items()}
