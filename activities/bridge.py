@@ -99,6 +99,7 @@ class BridgeActivities:
         if snap.withdraw:
             queue_withdraw(pipe, bridge, job_id)
         if snap.status in jobkeys.TERMINAL:
+            jobkeys.set_ending(pipe, bridge, job_id, run_id, snap.status, snap.progress, created)
             marks = push_marks(bridge, job_id, run_id, tag)
             jobkeys.expire_finished(pipe, bridge, job_id, self.finished_key_seconds, marks)
         for channel, raw in messages:

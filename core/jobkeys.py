@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 
@@ -46,6 +47,7 @@ end
 
 # The most progress the job may show until the workflow's next change, kept in the job:<id> hash.
 CEILING_FIELD = "progressCeiling"
+ENDING_FIELD = "ending"
 
 # The workflow's snapshot is authoritative: progress lands in [its progress, its ceiling], so a value
 # reported too high (or left from an earlier run) cannot stick; within that range it never moves back.
@@ -163,6 +165,14 @@ def set_graph(pipe: Pipeline, bridge: Bridge, job_id: str, graph_json: str, crea
     key = bridge.job_key(job_id)
     pipe.hset(key, mapping={"graph": graph_json, "created": created_ms})
     pipe.expire(key, bridge.ttl)
+
+
+def set_ending(pipe: Pipeline, bridge: Bridge, job_id: str, run_id: str, status: str, progress: float, created: str):
+    """Which run ended the job and how, beside the graph it ended with (`created` tells that graph's write apart
+    from a later one by a data-plane worker). A relay records the job's row from it when the run is terminated
+    before the same step reached PostgreSQL (handoff/stranded.py)."""
+    ending = {"runId": run_id, "status": status, "progress": progress, "created": created}
+    pipe.hset(bridge.job_key(job_id), ENDING_FIELD, json.dumps(ending))
 
 
 def expire_finished(pipe: Pipeline, bridge: Bridge, job_id: str, seconds: int, others: Sequence[str] = ()) -> None:

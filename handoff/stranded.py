@@ -6,9 +6,9 @@ and retention would never count it finished. Every cleanup interval, each relay 
 that closed that way: terminated or timed out, or failed or cancelled while their JobStatus search attribute still
 said unfinished (a workflow that fails or is cancelled ends so itself, once its last step recorded it).
 
-- If this run's last step got as far as Redis (the job's status there is finished, written by this run) but not
-  PostgreSQL (down, or refusing the write), clients have already been told how the job ended: the relay writes the
-  job's row as that step would have.
+- If this run's last step got as far as Redis (its `ending` in `job:<id>` names this run) but not PostgreSQL (down,
+  or refusing the write), clients have already been told how the job ended: the relay writes the job's row as that
+  step would have.
 - Otherwise it records the job `failed`, as the workflow's cancel step would have: its segment taken back from
   `process:data` if no worker has read it, its Redis keys (with a finished job's short TTL), a `failed` status
   message that carries the reason, and last the job's row with a status event.
@@ -82,15 +82,6 @@ def closed_graph(graph: dict, message: str, code: str) -> dict:
     return graph
 
 
-def _fraction(text: str | None) -> float:
-    """Progress as Redis holds it; the row keeps the higher of this and its own."""
-    try:
-        value = float(text or 0)
-    except ValueError:
-        return 0.0
-    return value if 0.0 <= value <= 1.0 else 0.0
-
-
 class StrandedJobs:
     def __init__(
         self,
@@ -120,14 +111,14 @@ class StrandedJobs:
             await asyncio.sleep(self.interval_seconds)
 
     async def sweep(self) -> list[str]:
-        """One round; returns the jobs it recorded failed. A job it could not record is tried again next round, and
+        """One round; returns the jobs whose end it recorded. A job it could not record is tried again next round, and
         never holds up the others; the first such error is raised once all were tried."""
         started = datetime.now(UTC)
         closed: list[str] = []
         errors: list[Exception] = []
         async for run in self.client.list_workflows(stranded_query(self.since), rpc_timeout=RPC_TIMEOUT):
             try:
-                if run.status in ENDINGS and await self.close_out(run.id, run.run_id, run.status, run.start_time):
+                if run.status in ENDINGS and await self.close_out(run.id, run.run_id, run.status):
                     closed.append(run.id)
             except RPCError as exc:
                 if exc.status == RPCStatusCode.NOT_FOUND:
@@ -142,7 +133,7 @@ class StrandedJobs:
         self.since = started - VISIBILITY_LAG
         return closed
 
-    async def close_out(self, job_id: str, run_id: str, status: WorkflowExecutionStatus, started: datetime) -> bool:
+    async def close_out(self, job_id: str, run_id: str, status: WorkflowExecutionStatus) -> bool:
         row = await self.store.job(job_id) if is_job_id(job_id) else None
         if row is None or row["status"] in jobkeys.TERMINAL:
             return False
@@ -151,7 +142,7 @@ class StrandedJobs:
         if latest.run_id != run_id or not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
             return False
         code, what = ENDINGS[status]
-        if ending := await self._ended_in_redis(job_id, started):
+        if ending := await self._ended_in_redis(job_id, run_id):
             await self._record_row(job_id, run_id, *ending)
             JOBS_CLOSED_OUT.labels(code=code).inc()
             log_event(log, "job's end recorded from Redis", level=logging.WARNING, job_id=job_id, status=ending[0])
@@ -177,24 +168,21 @@ class StrandedJobs:
                 return reason.replace("\x00", "")[:REASON_CHARS]  # PostgreSQL takes no NUL, in text or in JSON
         return ""
 
-    async def _ended_in_redis(self, job_id: str, started: datetime) -> tuple[str, float, dict, str] | None:
+    async def _ended_in_redis(self, job_id: str, run_id: str) -> tuple[str, float, dict, str] | None:
         """(status, progress, graph, when) as this run's last step wrote them to Redis, if it got that far."""
-        bridge = self.bridge
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.mget(bridge.status_key(job_id), bridge.progress_key(job_id))
-        pipe.hmget(bridge.job_key(job_id), "graph", "created")
-        (status, progress), (graph_json, created) = await pipe.execute()
-        by_this_run = (created or "").isdigit() and int(created) >= int(started.timestamp() * 1000)
-        if status not in jobkeys.TERMINAL or not by_this_run:
-            return None  # unfinished, or a status the run before this one left (a retry terminated at once)
+        graph_json, created, ending_json = await self.redis.hmget(
+            self.bridge.job_key(job_id), "graph", "created", jobkeys.ENDING_FIELD
+        )
         try:
-            graph = json.loads(graph_json)
-            nodes = graph["nodes"]
-        except (TypeError, ValueError, KeyError):
+            ending, graph = json.loads(ending_json or "null"), json.loads(graph_json or "null")
+            status, progress, nodes = ending["status"], float(ending["progress"]), graph["nodes"]
+        except (TypeError, ValueError, KeyError):  # no ending (the step got no further), or not one we wrote
             return None
-        if not isinstance(nodes, list):
-            return None
-        return status, 1.0 if status == JobStatus.COMPLETED else _fraction(progress), graph, created
+        if ending.get("runId") != run_id or status not in jobkeys.TERMINAL or not isinstance(nodes, list):
+            return None  # another run's ending: a reset or a retry of this job ended before this run's first step
+        if ending.get("created") != created or not 0.0 <= progress <= 1.0:
+            return None  # the graph was written again since: a data-plane worker recorded a node failed
+        return status, progress, graph, ending["created"]
 
     async def _record_row(self, job_id: str, run_id: str, status: str, progress: float, graph: dict, created: str):
         """The PostgreSQL half of the run's last step, with the status message it announced as that step's row."""

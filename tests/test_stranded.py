@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +17,8 @@ from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey
 
+from core import jobkeys
+from core.messages import fingerprint
 from core.metrics import role_registry
 from core.store import Store, connect_pool
 from handoff.service import run_relay
@@ -174,15 +177,29 @@ async def postgresql_refusing_the_end(store, job_id: str):
         await store.pool.execute("DROP TRIGGER refuse_ending ON jobs; DROP FUNCTION refuse_ending()")
 
 
-@pytest.mark.parametrize("terminated", ["at once", "once Temporal has the step's JobStatus"])
-async def test_a_job_whose_last_step_reached_only_redis_is_recorded_as_it_ended(stack, store, database_url, terminated):
+async def relay_under_test_store(database_url: str) -> Store:
+    joiner = "&" if "?" in database_url else "?"
+    return Store(await connect_pool(f"{database_url}{joiner}application_name=relay-under-test", max_size=2))
+
+
+async def cancel(stack, job_id: str) -> None:
+    assert (await stack.api.post(f"/api/jobs/{job_id}/cancel")).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "ending, terminated",
+    [("completed", "at once"), ("completed", "once Temporal has the step's JobStatus"), ("cancelled", "at once")],
+)
+async def test_a_job_whose_last_step_reached_only_redis_is_recorded_as_it_ended(
+    stack, store, database_url, ending, terminated
+):
     """Before, a job that completed while PostgreSQL was away and was then terminated (its last step would never
     have finished) was recorded `failed`, although every client had been told `completed`; or, once the run's
     JobStatus, upserted with that step, said `completed` (the worker reports a long local activity's commands to
     Temporal every ~8 s), the search skipped it, and its row said `running` for ever."""
-    joiner = "&" if "?" in database_url else "?"
-    relay_pool = await connect_pool(f"{database_url}{joiner}application_name=relay-under-test", max_size=2)
-    search = relay_search(stack, Store(relay_pool))
+    status = "completed" if ending == "completed" else "failed"
+    relay_store = await relay_under_test_store(database_url)
+    search = relay_search(stack, relay_store)
     listener = stack.redis.pubsub()
     try:
         async with contextlib.AsyncExitStack() as refusing:
@@ -190,37 +207,81 @@ async def test_a_job_whose_last_step_reached_only_redis_is_recorded_as_it_ended(
                 job_id = await submit(stack, SADTALKER)
                 await pushed_segment(stack.redis, job_id)
                 await refusing.enter_async_context(postgresql_refusing_the_end(store, job_id))
-            # The data plane is back: the job completes, and its last step gets no further than Redis.
+                if ending == "cancelled":
+                    await cancel(stack, job_id)
+            # The job ends (the data plane is back, or it was cancelled); its last step gets no further than Redis.
 
-            async def completed_in_redis():
-                return await stack.redis.get(BRIDGE.status_key(job_id)) == "completed"
+            async def ended_in_redis():
+                return await stack.redis.get(BRIDGE.status_key(job_id)) == status
 
-            await wait_for(completed_in_redis, what="the job's last step to write Redis")
+            await wait_for(ended_in_redis, what="the job's last step to write Redis")
+            told = (await stack.api.get(f"/api/status/{job_id}")).json()
             assert (await store.job(job_id))["status"] == "running"
             handle = stack.temporal.get_workflow_handle(job_id)
             if terminated != "at once":
 
                 async def upserted():
-                    return (await handle.describe()).typed_search_attributes.get(JOB_STATUS) == "completed"
+                    return (await handle.describe()).typed_search_attributes.get(JOB_STATUS) == status
 
                 await wait_for(upserted, timeout=30, what="Temporal to hold the last step's JobStatus")
             await handle.terminate(reason="stuck on PostgreSQL")
+            run_id = (await handle.describe()).run_id
             await listener.subscribe(BRIDGE.channel("status", job_id))
 
             async def recorded():
                 await search.sweep()
-                return (await store.job(job_id))["status"] == "completed"
+                return (await store.job(job_id))["status"] == status
 
             await wait_for(recorded, timeout=20, what="the relay to record the job's end from Redis")
             heard = [await listener.get_message(ignore_subscribe_messages=True, timeout=0.2) for _ in range(3)]
     finally:
         await listener.aclose()
-        await relay_pool.close()
+        await relay_store.pool.close()
 
-    assert [message for message in heard if message] == []  # clients are told nothing new, no `failed` above all
+    # Clients are told nothing new: what is heard is the step's own message, which the worker repeats until it
+    # learns of the terminate; no `failed` from the relay above all.
+    own = f"{run_id}/status/{status}"
+    assert [json.loads(message["data"])["eventId"] for message in heard if message] in ([], [own], [own, own])
     row = await store.job(job_id)
-    assert (row["progress"], {node["status"] for node in row["last_graph"]["nodes"]}) == (1.0, {"completed"})
-    assert [event["status"] for event in await store.events(job_id)].count("completed") == 1
-    assert await stack.redis.get(BRIDGE.status_key(job_id)) == "completed"
-    assert (await stack.api.get(f"/api/status/{job_id}")).json()["status"] == "completed"
+    if ending == "completed":
+        assert (row["progress"], {node["status"] for node in row["last_graph"]["nodes"]}) == (1.0, {"completed"})
+    else:
+        assert row["last_graph"]["metadata"]["failure"]["message"] == "cancelled"
+    # The status row is the one the step would have written (its fingerprint: the step's eventId), once.
+    fingerprints = await store.pool.fetch(
+        "SELECT fingerprint FROM job_events WHERE job_id = $1 AND status = $2", uuid.UUID(job_id), status
+    )
+    assert [r["fingerprint"] for r in fingerprints] == [fingerprint(BRIDGE.channel("status", job_id), "", own)]
+    assert await stack.redis.get(BRIDGE.status_key(job_id)) == status
+    # Once Redis has forgotten the job, the API answers from PostgreSQL what clients were told.
+    await stack.redis.delete(*(key(job_id) for key in (BRIDGE.job_key, BRIDGE.status_key, BRIDGE.progress_key)))
+    assert (await stack.api.get(f"/api/status/{job_id}")).json() == told
     assert await relay_search(stack, store).sweep() == []
+
+
+@pytest.mark.parametrize("left", ["by an earlier run", "before a data-plane worker wrote the graph again"])
+async def test_an_ending_in_redis_that_is_not_this_runs_last_word_is_not_taken(stack, store, left):
+    """A reset or a retry whose new run is terminated before its first step finds the ending its earlier run left;
+    a data-plane worker that records a node failed rewrites the graph after the step (PROTOCOL: the existing
+    worker's way). Either way the job is recorded terminated, with the reason."""
+    search = relay_search(stack, store)
+    async with stack.no_dataplane():
+        job_id = await submit(stack, SADTALKER)
+        await pushed_segment(stack.redis, job_id)
+        handle = stack.temporal.get_workflow_handle(job_id)
+        run_id = (await handle.describe()).run_id
+        created = await stack.redis.hget(BRIDGE.job_key(job_id), "created")
+        run, when = ("an-earlier-run", created) if left == "by an earlier run" else (run_id, str(int(created) - 1))
+        pipe = stack.redis.pipeline(transaction=False)
+        jobkeys.set_ending(pipe, BRIDGE, job_id, run, "completed", 1.0, when)
+        pipe.set(BRIDGE.status_key(job_id), "completed")
+        await pipe.execute()
+        await handle.terminate(reason="ended for real")
+
+        async def recorded():
+            await search.sweep()
+            return (await store.job(job_id))["status"] == "failed"
+
+        await wait_for(recorded, timeout=20, what="the relay to record the job terminated")
+    error = (await stack.api.get(f"/api/status/{job_id}")).json()["error"]
+    assert error["message"] == "terminated in Temporal: ended for real"
