@@ -16,6 +16,8 @@ from workflows.graph import reset_for_retry
 from workflows.names import STATE
 from workflows.status import JobStatus
 
+RUNNING = WorkflowExecutionStatus.RUNNING
+
 router = APIRouter(
     prefix="/api/jobs",
     tags=["job control"],
@@ -43,7 +45,7 @@ async def _workflow_status(backend: Backend, job_id: str) -> WorkflowExecutionSt
 async def cancel_job(backend: BackendDep, job_id: str):
     """Ask the job's workflow to cancel: node-plane work stops and the job ends `failed` (cancelled)."""
     await _known_job(backend, job_id)
-    if await _workflow_status(backend, job_id) != WorkflowExecutionStatus.RUNNING:
+    if await _workflow_status(backend, job_id) != RUNNING:
         raise ApiError(409, f"job {job_id} is not running")
     try:
         await backend.temporal.get_workflow_handle(job_id).cancel(rpc_timeout=RPC_TIMEOUT)
@@ -56,7 +58,10 @@ async def cancel_job(backend: BackendDep, job_id: str):
 async def retry_job(backend: BackendDep, job_id: str):
     """A new run of a failed job: failed and skipped nodes run again, completed outputs are kept."""
     row = await _known_job(backend, job_id)
-    if await _workflow_status(backend, job_id) == WorkflowExecutionStatus.RUNNING or row["status"] != JobStatus.FAILED:
+    run = await _workflow_status(backend, job_id)
+    # `advertised` with no run going: a retry reset the job and its API died before Temporal took the new run.
+    never_started = row["status"] == JobStatus.ADVERTISED and run not in (RUNNING, WorkflowExecutionStatus.COMPLETED)
+    if run == RUNNING or (row["status"] != JobStatus.FAILED and not never_started):
         raise ApiError(409, f"job {job_id} has not failed (status {row['status']}); only failed jobs can be retried")
     graph = reset_for_retry(row["last_graph"])
     metadata = graph.setdefault("metadata", {})

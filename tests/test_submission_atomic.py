@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import subprocess
 import sys
 import uuid
 
 import httpx
 import pytest
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.jobs import IDEMPOTENCY_NAMESPACE
 from spinbot.ports import free_port
 from spinbot.services import popen, start_redis, wait_for_port
-from tests.e2e import outcome, wait_for
+from tests.e2e import outcome, pushed_segment, submit, wait_for
+from tests.holding_proxy import HoldingProxy
 from tests.stack import api_replica
 
 SADTALKER = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script": {"prompt": "atomic"}}}
@@ -39,6 +42,21 @@ async def workflow_exists(stack, job_id: str) -> bool:
 async def orphans(stack, store, job_ids: list[str]) -> list[str]:
     """Jobs with a row in PostgreSQL but no workflow: the half-made submissions the design must rule out."""
     return [job_id for job_id in job_ids if await store.job(job_id) and not await workflow_exists(stack, job_id)]
+
+
+def api_process(stack, temporal_address: str | None = None) -> tuple[subprocess.Popen, int]:
+    """`spinbot api` as a process of its own on the stack's services (or another Temporal address); and its port."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        SPINBOT_TEMPORAL_ADDRESS=temporal_address or stack.settings.temporal_address,
+        SPINBOT_REDIS_URL=stack.settings.redis_url,
+        SPINBOT_DATABASE_URL=stack.settings.database_url,
+        SPINBOT_LLM_ENDPOINT=stack.settings.llm_endpoint,
+        SPINBOT_API_PORT=str(port),
+        SPINBOT_LOG_FORMAT="json",
+    )
+    return popen([sys.executable, "-m", "spinbot", "api"], env=env), port
 
 
 async def test_redis_down_during_a_post_leaves_a_job_that_runs(stack, store, llm, tmp_path):
@@ -81,17 +99,7 @@ async def test_a_repeated_key_never_starts_a_second_run(stack, llm):
 @pytest.mark.timeout(90)
 async def test_kill_9_of_the_api_mid_burst_leaves_no_half_made_job(stack, store, llm):
     """A real API process killed while 20 submissions are in flight: every job either runs or never existed."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        SPINBOT_TEMPORAL_ADDRESS=stack.settings.temporal_address,
-        SPINBOT_REDIS_URL=stack.settings.redis_url,
-        SPINBOT_DATABASE_URL=stack.settings.database_url,
-        SPINBOT_LLM_ENDPOINT=stack.settings.llm_endpoint,
-        SPINBOT_API_PORT=str(port),
-        SPINBOT_LOG_FORMAT="json",
-    )
-    api = popen([sys.executable, "-m", "spinbot", "api"], env=env)
+    api, port = api_process(stack)
     try:
         await asyncio.to_thread(wait_for_port, port, api, "API", 60)
         keys = [f"burst-{uuid.uuid4()}" for _ in range(20)]
@@ -119,3 +127,42 @@ async def test_kill_9_of_the_api_mid_burst_leaves_no_half_made_job(stack, store,
         assert await outcome(stack, job_id) == ("completed", None)
         await wait_for(lambda j=job_id: store.job(j), what=f"row of {job_id}")
     assert await orphans(stack, store, job_ids) == []
+
+
+async def test_a_retry_killed_before_its_run_started_can_be_retried_again(stack, store):
+    """A real API process killed (-9) after a retry reset the job and before Temporal got the new run's start
+    request. Before, the job said `advertised` for ever with no run, and every later retry was refused (409)."""
+    async with stack.no_dataplane():
+        job_id = await submit(stack, SADTALKER)
+        await pushed_segment(stack.redis, job_id)
+        assert (await stack.api.post(f"/api/jobs/{job_id}/cancel")).status_code == 202
+        with contextlib.suppress(WorkflowFailureError):
+            await asyncio.wait_for(stack.temporal.get_workflow_handle(job_id).result(), 10)
+
+    async def row_says(status: str) -> bool:
+        return (await store.job(job_id))["status"] == status
+
+    await wait_for(lambda: row_says("failed"), what="the cancelled job's row to say failed")
+    host, port = stack.settings.temporal_address.rsplit(":", 1)
+    async with HoldingProxy(host, int(port)) as temporal:
+        api, api_port = api_process(stack, temporal_address=temporal.address)
+        try:
+            await asyncio.to_thread(wait_for_port, api_port, api, "API", 60)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as client:
+                temporal.hold_after_reply = True  # the retry's look-up is answered; its start is never delivered
+                retry = asyncio.create_task(client.post(f"/api/jobs/{job_id}/retry"))
+                await wait_for(lambda: row_says("advertised"), what="the retry to reset the job")
+                await asyncio.sleep(0.3)  # the start request goes out, and waits in the proxy
+                assert temporal.held_bytes > 0
+                api.send_signal(signal.SIGKILL)
+                with contextlib.suppress(httpx.HTTPError):
+                    await retry
+        finally:
+            api.kill()
+            api.wait(10)
+    handle = stack.temporal.get_workflow_handle(job_id)
+    assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED  # no new run was started
+    reply = await stack.api.post(f"/api/jobs/{job_id}/retry")
+    assert reply.status_code == 200, reply.text
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+    await handle.terminate(reason="test over")

@@ -1,0 +1,56 @@
+"""A TCP proxy for fault tests: it forwards both ways until it holds, then keeps what clients send (a network that
+stopped delivering one way), so a test can catch a process between two calls, with the second in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class HoldingProxy:
+    def __init__(self, upstream_host: str, upstream_port: int):
+        self.upstream = (upstream_host, upstream_port)
+        self.holding = False
+        self.hold_after_reply = False  # hold once the server next answers: the client's next call is kept
+        self.held_bytes = 0
+        self._pumps: set[asyncio.Task] = set()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> HoldingProxy:
+        self._server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self._server is not None
+        self._server.close()
+        for pump in self._pumps:
+            pump.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+
+    @property
+    def address(self) -> str:
+        assert self._server is not None
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        for pump in (self._pump(reader, up_writer, outbound=True), self._pump(up_reader, writer, outbound=False)):
+            task = asyncio.create_task(pump)
+            self._pumps.add(task)
+            task.add_done_callback(self._pumps.discard)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbound: bool) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                if outbound and self.holding:
+                    self.held_bytes += len(chunk)  # never delivered
+                    continue
+                writer.write(chunk)
+                await writer.drain()
+                if not outbound and self.hold_after_reply:
+                    self.holding = True
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
