@@ -16,7 +16,7 @@ from core.event_rows import Event, announcement
 from core.failures import job_error
 from core.logs import log_event
 from core.metrics import JOB_SECONDS, JOBS_FINISHED
-from core.segment_entries import Segment, push_marks, pushed, queue_push, queue_withdraw, withdrawn
+from core.segment_entries import Segment, pushed, queue_expire_finished, queue_push, queue_withdraw, withdrawn
 from core.store import Store
 from core.timestamps import now_ms
 from workflows.graph import progress_ceiling
@@ -52,6 +52,10 @@ class BridgeActivities:
             self.store.save_snapshot(snap.job_id, snap.status, snap.progress, snap.graph, events),
             self._redis(snap, run_id, created, [(channel, raw) for channel, raw, _ in messages]),
         )
+        if snap.status in jobkeys.TERMINAL:  # Redis holds the only record of the end until PostgreSQL has it
+            pipe = self.redis.pipeline(transaction=False)
+            queue_expire_finished(pipe, self.bridge, snap.job_id, run_id, snap.graph, self.finished_key_seconds)
+            await pipe.execute()
         _log_lifecycle(snap, outcome)
         if snap.announce_status and snap.status in jobkeys.TERMINAL:
             JOBS_FINISHED.labels(status=snap.status).inc()
@@ -99,9 +103,7 @@ class BridgeActivities:
         if snap.withdraw:
             queue_withdraw(pipe, bridge, job_id)
         if snap.status in jobkeys.TERMINAL:
-            jobkeys.set_ending(pipe, bridge, job_id, run_id, snap.status, snap.progress, created)
-            marks = push_marks(bridge, job_id, run_id, tag)
-            jobkeys.expire_finished(pipe, bridge, job_id, self.finished_key_seconds, marks)
+            jobkeys.set_ending(pipe, bridge, job_id, run_id, snap.status, snap.progress, graph_json)
         for channel, raw in messages:
             pipe.publish(channel, raw)
         replies = iter((await pipe.execute())[first_script:])

@@ -90,6 +90,7 @@ async def start_job(
     idempotency_key: str | None = None,
     attempt: int = 1,
     segment_timeout: float | None = None,
+    retried: dict | None = None,
 ) -> dict:
     """Start the job's workflow, then record it; returns the accepted job.
 
@@ -99,8 +100,8 @@ async def start_job(
     """
     job_id, pipeline = graph["workflowId"], graph["context"]["pipeline"]
     accepted_at = now_ms()  # `advertised` happened before the workflow's first step, even if announced after it
-    if attempt > 1:
-        await _reset_for_attempt(backend, graph)
+    if retried is not None:
+        await _reset_for_attempt(backend, graph, retried)
     ceiling = segment_timeout or backend.settings.segment_timeout_seconds
     job = JobInput(graph, backend.runtimes, ceiling, attempt, python_timeouts(backend.contracts))
     try:
@@ -122,7 +123,7 @@ async def start_job(
         existing = await backend.store.job(job_id)
         return accepted(job_id, existing["created"] if existing else int(now_ms()))
     except RPCError as exc:
-        if attempt > 1:
+        if retried is not None:
             await _record_status(backend, job_id, JobStatus.FAILED)  # the retry never started: still failed
         raise ApiError(503, f"Temporal unavailable: {exc.message}") from None
     if pipeline != CAPABILITIES_PIPELINE:
@@ -138,15 +139,17 @@ async def start_job(
     return accepted(job_id, created_ms)
 
 
-async def _reset_for_attempt(backend: Backend, graph: dict) -> None:
-    """A retry starts from clean state: status advertised and the reset graph's own progress, set exactly."""
+async def _reset_for_attempt(backend: Backend, graph: dict, row: dict) -> None:
+    """A retry starts from clean state: status advertised and the reset graph's own progress, set exactly. The row
+    goes first, and only if it is still as the retry read it: of two retries at once, one starts the job."""
     bridge, job_id = backend.contracts.bridge, graph["workflowId"]
     progress = job_progress(graph)
+    if not await backend.store.claim_retry(job_id, row, progress, backend.settings.retry_settled_seconds):
+        raise ApiError(409, f"job {job_id} is being retried already")
     pipe = backend.redis.pipeline(transaction=False)
     pipe.set(bridge.status_key(job_id), JobStatus.ADVERTISED, ex=bridge.ttl)
     pipe.set(bridge.progress_key(job_id), jobkeys.format_progress(progress), ex=bridge.ttl)
     await pipe.execute()
-    await backend.store.reset_job(job_id, JobStatus.ADVERTISED, progress)
 
 
 async def _record_status(backend: Backend, job_id: str, status: str) -> None:

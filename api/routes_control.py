@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionDescription, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Backend, BackendDep
@@ -32,13 +32,33 @@ async def _known_job(backend: Backend, job_id: str) -> dict:
     return row
 
 
-async def _workflow_status(backend: Backend, job_id: str) -> WorkflowExecutionStatus | None:
+async def _latest_run(backend: Backend, job_id: str) -> WorkflowExecutionDescription | None:
     try:
-        return (await backend.temporal.get_workflow_handle(job_id).describe(rpc_timeout=RPC_TIMEOUT)).status
+        return await backend.temporal.get_workflow_handle(job_id).describe(rpc_timeout=RPC_TIMEOUT)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return None
         raise ApiError(503, f"Temporal unavailable: {exc.message}") from None
+
+
+async def _workflow_status(backend: Backend, job_id: str) -> WorkflowExecutionStatus | None:
+    run = await _latest_run(backend, job_id)
+    return run.status if run else None
+
+
+def _retry_never_started(row: dict, run: WorkflowExecutionDescription | None) -> bool:
+    """`advertised` with no run going, since after the last run closed: a retry reset the job and its API died
+    before Temporal took the new run (the store also makes sure that was long enough ago for none to be starting)."""
+    if row["status"] != JobStatus.ADVERTISED:
+        return False
+    if run is None:
+        return True  # the job's runs are gone from Temporal (its namespace's retention)
+    closed = run.close_time
+    return (
+        run.status not in (RUNNING, WorkflowExecutionStatus.COMPLETED)
+        and closed is not None
+        and closed <= row["updated"]
+    )
 
 
 @router.post("/{job_id}/cancel", response_model=JobControl, status_code=202)
@@ -58,17 +78,16 @@ async def cancel_job(backend: BackendDep, job_id: str):
 async def retry_job(backend: BackendDep, job_id: str):
     """A new run of a failed job: failed and skipped nodes run again, completed outputs are kept."""
     row = await _known_job(backend, job_id)
-    run = await _workflow_status(backend, job_id)
-    # `advertised` with no run going: a retry reset the job and its API died before Temporal took the new run.
-    never_started = row["status"] == JobStatus.ADVERTISED and run not in (RUNNING, WorkflowExecutionStatus.COMPLETED)
-    if run == RUNNING or (row["status"] != JobStatus.FAILED and not never_started):
+    run = await _latest_run(backend, job_id)
+    failed = row["status"] == JobStatus.FAILED and (run is None or run.status != RUNNING)
+    if not failed and not _retry_never_started(row, run):
         raise ApiError(409, f"job {job_id} has not failed (status {row['status']}); only failed jobs can be retried")
     graph = reset_for_retry(row["last_graph"])
     metadata = graph.setdefault("metadata", {})
     metadata.pop("failure", None)
     metadata.pop("handoff", None)
     metadata["attempt"] = int(metadata.get("attempt", 1)) + 1
-    return await start_job(backend, graph, attempt=metadata["attempt"])
+    return await start_job(backend, graph, attempt=metadata["attempt"], retried=row)
 
 
 @router.get("/{job_id}/graph", response_model=LiveGraph)

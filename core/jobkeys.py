@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -167,12 +168,16 @@ def set_graph(pipe: Pipeline, bridge: Bridge, job_id: str, graph_json: str, crea
     pipe.expire(key, bridge.ttl)
 
 
-def set_ending(pipe: Pipeline, bridge: Bridge, job_id: str, run_id: str, status: str, progress: float, created: str):
-    """Which run ended the job and how, beside the graph it ended with (`created` tells that graph's write apart
-    from a later one by a data-plane worker). A relay records the job's row from it when the run is terminated
-    before the same step reached PostgreSQL (handoff/stranded.py)."""
-    ending = {"runId": run_id, "status": status, "progress": progress, "created": created}
+def set_ending(pipe: Pipeline, bridge: Bridge, job_id: str, run_id: str, status: str, progress: float, graph_json: str):
+    """Which run ended the job and how, with a digest of the graph it ended with (a data-plane worker may write the
+    graph again later). A relay records the job's row from it when the run is terminated before the same step
+    reached PostgreSQL (handoff/stranded.py)."""
+    ending = {"runId": run_id, "status": status, "progress": progress, "graph": graph_digest(graph_json)}
     pipe.hset(bridge.job_key(job_id), ENDING_FIELD, json.dumps(ending))
+
+
+def graph_digest(graph_json: str) -> str:
+    return hashlib.sha1(graph_json.encode()).hexdigest()
 
 
 def expire_finished(pipe: Pipeline, bridge: Bridge, job_id: str, seconds: int, others: Sequence[str] = ()) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from redis.asyncio.client import Pipeline
 
+from core import jobkeys
 from core.contracts import Bridge
 from core.metrics import SEGMENTS_WITHDRAWN, SEGMENTS_WITHOUT_CONSUMER
 from core.stream_lua import STREAM_HELPERS
@@ -114,6 +115,13 @@ def push_marks(bridge: Bridge, job_id: str, run_id: str, last_tag: dict) -> list
     if not isinstance(last, int) or isinstance(last, bool):
         return []
     return [bridge.pushed_key(job_id, run_id, segment, attempt) for segment in range(1, last + 1)]
+
+
+def queue_expire_finished(pipe: Pipeline, bridge: Bridge, job_id: str, run_id: str, graph: dict, seconds: int):
+    """A finished job's keys and its run's push marks get the finished TTL: once its row records the end, as Redis
+    is the only record of that end until then."""
+    last_tag = (graph.get("metadata") or {}).get("handoff") or {}
+    jobkeys.expire_finished(pipe, bridge, job_id, seconds, push_marks(bridge, job_id, run_id, last_tag))
 
 
 def queue_withdraw(pipe: Pipeline, bridge: Bridge, job_id: str) -> None:

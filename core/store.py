@@ -194,7 +194,7 @@ class Store:
 
     async def job(self, job_id: str) -> dict | None:
         row = await self.pool.fetchrow(
-            "SELECT job_id, status, progress, last_graph, created FROM jobs WHERE job_id = $1",
+            "SELECT job_id, status, progress, last_graph, created, updated FROM jobs WHERE job_id = $1",
             uuid.UUID(job_id),
         )
         return dict(row) if row else None
@@ -210,6 +210,23 @@ class Store:
             limit,
         )
         return [dict(r) for r in rows]
+
+    async def claim_retry(self, job_id: str, seen: dict, progress: float, settled_seconds: float) -> bool:
+        """Reset the job for a retry if its row is still as `seen` (a `job()` row), and it is failed, or advertised
+        for longer than `settled_seconds` (a retry that never started); False if another got there first."""
+        outcome = await self.pool.execute(
+            """
+            UPDATE jobs SET status = 'advertised', progress = $4, updated = now()
+            WHERE job_id = $1 AND status = $2 AND updated = $3
+              AND (status = 'failed' OR updated < now() - make_interval(secs => $5))
+            """,
+            uuid.UUID(job_id),
+            seen["status"],
+            seen["updated"],
+            progress,
+            settled_seconds,
+        )
+        return outcome == "UPDATE 1"
 
     async def reset_job(self, job_id: str, status: str, progress: float | None) -> None:
         """Set a job's status (and, when given, its progress) exactly: a retry starts from clean state."""

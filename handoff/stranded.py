@@ -38,7 +38,7 @@ from core.event_rows import announcement
 from core.failures import job_error
 from core.logs import log_event
 from core.metrics import JOBS_CLOSED_OUT
-from core.segment_entries import push_marks, queue_withdraw, withdrawn
+from core.segment_entries import queue_expire_finished, queue_withdraw, withdrawn
 from core.store import Store, is_job_id
 from core.supervise import TaskHealth
 from core.temporal import RPC_TIMEOUT
@@ -180,9 +180,9 @@ class StrandedJobs:
             return None
         if ending.get("runId") != run_id or status not in jobkeys.TERMINAL or not isinstance(nodes, list):
             return None  # another run's ending: a reset or a retry of this job ended before this run's first step
-        if ending.get("created") != created or not 0.0 <= progress <= 1.0:
+        if ending.get("graph") != jobkeys.graph_digest(str(graph_json)) or not 0.0 <= progress <= 1.0:
             return None  # the graph was written again since: a data-plane worker recorded a node failed
-        return status, progress, graph, ending["created"]
+        return status, progress, graph, str(created or now_ms())
 
     async def _record_row(self, job_id: str, run_id: str, status: str, progress: float, graph: dict, created: str):
         """The PostgreSQL half of the run's last step, with the status message it announced as that step's row."""
@@ -192,6 +192,9 @@ class StrandedJobs:
         *_, event = announcement(self.bridge, "status", job_id, fields, created, f"{run_id}/status/{status}")
         assert event is not None  # a status message has a row
         await self.store.save_snapshot(job_id, status, progress, graph, [event])
+        pipe = self.redis.pipeline(transaction=False)
+        queue_expire_finished(pipe, self.bridge, job_id, run_id, graph, self.finished_key_seconds)
+        await pipe.execute()
 
     async def _record(self, job_id: str, run_id: str, graph: dict, progress: float) -> None:
         """As the workflow's cancel step records its end, with the row last (see the module's docstring)."""
@@ -203,8 +206,7 @@ class StrandedJobs:
         queue_withdraw(pipe, self.bridge, job_id)
         jobkeys.set_graph(pipe, self.bridge, job_id, json.dumps(graph, separators=(",", ":")), created)
         jobkeys.set_state(pipe, self.bridge, job_id, JobStatus.FAILED, progress, g.progress_ceiling(graph))
-        marks = push_marks(self.bridge, job_id, run_id, (graph.get("metadata") or {}).get("handoff") or {})
-        jobkeys.expire_finished(pipe, self.bridge, job_id, self.finished_key_seconds, marks)
+        queue_expire_finished(pipe, self.bridge, job_id, run_id, graph, self.finished_key_seconds)
         pipe.publish(channel, raw)
         withdrawal, *_ = await pipe.execute()
         withdrawn(self.bridge, job_id, withdrawal)

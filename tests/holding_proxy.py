@@ -1,5 +1,5 @@
 """A TCP proxy for fault tests: it forwards both ways until it holds, then keeps what clients send (a network that
-stopped delivering one way), so a test can catch a process between two calls, with the second in flight."""
+stopped delivering one way), so a test can catch a process with a call in flight."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ class HoldingProxy:
     def __init__(self, upstream_host: str, upstream_port: int):
         self.upstream = (upstream_host, upstream_port)
         self.holding = False
-        self.hold_after_reply = False  # hold once the server next answers: the client's next call is kept
         self.held_bytes = 0
         self._pumps: set[asyncio.Task] = set()
         self._server: asyncio.Server | None = None
@@ -26,6 +25,7 @@ class HoldingProxy:
         for pump in self._pumps:
             pump.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
+        await self._server.wait_closed()
 
     @property
     def address(self) -> str:
@@ -33,7 +33,11 @@ class HoldingProxy:
         return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
     async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
         for pump in (self._pump(reader, up_writer, outbound=True), self._pump(up_reader, writer, outbound=False)):
             task = asyncio.create_task(pump)
             self._pumps.add(task)
@@ -47,8 +51,6 @@ class HoldingProxy:
                     continue
                 writer.write(chunk)
                 await writer.drain()
-                if not outbound and self.hold_after_reply:
-                    self.holding = True
         except (ConnectionError, OSError):
             pass
         finally:

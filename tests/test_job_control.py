@@ -271,3 +271,18 @@ async def test_empty_idempotency_key_is_never_a_500(stack, llm):
     for reply in replies:
         if reply.status_code == 200:
             await outcome(stack, reply.json()["jobId"])
+
+
+async def test_two_retries_at_once_start_one_run(stack, llm):
+    """Before, both could read the job failed and both reset it: the second could set a started run's status back
+    to `advertised`, and both answered 200."""
+    job_id = await cancelled_job(stack, llm)
+    llm.delay = 0
+
+    async def failed_row():
+        return (await job_detail(stack, job_id))["status"] == "failed"
+
+    await wait_for(failed_row, what="the row to say failed")
+    replies = await asyncio.gather(*(stack.api.post(f"/api/jobs/{job_id}/retry") for _ in range(2)))
+    assert sorted(reply.status_code for reply in replies) == [200, 409], [reply.text for reply in replies]
+    assert await outcome(stack, job_id) == ("completed", None)

@@ -21,6 +21,7 @@ from core import jobkeys
 from core.messages import fingerprint
 from core.metrics import role_registry
 from core.store import Store, connect_pool
+from handoff.dataplane import as_worker_serialises
 from handoff.service import run_relay
 from handoff.stranded import StrandedJobs, stranded_query
 from tests.e2e import BRIDGE, pushed_segment, submit, wait_for
@@ -216,6 +217,8 @@ async def test_a_job_whose_last_step_reached_only_redis_is_recorded_as_it_ended(
 
             await wait_for(ended_in_redis, what="the job's last step to write Redis")
             told = (await stack.api.get(f"/api/status/{job_id}")).json()
+            # Until PostgreSQL has the end, Redis is its only record: the keys keep the running job's TTL.
+            assert await stack.redis.ttl(BRIDGE.job_key(job_id)) > stack.settings.finished_key_seconds
             assert (await store.job(job_id))["status"] == "running"
             handle = stack.temporal.get_workflow_handle(job_id)
             if terminated != "at once":
@@ -253,6 +256,7 @@ async def test_a_job_whose_last_step_reached_only_redis_is_recorded_as_it_ended(
     )
     assert [r["fingerprint"] for r in fingerprints] == [fingerprint(BRIDGE.channel("status", job_id), "", own)]
     assert await stack.redis.get(BRIDGE.status_key(job_id)) == status
+    assert 0 < await stack.redis.ttl(BRIDGE.job_key(job_id)) <= stack.settings.finished_key_seconds  # now it may go
     # Once Redis has forgotten the job, the API answers from PostgreSQL what clients were told.
     await stack.redis.delete(*(key(job_id) for key in (BRIDGE.job_key, BRIDGE.status_key, BRIDGE.progress_key)))
     assert (await stack.api.get(f"/api/status/{job_id}")).json() == told
@@ -270,11 +274,13 @@ async def test_an_ending_in_redis_that_is_not_this_runs_last_word_is_not_taken(s
         await pushed_segment(stack.redis, job_id)
         handle = stack.temporal.get_workflow_handle(job_id)
         run_id = (await handle.describe()).run_id
-        created = await stack.redis.hget(BRIDGE.job_key(job_id), "created")
-        run, when = ("an-earlier-run", created) if left == "by an earlier run" else (run_id, str(int(created) - 1))
+        graph_json = await stack.redis.hget(BRIDGE.job_key(job_id), "graph")
         pipe = stack.redis.pipeline(transaction=False)
-        jobkeys.set_ending(pipe, BRIDGE, job_id, run, "completed", 1.0, when)
+        jobkeys.set_ending(pipe, BRIDGE, job_id, "an-earlier-run" if left == "by an earlier run" else run_id,
+                           "completed", 1.0, graph_json)  # fmt: skip
         pipe.set(BRIDGE.status_key(job_id), "completed")
+        if left != "by an earlier run":  # the existing worker writes field `graph` alone (PROTOCOL §3)
+            pipe.hset(BRIDGE.job_key(job_id), "graph", json.dumps(as_worker_serialises(json.loads(graph_json))))
         await pipe.execute()
         await handle.terminate(reason="ended for real")
 
