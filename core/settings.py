@@ -76,8 +76,9 @@ class Settings(BaseSettings):
     temporal_payload_limit_bytes: int = Field(default=2 << 20, gt=0)
     capabilities_timeout_seconds: float = 10.0
     capabilities_cache_seconds: float = 60.0
-    # A retry whose API died before Temporal took the new run leaves the job `advertised` with no run; another retry
-    # is accepted once it has been so this long (longer than a retry's start call may take).
+    # A retry whose API died before Temporal took the new run leaves the job `advertised` with no run. Once it has
+    # been so this long (longer than a retry's start call may take), relays put it back to `failed`, and another
+    # retry is accepted meanwhile.
     retry_settled_seconds: float = Field(default=60.0, gt=0)
 
     # job_events rows of a finished (completed or failed) job are deleted this many hours after it finished;

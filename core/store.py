@@ -228,6 +228,34 @@ class Store:
         )
         return outcome == "UPDATE 1"
 
+    async def unstarted_retries(self, settled_seconds: float, limit: int = 100) -> list[dict]:
+        """Jobs `advertised` for longer than `settled_seconds` whose last graph failed: retries that may never have
+        started (their API died before Temporal took the new run); oldest first."""
+        rows = await self.pool.fetch(
+            """
+            SELECT job_id, updated, last_graph FROM jobs
+            WHERE status = 'advertised' AND updated < now() - make_interval(secs => $1)
+              AND last_graph->'metadata' ? 'failure'
+            ORDER BY updated LIMIT $2
+            """,
+            settled_seconds,
+            limit,
+        )
+        return [dict(r) for r in rows]
+
+    async def restore_failed(self, job_id: str, seen_updated: datetime, progress: float) -> bool:
+        """Put an unstarted retry's job back to `failed`, if no retry has claimed it since it was read."""
+        outcome = await self.pool.execute(
+            """
+            UPDATE jobs SET status = 'failed', progress = $3, updated = now()
+            WHERE job_id = $1 AND status = 'advertised' AND updated = $2
+            """,
+            uuid.UUID(job_id),
+            seen_updated,
+            progress,
+        )
+        return outcome == "UPDATE 1"
+
     async def reset_job(self, job_id: str, status: str, progress: float | None) -> None:
         """Set a job's status (and, when given, its progress) exactly: a retry starts from clean state."""
         await self.pool.execute(

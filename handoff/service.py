@@ -41,7 +41,10 @@ async def run_relay(
     retention = Retention(redis, store, spec.bridge, RetentionPolicy.of(settings))
     listener = EventListener(redis, events, client, spec.bridge, limits)
     interval = settings.cleanup_interval_seconds
-    stranded = StrandedJobs(client, redis, store, spec.bridge, interval, settings.finished_key_seconds)
+    stranded = StrandedJobs(
+        client, redis, store, spec.bridge, interval, settings.finished_key_seconds,
+        retry_settled_seconds=settings.retry_settled_seconds,
+    )  # fmt: skip
 
     async def listen(health: TaskHealth) -> None:
         await subscribe_forever(settings.redis_url, spec.bridge.channel_patterns, listener.on_message, health)

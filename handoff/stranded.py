@@ -43,6 +43,7 @@ from core.store import Store, is_job_id
 from core.supervise import TaskHealth
 from core.temporal import RPC_TIMEOUT
 from core.timestamps import now_ms
+from handoff.unstarted import UnstartedRetries
 from workflows import graph as g
 from workflows.names import CONTROL_SOURCE, JOB_WORKFLOW, STATUS_ATTRIBUTE
 from workflows.status import JobStatus, NodeStatus
@@ -92,10 +93,12 @@ class StrandedJobs:
         interval_seconds: float,
         finished_key_seconds: int,
         first_lookback: timedelta = FIRST_LOOKBACK,
+        retry_settled_seconds: float = 60.0,
     ):
         self.client, self.redis, self.store, self.bridge = client, redis, store, bridge
         self.interval_seconds, self.finished_key_seconds = interval_seconds, finished_key_seconds
         self.since = datetime.now(UTC) - first_lookback
+        self.unstarted = UnstartedRetries(client, redis, store, bridge, retry_settled_seconds, finished_key_seconds)
 
     async def run(self, health: TaskHealth) -> None:
         """A round every interval until cancelled; an outage, or a job that could not be recorded, fails the round
@@ -111,11 +114,11 @@ class StrandedJobs:
             await asyncio.sleep(self.interval_seconds)
 
     async def sweep(self) -> list[str]:
-        """One round; returns the jobs whose end it recorded. A job it could not record is tried again next round, and
-        never holds up the others; the first such error is raised once all were tried."""
+        """One round; returns the jobs of retries that never started, put back to `failed`, then those whose end it
+        recorded. A job it could not record is tried again next round, and never holds up the others; the first
+        such error is raised once all were tried."""
         started = datetime.now(UTC)
-        closed: list[str] = []
-        errors: list[Exception] = []
+        closed, errors = await self.unstarted.sweep()
         async for run in self.client.list_workflows(stranded_query(self.since), rpc_timeout=RPC_TIMEOUT):
             try:
                 if run.status in ENDINGS and await self.close_out(run.id, run.run_id, run.status):

@@ -16,9 +16,10 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.jobs import IDEMPOTENCY_NAMESPACE
+from handoff.stranded import StrandedJobs
 from spinbot.ports import free_port
 from spinbot.services import popen, start_redis, wait_for_port
-from tests.e2e import outcome, pushed_segment, submit, wait_for
+from tests.e2e import BRIDGE, outcome, pushed_segment, submit, wait_for
 from tests.holding_proxy import HoldingProxy
 from tests.stack import api_replica
 
@@ -135,7 +136,8 @@ CLAIM_WAITING = """
 """
 
 
-async def test_a_retry_killed_before_its_run_started_can_be_retried_again(stack, store):
+@pytest.mark.parametrize("then", ["retried again", "put back to failed by a relay"])
+async def test_a_retry_killed_before_its_run_started_strands_nothing(stack, store, then):
     """A real API process killed (-9) after a retry reset the job and before Temporal got the new run's start
     request. Before, the job said `advertised` for ever with no run, and every later retry was refused (409)."""
     async with stack.no_dataplane():
@@ -172,9 +174,18 @@ async def test_a_retry_killed_before_its_run_started_can_be_retried_again(stack,
     assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED  # no new run was started
     # Right away it could be a retry still starting (its start call may take a while): another is refused.
     assert (await stack.api.post(f"/api/jobs/{job_id}/retry")).status_code == 409
-    settings = stack.settings.model_copy(update={"retry_settled_seconds": 1.0})
-    await asyncio.sleep(1.0)
-    async with api_replica(settings, stack.temporal) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
-        reply = await client.post(f"/api/jobs/{job_id}/retry")
+    await asyncio.sleep(1.0)  # longer than the window below, as SPINBOT_RETRY_SETTLED_SECONDS (60 s) would pass
+    if then == "retried again":
+        settings = stack.settings.model_copy(update={"retry_settled_seconds": 1.0})
+        async with api_replica(settings, stack.temporal) as url, httpx.AsyncClient(base_url=url, timeout=30) as replica:
+            reply = await replica.post(f"/api/jobs/{job_id}/retry")
+    else:
+        search = StrandedJobs(stack.temporal, stack.redis, store, BRIDGE, 1.0, 60, retry_settled_seconds=1.0)
+        assert job_id in await search.sweep()
+        status = (await stack.api.get(f"/api/status/{job_id}")).json()
+        assert (status["status"], status["error"]["message"]) == ("failed", "cancelled")
+        assert (await store.job(job_id))["status"] == "failed"
+        assert job_id not in await search.sweep()  # once
+        reply = await stack.api.post(f"/api/jobs/{job_id}/retry")
     assert reply.status_code == 200, reply.text
     assert await outcome(stack, job_id) == ("completed", None)
