@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -228,33 +228,57 @@ class Store:
         )
         return outcome == "UPDATE 1"
 
-    async def unstarted_retries(self, settled_seconds: float, limit: int = 100) -> list[dict]:
+    async def unstarted_retries(self, settled_seconds: float, after: tuple = (), page: int = 100) -> list[dict]:
         """Jobs `advertised` for longer than `settled_seconds` whose last graph failed: retries that may never have
-        started (their API died before Temporal took the new run); oldest first."""
+        started (their API died before Temporal took the new run); a page, oldest first, after `after`'s
+        (updated, job_id)."""
         rows = await self.pool.fetch(
             """
             SELECT job_id, updated, last_graph FROM jobs
             WHERE status = 'advertised' AND updated < now() - make_interval(secs => $1)
               AND last_graph->'metadata' ? 'failure'
-            ORDER BY updated LIMIT $2
+              AND ($2::timestamptz IS NULL OR (updated, job_id) > ($2, $3))
+            ORDER BY updated, job_id LIMIT $4
             """,
             settled_seconds,
-            limit,
+            *(after or (None, None)),
+            page,
         )
         return [dict(r) for r in rows]
 
-    async def restore_failed(self, job_id: str, seen_updated: datetime, progress: float) -> bool:
-        """Put an unstarted retry's job back to `failed`, if no retry has claimed it since it was read."""
-        outcome = await self.pool.execute(
-            """
-            UPDATE jobs SET status = 'failed', progress = $3, updated = now()
-            WHERE job_id = $1 AND status = 'advertised' AND updated = $2
-            """,
-            uuid.UUID(job_id),
-            seen_updated,
-            progress,
-        )
-        return outcome == "UPDATE 1"
+    async def restore_failed(
+        self, job_id: str, seen_updated: datetime, progress: float, event: Event, tell: Callable[[], Awaitable]
+    ) -> bool:
+        """Put an unstarted retry's job back to `failed` with its status event, if still as read; `tell` (the Redis
+        half) runs under the row's lock, so that a retry claiming the job waits and then finds it taken, and of two
+        relays one does it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            locked = await conn.fetchval(
+                "SELECT true FROM jobs WHERE job_id = $1 AND status = 'advertised' AND updated = $2 "
+                "FOR UPDATE SKIP LOCKED",
+                uuid.UUID(job_id),
+                seen_updated,
+            )
+            if not locked:
+                return False
+            await tell()
+            await conn.execute(
+                """
+                WITH ev AS (
+                    INSERT INTO job_events (job_id, status, data, fingerprint, created) VALUES ($1, $4, $5, $6, $7)
+                    ON CONFLICT (job_id, fingerprint) DO NOTHING
+                )
+                UPDATE jobs SET status = 'failed', progress = $2, updated = now() WHERE job_id = $1 AND updated = $3
+                """,
+                uuid.UUID(job_id),
+                progress,
+                seen_updated,
+                event.status,
+                event.data,
+                event.fingerprint,
+                event.created,
+            )
+        return True
 
     async def reset_job(self, job_id: str, status: str, progress: float | None) -> None:
         """Set a job's status (and, when given, its progress) exactly: a retry starts from clean state."""

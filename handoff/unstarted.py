@@ -18,7 +18,7 @@ from core.contracts import Bridge
 from core.event_rows import announcement
 from core.failures import job_error
 from core.logs import log_event
-from core.store import Store
+from core.store import Store, millis
 from core.temporal import RPC_TIMEOUT
 from core.timestamps import now_ms
 from workflows import graph as g
@@ -47,14 +47,17 @@ class UnstartedRetries:
         """One round: the jobs put back to `failed`, and the errors of those that could not be (tried next round)."""
         restored: list[str] = []
         errors: list[Exception] = []
-        for row in await self.store.unstarted_retries(self.settled_seconds):
-            job_id = str(row["job_id"])
-            try:
-                if await self.restore(job_id, row):
-                    restored.append(job_id)
-            except Exception as exc:
-                log.exception("job %s: could not put an unstarted retry back to failed; next round tries again", job_id)
-                errors.append(exc)
+        after: tuple = ()
+        while rows := await self.store.unstarted_retries(self.settled_seconds, after):
+            after = (rows[-1]["updated"], rows[-1]["job_id"])
+            for row in rows:
+                job_id = str(row["job_id"])
+                try:
+                    if await self.restore(job_id, row):
+                        restored.append(job_id)
+                except Exception as exc:
+                    log.exception("job %s: could not put an unstarted retry back to failed; next round tries", job_id)
+                    errors.append(exc)
         return restored, errors
 
     async def restore(self, job_id: str, row: dict) -> bool:
@@ -65,14 +68,19 @@ class UnstartedRetries:
         graph = row["last_graph"]
         progress = g.job_progress(graph)
         fields = {"status": JobStatus.FAILED, "source": CONTROL_SOURCE, "error": job_error(graph)}
-        channel, raw, _ = announcement(self.bridge, "status", job_id, fields, now_ms(), None)
-        pipe = self.redis.pipeline(transaction=False)  # Redis first, then the row, which marks it done
-        jobkeys.set_state(pipe, self.bridge, job_id, JobStatus.FAILED, progress, g.progress_ceiling(graph))
-        jobkeys.expire_finished(pipe, self.bridge, job_id, self.finished_key_seconds)
-        pipe.publish(channel, raw)
-        await pipe.execute()
-        if not await self.store.restore_failed(job_id, row["updated"], progress):
-            return False  # retried meanwhile: that retry's run records the job
+        event_id = f"unstarted/{millis(row['updated'])}/status/failed"  # one row, however many relays try
+        channel, raw, event = announcement(self.bridge, "status", job_id, fields, now_ms(), event_id)
+        assert event is not None  # a status message has a row
+
+        async def tell() -> None:  # Redis first, then the row, which marks it done
+            pipe = self.redis.pipeline(transaction=False)
+            jobkeys.set_state(pipe, self.bridge, job_id, JobStatus.FAILED, progress, g.progress_ceiling(graph))
+            jobkeys.expire_finished(pipe, self.bridge, job_id, self.finished_key_seconds)
+            pipe.publish(channel, raw)
+            await pipe.execute()
+
+        if not await self.store.restore_failed(job_id, row["updated"], progress, event, tell):
+            return False  # retried meanwhile (that retry's run records the job), or another relay has it
         log_event(log, "unstarted retry put back to failed", level=logging.WARNING, job_id=job_id)
         return True
 

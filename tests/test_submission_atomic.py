@@ -130,6 +130,10 @@ async def test_kill_9_of_the_api_mid_burst_leaves_no_half_made_job(stack, store,
     assert await orphans(stack, store, job_ids) == []
 
 
+async def row_says(store, job_id: str, status: str) -> bool:
+    return (await store.job(job_id))["status"] == status
+
+
 CLAIM_WAITING = """
     SELECT count(*) FROM pg_stat_activity
     WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE jobs SET status%'
@@ -147,10 +151,7 @@ async def test_a_retry_killed_before_its_run_started_strands_nothing(stack, stor
         with contextlib.suppress(WorkflowFailureError):
             await asyncio.wait_for(stack.temporal.get_workflow_handle(job_id).result(), 10)
 
-    async def row_says(status: str) -> bool:
-        return (await store.job(job_id))["status"] == status
-
-    await wait_for(lambda: row_says("failed"), what="the cancelled job's row to say failed")
+    await wait_for(lambda: row_says(store, job_id, "failed"), what="the cancelled job's row to say failed")
     host, port = stack.settings.temporal_address.rsplit(":", 1)
     async with HoldingProxy(host, int(port)) as temporal, store.pool.acquire() as lock:
         api, api_port = api_process(stack, temporal_address=temporal.address)
@@ -162,7 +163,7 @@ async def test_a_retry_killed_before_its_run_started_strands_nothing(stack, stor
                     retry = asyncio.create_task(client.post(f"/api/jobs/{job_id}/retry"))
                     await wait_for(lambda: store.pool.fetchval(CLAIM_WAITING), what="the retry's reset to wait")
                     temporal.holding = True  # what the API sends Temporal from now on is never delivered
-                await wait_for(lambda: row_says("advertised"), what="the retry to reset the job")
+                await wait_for(lambda: row_says(store, job_id, "advertised"), what="the retry to reset the job")
                 await wait_for(lambda: temporal.held_bytes > 0, what="the start request held")
                 api.send_signal(signal.SIGKILL)
                 with contextlib.suppress(httpx.HTTPError):
@@ -186,6 +187,31 @@ async def test_a_retry_killed_before_its_run_started_strands_nothing(stack, stor
         assert (status["status"], status["error"]["message"]) == ("failed", "cancelled")
         assert (await store.job(job_id))["status"] == "failed"
         assert job_id not in await search.sweep()  # once
+        # Its status events: the cancel's `failed`, then the relay's, written once.
+        assert [e["status"] for e in await store.events(job_id)].count("failed") == 2
         reply = await stack.api.post(f"/api/jobs/{job_id}/retry")
     assert reply.status_code == 200, reply.text
     assert await outcome(stack, job_id) == ("completed", None)
+
+
+async def test_a_relay_leaves_an_unstarted_retry_alone_while_a_retry_holds_its_row(stack, store):
+    """Before, the relay told Redis and clients `failed` first and only then tried the row: against a retry claiming
+    the job at that moment, clients were told `failed` while the new run started."""
+    async with stack.no_dataplane():
+        job_id = await submit(stack, SADTALKER)
+        await pushed_segment(stack.redis, job_id)
+        assert (await stack.api.post(f"/api/jobs/{job_id}/cancel")).status_code == 202
+        with contextlib.suppress(WorkflowFailureError):
+            await asyncio.wait_for(stack.temporal.get_workflow_handle(job_id).result(), 10)
+    await wait_for(lambda: row_says(store, job_id, "failed"), what="the cancelled job's row to say failed")
+    row = await store.job(job_id)
+    assert await store.claim_retry(job_id, row, 0.0, 60)  # the retry's reset, whose API then dies
+    await stack.redis.set(BRIDGE.status_key(job_id), "advertised")
+    await asyncio.sleep(1.0)
+    search = StrandedJobs(stack.temporal, stack.redis, store, BRIDGE, 1.0, 60, retry_settled_seconds=1.0)
+    async with store.pool.acquire() as retry, retry.transaction():  # another retry is claiming the job
+        await retry.execute("SELECT 1 FROM jobs WHERE job_id = $1 FOR UPDATE", uuid.UUID(job_id))
+        assert job_id not in await search.sweep()
+        assert await stack.redis.get(BRIDGE.status_key(job_id)) == "advertised"  # clients were told nothing
+    assert job_id in await search.sweep()  # the claim let go without taking it: the next round does
+    assert await stack.redis.get(BRIDGE.status_key(job_id)) == "failed"
