@@ -1,0 +1,87 @@
+"""The job rows of retries: the claim a retry makes before it starts the new run, and the relays' look-up of retries
+that never started (their API died in between), which they put back to `failed` (handoff/unstarted.py)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import asyncpg
+
+from core.event_rows import Event
+
+
+class RetryRows:
+    """Part of `core.store.Store`, on its pool."""
+
+    pool: asyncpg.Pool
+
+    async def claim_retry(self, job_id: str, seen: dict, progress: float, settled_seconds: float) -> bool:
+        """Reset the job for a retry if its row is still as `seen` (a `job()` row), and it is failed, or advertised
+        for longer than `settled_seconds` (a retry that never started); False if another got there first."""
+        outcome = await self.pool.execute(
+            """
+            UPDATE jobs SET status = 'advertised', progress = $4, updated = now()
+            WHERE job_id = $1 AND status = $2 AND updated = $3
+              AND (status = 'failed' OR updated < now() - make_interval(secs => $5))
+            """,
+            uuid.UUID(job_id),
+            seen["status"],
+            seen["updated"],
+            progress,
+            settled_seconds,
+        )
+        return outcome == "UPDATE 1"
+
+    async def unstarted_retries(self, settled_seconds: float, after: tuple = (), page: int = 100) -> list[dict]:
+        """Jobs `advertised` for longer than `settled_seconds` whose last graph failed: retries that may never have
+        started (their API died before Temporal took the new run); a page, oldest first, after `after`'s
+        (updated, job_id)."""
+        rows = await self.pool.fetch(
+            """
+            SELECT job_id, updated, last_graph FROM jobs
+            WHERE status = 'advertised' AND updated < now() - make_interval(secs => $1)
+              AND last_graph->'metadata' ? 'failure'
+              AND ($2::timestamptz IS NULL OR (updated, job_id) > ($2, $3))
+            ORDER BY updated, job_id LIMIT $4
+            """,
+            settled_seconds,
+            *(after or (None, None)),
+            page,
+        )
+        return [dict(r) for r in rows]
+
+    async def restore_failed(
+        self, job_id: str, seen_updated: datetime, progress: float, event: Event, tell: Callable[[], Awaitable]
+    ) -> bool:
+        """Put an unstarted retry's job back to `failed` with its status event, if still as read; `tell` (the Redis
+        half) runs under the row's lock, so that a retry claiming the job waits and then finds it taken, and of two
+        relays one does it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            locked = await conn.fetchval(
+                "SELECT true FROM jobs WHERE job_id = $1 AND status = 'advertised' AND updated = $2 "
+                "FOR UPDATE SKIP LOCKED",
+                uuid.UUID(job_id),
+                seen_updated,
+            )
+            if not locked:
+                return False
+            await tell()
+            await conn.execute(
+                """
+                WITH ev AS (
+                    INSERT INTO job_events (job_id, status, data, fingerprint, created) VALUES ($1, $4, $5, $6, $7)
+                    ON CONFLICT (job_id, fingerprint) DO NOTHING
+                )
+                UPDATE jobs SET status = 'failed', progress = $2, updated = now() WHERE job_id = $1 AND updated = $3
+                """,
+                uuid.UUID(job_id),
+                progress,
+                seen_updated,
+                event.status,
+                event.data,
+                event.fingerprint,
+                event.created,
+            )
+        return True
