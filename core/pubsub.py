@@ -61,7 +61,7 @@ async def _listen(
     health: TaskHealth | None,
     on_subscribed: Resubscribed | None,
 ) -> None:
-    client = redis_client(redis_url, raw=True, pool_size=2)
+    client = redis_client(redis_url, raw=True, pool_size=2, reply_seconds=None)  # each read passes its own wait
     pubsub = client.pubsub()
     try:
         await pubsub.psubscribe(*patterns)
@@ -150,7 +150,7 @@ class Following:
                 await self._listen(health)
 
     async def _listen(self, health: TaskHealth | None) -> None:
-        client = redis_client(self.redis_url, raw=True, pool_size=2, reconnect=False)
+        client = redis_client(self.redis_url, raw=True, pool_size=2, reconnect=False, reply_seconds=None)
         pubsub = client.pubsub()
         try:
             # Its reads have no socket timeout (each read passes its own): one that never answers must not hold us.

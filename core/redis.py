@@ -20,6 +20,9 @@ Entry = dict[FieldT, EncodableT]  # the fields of a stream entry, as redis-py's 
 # (BusyLoadingError, a server still loading its data after a restart, and MaxConnectionsError are ConnectionErrors.)
 TRANSIENT: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 REDIS_PY_SOCKET_TIMEOUT = 5.0  # what redis-py (8.x) uses when the client is built without one
+# How long a command waits for its reply. A Redis that stops answering but keeps its connections (a frozen host, a
+# partition that sends no reset) fails the command after this, once, instead of holding it (and its request) for ever.
+REPLY_SECONDS = 5.0
 
 # One pool per client. Commands are short (blocking reads and pub/sub have connections of their own), so a few
 # dozen connections serve thousands of requests and sockets; past that a command waits for a free one rather
@@ -35,15 +38,23 @@ DRIVER_INFO = DriverInfo()
 
 
 def redis_client(
-    url: str, block_ms: int | None = None, *, raw: bool = False, pool_size: int = POOL_SIZE, reconnect: bool = True
+    url: str,
+    block_ms: int | None = None,
+    *,
+    raw: bool = False,
+    pool_size: int = POOL_SIZE,
+    reconnect: bool = True,
+    reply_seconds: float | None = REPLY_SECONDS,
 ) -> aioredis.Redis:
-    """A client for `url`; with `block_ms`, its socket timeout outlasts blocking reads of that length.
+    """A client for `url`; its commands wait `reply_seconds` for a reply, and with `block_ms` that much longer, so
+    that blocking reads of that length are not cut off.
 
     `raw` keeps replies as bytes: for consumers of what other programs wrote, which decode it themselves.
     Without `reconnect`, a command is never retried and a lost connection is never opened again: every use of it
     raises instead. For a pub/sub listener that reconnects and subscribes again itself, and must know when.
+    `reply_seconds=None`: no socket timeout, for pub/sub listeners, whose every read passes its own.
     """
-    socket_timeout = block_ms / 1000 + 5 if block_ms else None
+    socket_timeout = block_ms / 1000 + REPLY_SECONDS if block_ms else reply_seconds
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=pool_size,
@@ -55,7 +66,7 @@ def redis_client(
         **({} if url.startswith("unix:") else {"socket_keepalive": True}),  # a unix socket's connection takes none
         driver_info=DRIVER_INFO,
         retry=redis_retry() if reconnect else Retry(NoBackoff(), 0, supported_errors=()),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError] if reconnect else [],
+        retry_on_error=[RedisConnectionError] if reconnect else [],  # a timeout is not retried: see redis_retry
     )
     kind = pool.connection_class  # by the URL's scheme: TCP, TLS or a unix socket
     ours = (KeepsCancels,) if reconnect else (KeepsCancels, ConnectOnce)

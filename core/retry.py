@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -91,5 +92,6 @@ def redis_retry(retries: int = 10) -> Retry:
     """Command-level retry for redis-py clients: a restarted server costs a short wait, not an error.
 
     Equal jitter keeps half of each backoff, so the retries always span at least ~3.7 s (at most ~7.5 s):
-    a Redis restart within that is invisible to the caller."""
-    return Retry(EqualJitterBackoff(cap=1.0, base=0.05), retries)
+    a Redis restart within that is invisible to the caller. Only lost or refused connections are retried: a command
+    that timed out waiting for its reply fails at once, or a server that stops answering would hold it ten times."""
+    return Retry(EqualJitterBackoff(cap=1.0, base=0.05), retries, supported_errors=(RedisConnectionError,))

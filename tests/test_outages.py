@@ -234,6 +234,24 @@ async def test_redis_down_status_comes_from_postgres_and_ready_says_redis(privat
     assert checks["hub-listener"]["ok"]
 
 
+async def test_a_redis_that_stops_answering_holds_no_request(private, outage_stack):
+    """Redis frozen (SIGSTOP): it keeps its connections and answers nothing, as a frozen host or a partition that
+    sends no reset. A status lookup is answered from PostgreSQL within seconds. Before, the API's commands had no
+    socket timeout: the lookup waited for ever (for TCP keepalive, hours)."""
+    stack = outage_stack
+    job_id = await submit(stack, SADTALKER)
+    assert await outcome(stack, job_id) == ("completed", None)
+    private.redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        # One reply timeout (5 s), then PostgreSQL; ten retried timeouts would outlast this wait.
+        reply = await asyncio.wait_for(stack.api.get(f"/api/status/{job_id}"), 30)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["status"] == "completed"
+    finally:
+        private.redis.proc.send_signal(signal.SIGCONT)
+    await ready_again(stack)
+
+
 async def test_postgres_down_history_routes_answer_503_and_status_still_answers(private, outage_stack):
     stack = outage_stack
     job_id = await submit(stack, SADTALKER)
