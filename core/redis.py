@@ -46,15 +46,15 @@ def redis_client(
     reconnect: bool = True,
     reply_seconds: float | None = REPLY_SECONDS,
 ) -> aioredis.Redis:
-    """A client for `url`; its commands wait `reply_seconds` for a reply, and with `block_ms` that much longer, so
-    that blocking reads of that length are not cut off.
+    """A client for `url`; its commands wait `reply_seconds` for a reply, and with `block_ms` that much longer (as
+    its socket timeout), so that blocking reads of that length are not cut off.
 
     `raw` keeps replies as bytes: for consumers of what other programs wrote, which decode it themselves.
     Without `reconnect`, a command is never retried and a lost connection is never opened again: every use of it
     raises instead. For a pub/sub listener that reconnects and subscribes again itself, and must know when.
     `reply_seconds=None`: no socket timeout, for pub/sub listeners, whose every read passes its own.
     """
-    socket_timeout = block_ms / 1000 + REPLY_SECONDS if block_ms else reply_seconds
+    socket_timeout = block_ms / 1000 + REPLY_SECONDS if block_ms else None
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=pool_size,
@@ -69,8 +69,9 @@ def redis_client(
         retry_on_error=[RedisConnectionError] if reconnect else [],  # a timeout is not retried: see redis_retry
     )
     kind = pool.connection_class  # by the URL's scheme: TCP, TLS or a unix socket
-    ours = (KeepsCancels,) if reconnect else (KeepsCancels, ConnectOnce)
-    pool.connection_class = type(f"Our{kind.__name__}", (*ours, kind), {})
+    ours = (KeepsCancels, RepliesInTime) if reconnect else (KeepsCancels, RepliesInTime, ConnectOnce)
+    reply_timeout = None if block_ms else reply_seconds  # a blocking-read client's socket timeout covers its replies
+    pool.connection_class = type(f"Our{kind.__name__}", (*ours, kind), {"reply_timeout": reply_timeout})
     return aioredis.Redis.from_pool(pool)
 
 
@@ -89,6 +90,26 @@ class KeepsCancels:
         if task is not None and task.cancelling() > asked:
             await self.disconnect(nowait=True)  # type: ignore[attr-defined]
             raise asyncio.CancelledError
+
+
+class RepliesInTime:
+    """A connection (mixed into redis-py's) whose replies are awaited `reply_timeout` seconds at most.
+
+    The same bound as a socket timeout, without its cost: with one, redis-py also sends every command under
+    asyncio.wait_for, a task per send (~50 µs of CPU per command, against ~130 µs for a whole GET). A send only
+    waits when the socket's buffer is full, and the reply that follows it is bounded here."""
+
+    reply_timeout: float | None = None
+
+    async def read_response(self, *args, timeout: float | None = None, **kwargs):
+        if timeout is not None or self.reply_timeout is None:  # an explicit wait (pub/sub's) is the caller's
+            return await super().read_response(*args, timeout=timeout, **kwargs)  # type: ignore[misc]
+        try:
+            async with asyncio.timeout(self.reply_timeout):
+                return await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except TimeoutError:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]  # its reply would answer the next
+            raise RedisTimeoutError(f"no reply from Redis within {self.reply_timeout} s") from None
 
 
 class ConnectOnce:

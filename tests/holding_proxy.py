@@ -1,5 +1,5 @@
-"""A TCP proxy for fault tests: it forwards both ways until it holds, then keeps what clients send (a network that
-stopped delivering one way), so a test can catch a process with a call in flight."""
+"""A TCP proxy for fault tests: it forwards both ways until it holds, then never delivers what clients send (a
+network that stopped delivering one way), so a test can catch a process with a call in flight."""
 
 from __future__ import annotations
 

@@ -134,6 +134,18 @@ async def row_says(store, job_id: str, status: str) -> bool:
     return (await store.job(job_id))["status"] == status
 
 
+async def cancelled_job(stack, store) -> str:
+    """A job cancelled while it waited on the data plane, once its row says failed: one a retry may start again."""
+    async with stack.no_dataplane():
+        job_id = await submit(stack, SADTALKER)
+        await pushed_segment(stack.redis, job_id)
+        assert (await stack.api.post(f"/api/jobs/{job_id}/cancel")).status_code == 202
+        with contextlib.suppress(WorkflowFailureError):
+            await asyncio.wait_for(stack.temporal.get_workflow_handle(job_id).result(), 10)
+    await wait_for(lambda: row_says(store, job_id, "failed"), what="the cancelled job's row to say failed")
+    return job_id
+
+
 CLAIM_WAITING = """
     SELECT count(*) FROM pg_stat_activity
     WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE jobs SET status%'
@@ -144,14 +156,7 @@ CLAIM_WAITING = """
 async def test_a_retry_killed_before_its_run_started_strands_nothing(stack, store, then):
     """A real API process killed (-9) after a retry reset the job and before Temporal got the new run's start
     request. Before, the job said `advertised` for ever with no run, and every later retry was refused (409)."""
-    async with stack.no_dataplane():
-        job_id = await submit(stack, SADTALKER)
-        await pushed_segment(stack.redis, job_id)
-        assert (await stack.api.post(f"/api/jobs/{job_id}/cancel")).status_code == 202
-        with contextlib.suppress(WorkflowFailureError):
-            await asyncio.wait_for(stack.temporal.get_workflow_handle(job_id).result(), 10)
-
-    await wait_for(lambda: row_says(store, job_id, "failed"), what="the cancelled job's row to say failed")
+    job_id = await cancelled_job(stack, store)
     host, port = stack.settings.temporal_address.rsplit(":", 1)
     async with HoldingProxy(host, int(port)) as temporal, store.pool.acquire() as lock:
         api, api_port = api_process(stack, temporal_address=temporal.address)
@@ -197,13 +202,7 @@ async def test_a_retry_killed_before_its_run_started_strands_nothing(stack, stor
 async def test_a_relay_leaves_an_unstarted_retry_alone_while_a_retry_holds_its_row(stack, store):
     """Before, the relay told Redis and clients `failed` first and only then tried the row: against a retry claiming
     the job at that moment, clients were told `failed` while the new run started."""
-    async with stack.no_dataplane():
-        job_id = await submit(stack, SADTALKER)
-        await pushed_segment(stack.redis, job_id)
-        assert (await stack.api.post(f"/api/jobs/{job_id}/cancel")).status_code == 202
-        with contextlib.suppress(WorkflowFailureError):
-            await asyncio.wait_for(stack.temporal.get_workflow_handle(job_id).result(), 10)
-    await wait_for(lambda: row_says(store, job_id, "failed"), what="the cancelled job's row to say failed")
+    job_id = await cancelled_job(stack, store)
     row = await store.job(job_id)
     assert await store.claim_retry(job_id, row, 0.0, 60)  # the retry's reset, whose API then dies
     await stack.redis.set(BRIDGE.status_key(job_id), "advertised")
