@@ -16,7 +16,7 @@ from core.event_rows import Event, announcement
 from core.failures import job_error
 from core.logs import log_event
 from core.metrics import JOB_SECONDS, JOBS_FINISHED
-from core.segment_entries import Segment, pushed, queue_expire_finished, queue_push, queue_withdraw, withdrawn
+from core.segment_entries import Segment, expire_finished_job, pushed, queue_push, queue_withdraw, withdrawn
 from core.store import Store
 from core.timestamps import now_ms
 from workflows.graph import progress_ceiling
@@ -53,9 +53,9 @@ class BridgeActivities:
             self._redis(snap, run_id, created, [(channel, raw) for channel, raw, _ in messages]),
         )
         if snap.status in jobkeys.TERMINAL:  # Redis holds the only record of the end until PostgreSQL has it
-            pipe = self.redis.pipeline(transaction=False)
-            queue_expire_finished(pipe, self.bridge, snap.job_id, run_id, snap.graph, self.finished_key_seconds)
-            await pipe.execute()
+            await expire_finished_job(
+                self.redis, self.bridge, snap.job_id, run_id, snap.graph, self.finished_key_seconds
+            )
         _log_lifecycle(snap, outcome)
         if snap.announce_status and snap.status in jobkeys.TERMINAL:
             JOBS_FINISHED.labels(status=snap.status).inc()

@@ -10,6 +10,7 @@ from api.deps import Backend, BackendDep
 from api.errors import ApiError
 from api.jobs import start_job
 from api.models import AcceptedJob, ErrorBody, JobControl, LiveGraph
+from core.retry_rows import retry_never_started
 from core.store import is_job_id
 from core.temporal import RPC_TIMEOUT
 from workflows.graph import reset_for_retry
@@ -46,21 +47,6 @@ async def _workflow_status(backend: Backend, job_id: str) -> WorkflowExecutionSt
     return run.status if run else None
 
 
-def _retry_never_started(row: dict, run: WorkflowExecutionDescription | None) -> bool:
-    """`advertised` with no run going, since after the last run closed: a retry reset the job and its API died
-    before Temporal took the new run (the store also makes sure that was long enough ago for none to be starting)."""
-    if row["status"] != JobStatus.ADVERTISED:
-        return False
-    if run is None:
-        return True  # the job's runs are gone from Temporal (its namespace's retention)
-    closed = run.close_time
-    return (
-        run.status not in (RUNNING, WorkflowExecutionStatus.COMPLETED)
-        and closed is not None
-        and closed <= row["updated"]
-    )
-
-
 @router.post("/{job_id}/cancel", response_model=JobControl, status_code=202)
 async def cancel_job(backend: BackendDep, job_id: str):
     """Ask the job's workflow to cancel: node-plane work stops and the job ends `failed` (cancelled)."""
@@ -80,7 +66,7 @@ async def retry_job(backend: BackendDep, job_id: str):
     row = await _known_job(backend, job_id)
     run = await _latest_run(backend, job_id)
     failed = row["status"] == JobStatus.FAILED and (run is None or run.status != RUNNING)
-    if not failed and not _retry_never_started(row, run):
+    if not failed and not retry_never_started(row, run):
         raise ApiError(409, f"job {job_id} has not failed (status {row['status']}); only failed jobs can be retried")
     graph = reset_for_retry(row["last_graph"])
     metadata = graph.setdefault("metadata", {})

@@ -8,8 +8,28 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import asyncpg
+from temporalio.client import WorkflowExecutionDescription, WorkflowExecutionStatus
 
 from core.event_rows import Event
+from workflows.status import JobStatus
+
+# How a job's last run may have ended for the job to be retried (a retry replaces only such a run).
+RETRIED_ENDINGS = (
+    WorkflowExecutionStatus.FAILED,
+    WorkflowExecutionStatus.CANCELED,
+    WorkflowExecutionStatus.TERMINATED,
+    WorkflowExecutionStatus.TIMED_OUT,
+)
+
+
+def retry_never_started(row: dict, run: WorkflowExecutionDescription | None) -> bool:
+    """`advertised` with no run going, since after the last run closed: a retry reset the job and its API died
+    before Temporal took the new run. (How long ago is the callers' to check: a retry may still be starting.)"""
+    if row["status"] != JobStatus.ADVERTISED:
+        return False
+    if run is None:
+        return True  # the job's runs are gone from Temporal (its namespace's retention)
+    return run.status in RETRIED_ENDINGS and run.close_time is not None and run.close_time <= row["updated"]
 
 
 class RetryRows:
@@ -40,7 +60,7 @@ class RetryRows:
         (updated, job_id)."""
         rows = await self.pool.fetch(
             """
-            SELECT job_id, updated, last_graph FROM jobs
+            SELECT job_id, status, updated, last_graph FROM jobs
             WHERE status = 'advertised' AND updated < now() - make_interval(secs => $1)
               AND last_graph->'metadata' ? 'failure'
               AND ($2::timestamptz IS NULL OR (updated, job_id) > ($2, $3))

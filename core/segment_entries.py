@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from core import jobkeys
@@ -122,6 +123,13 @@ def queue_expire_finished(pipe: Pipeline, bridge: Bridge, job_id: str, run_id: s
     is the only record of that end until then."""
     last_tag = (graph.get("metadata") or {}).get("handoff") or {}
     jobkeys.expire_finished(pipe, bridge, job_id, seconds, push_marks(bridge, job_id, run_id, last_tag))
+
+
+async def expire_finished_job(redis: Redis, bridge: Bridge, job_id: str, run_id: str, graph: dict, seconds: int):
+    """`queue_expire_finished` in a round trip of its own: once the job's row records the end."""
+    pipe = redis.pipeline(transaction=False)
+    queue_expire_finished(pipe, bridge, job_id, run_id, graph, seconds)
+    await pipe.execute()
 
 
 def queue_withdraw(pipe: Pipeline, bridge: Bridge, job_id: str) -> None:

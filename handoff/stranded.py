@@ -38,7 +38,7 @@ from core.event_rows import announcement
 from core.failures import job_error
 from core.logs import log_event
 from core.metrics import JOBS_CLOSED_OUT
-from core.segment_entries import queue_expire_finished, queue_withdraw, withdrawn
+from core.segment_entries import expire_finished_job, queue_expire_finished, queue_withdraw, withdrawn
 from core.store import Store, is_job_id
 from core.supervise import TaskHealth
 from core.temporal import RPC_TIMEOUT
@@ -195,9 +195,7 @@ class StrandedJobs:
         *_, event = announcement(self.bridge, "status", job_id, fields, created, f"{run_id}/status/{status}")
         assert event is not None  # a status message has a row
         await self.store.save_snapshot(job_id, status, progress, graph, [event])
-        pipe = self.redis.pipeline(transaction=False)
-        queue_expire_finished(pipe, self.bridge, job_id, run_id, graph, self.finished_key_seconds)
-        await pipe.execute()
+        await expire_finished_job(self.redis, self.bridge, job_id, run_id, graph, self.finished_key_seconds)
 
     async def _record(self, job_id: str, run_id: str, graph: dict, progress: float) -> None:
         """As the workflow's cancel step records its end, with the row last (see the module's docstring)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 import redis.asyncio as aioredis
-from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionDescription
 from temporalio.service import RPCError, RPCStatusCode
 
 from core import jobkeys
@@ -18,6 +18,7 @@ from core.contracts import Bridge
 from core.event_rows import announcement
 from core.failures import job_error
 from core.logs import log_event
+from core.retry_rows import retry_never_started
 from core.store import Store, millis
 from core.temporal import RPC_TIMEOUT
 from core.timestamps import now_ms
@@ -26,14 +27,6 @@ from workflows.names import CONTROL_SOURCE
 from workflows.status import JobStatus
 
 log = logging.getLogger(__name__)
-
-# How a job's last run may have ended for the job to be retried (a retry replaces only such a run).
-RETRIED_ENDINGS = (
-    WorkflowExecutionStatus.FAILED,
-    WorkflowExecutionStatus.CANCELED,
-    WorkflowExecutionStatus.TERMINATED,
-    WorkflowExecutionStatus.TIMED_OUT,
-)
 
 
 class UnstartedRetries:
@@ -61,9 +54,7 @@ class UnstartedRetries:
         return restored, errors
 
     async def restore(self, job_id: str, row: dict) -> bool:
-        latest = await self._latest_run(job_id)
-        closed = latest.close_time if latest else None
-        if latest and (latest.status not in RETRIED_ENDINGS or closed is None or closed > row["updated"]):
+        if not retry_never_started(row, await self._latest_run(job_id)):
             return False  # a run goes on (its first step records it), or ended after the reset (see stranded.py)
         graph = row["last_graph"]
         progress = g.job_progress(graph)
