@@ -11,6 +11,7 @@ import asyncpg
 from temporalio.client import WorkflowExecutionDescription, WorkflowExecutionStatus
 
 from core.event_rows import Event
+from core.row_lock import job_row_held
 from workflows.status import JobStatus
 
 # How a job's last run may have ended for the job to be retried (a retry replaces only such a run).
@@ -78,27 +79,20 @@ class RetryRows:
         """Put an unstarted retry's job back to `failed` with its status event, if still as read; `tell` (the Redis
         half) runs under the row's lock, so that a retry claiming the job waits and then finds it taken, and of two
         relays one does it."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            locked = await conn.fetchval(
-                "SELECT true FROM jobs WHERE job_id = $1 AND status = 'advertised' AND updated = $2 "
-                "FOR UPDATE SKIP LOCKED",
-                uuid.UUID(job_id),
-                seen_updated,
-            )
-            if not locked:
+        async with job_row_held(self.pool, job_id, seen_updated) as conn:
+            if conn is None:
                 return False
             await tell()
             await conn.execute(
                 """
                 WITH ev AS (
-                    INSERT INTO job_events (job_id, status, data, fingerprint, created) VALUES ($1, $4, $5, $6, $7)
+                    INSERT INTO job_events (job_id, status, data, fingerprint, created) VALUES ($1, $3, $4, $5, $6)
                     ON CONFLICT (job_id, fingerprint) DO NOTHING
                 )
-                UPDATE jobs SET status = 'failed', progress = $2, updated = now() WHERE job_id = $1 AND updated = $3
+                UPDATE jobs SET status = 'failed', progress = $2, updated = now() WHERE job_id = $1
                 """,
                 uuid.UUID(job_id),
                 progress,
-                seen_updated,
                 event.status,
                 event.data,
                 event.fingerprint,

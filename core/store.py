@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 
 import asyncpg
@@ -13,6 +14,7 @@ from core import jobkeys
 from core.event_rows import APPLY_EVENT, Event, event_args, lock_order
 from core.retry import call_with_retry
 from core.retry_rows import RetryRows
+from core.row_lock import job_row_held
 from workflows.graph import progress_ceiling
 
 # What PostgreSQL being down, restarting or briefly unable to take a write looks like from asyncpg: worth waiting
@@ -102,17 +104,28 @@ class Store(RetryRows):
         )
         return millis(row["created"])
 
+    def held(self, job_id: str, seen_updated: datetime) -> AbstractAsyncContextManager[asyncpg.Connection | None]:
+        """The job's row locked while it is as read, or None (core/row_lock.py)."""
+        return job_row_held(self.pool, job_id, seen_updated)
+
     async def save_snapshot(
-        self, job_id: str, status: str, progress: float, graph: dict, events: Sequence[Event] = ()
+        self,
+        job_id: str,
+        status: str,
+        progress: float,
+        graph: dict,
+        events: Sequence[Event] = (),
+        conn: asyncpg.Connection | None = None,
     ) -> datetime:
         """The workflow's authoritative state after each change, with the status and data `events` it announces
         (each once, by fingerprint, as a relay hearing them records them); returns when the job was created.
 
         Progress lands in [the workflow's progress, the graph's ceiling]: reported progress within the
-        open work is kept, anything above it (or left from an earlier run) is corrected.
+        open work is kept, anything above it (or left from an earlier run) is corrected. On `conn` when given (a
+        transaction holding the row, see `held`).
         """
         ceiling = max(progress, progress_ceiling(graph))
-        return await self.pool.fetchval(
+        return await (conn or self.pool).fetchval(
             """
             WITH job AS (
                 INSERT INTO jobs (job_id, status, progress, progress_ceiling, pipeline, last_graph)

@@ -13,7 +13,9 @@ said unfinished (a workflow that fails or is cancelled ends so itself, once its 
   `process:data` if no worker has read it, its Redis keys (with a finished job's short TTL), a `failed` status
   message that carries the reason, and last the job's row with a status event.
 
-The row is what marks the job done: a round cut short before it is done again in full. A job already recorded
+The row is what marks the job done: a round cut short before it is done again in full. Either way it is done under
+the row's lock, taken only while the row is as the round read it (core/row_lock.py): of relays whose rounds meet on
+one job, one tells clients and counts it. A job already recorded
 finished, or whose workflow runs on in a later run (a reset, a retry), is left alone. So is a job without a row
 (nothing shows it running).
 """
@@ -37,7 +39,7 @@ from core.contracts import Bridge
 from core.event_rows import announcement
 from core.failures import job_error
 from core.logs import log_event
-from core.metrics import JOBS_CLOSED_OUT
+from core.metrics import JOB_SECONDS, JOBS_CLOSED_OUT, JOBS_FINISHED
 from core.segment_entries import expire_finished_job, queue_expire_finished, queue_withdraw, withdrawn
 from core.store import Store, is_job_id
 from core.supervise import TaskHealth
@@ -146,15 +148,20 @@ class StrandedJobs:
             return False
         code, what = ENDINGS[status]
         if ending := await self._ended_in_redis(job_id, run_id):
-            await self._record_row(job_id, run_id, *ending)
-            JOBS_CLOSED_OUT.labels(code=code).inc()
-            log_event(log, "job's end recorded from Redis", level=logging.WARNING, job_id=job_id, status=ending[0])
-            return True
-        reason = await self._reason(job_id, run_id)
-        graph = closed_graph(graph, f"{what}: {reason}" if reason else what, code)
-        await self._record(job_id, run_id, graph, row["progress"])
+            recorded, status_recorded = await self._record_row(job_id, run_id, row["updated"], ending), ending[0]
+            said: dict = {"event": "job's end recorded from Redis", "status": status_recorded}
+        else:
+            reason = await self._reason(job_id, run_id)
+            graph = closed_graph(graph, f"{what}: {reason}" if reason else what, code)
+            recorded = await self._record(job_id, run_id, row["updated"], graph, row["progress"])
+            status_recorded = JobStatus.FAILED
+            said = {"event": "job failed outside its workflow", "error": job_error(graph)}
+        if not recorded:
+            return False  # another relay records it, or the row changed since read (the next round reads it)
+        log_event(log, said.pop("event"), level=logging.WARNING, job_id=job_id, **said)
         JOBS_CLOSED_OUT.labels(code=code).inc()
-        log_event(log, "job failed outside its workflow", level=logging.WARNING, job_id=job_id, error=job_error(graph))
+        JOBS_FINISHED.labels(status=status_recorded).inc()  # as the workflow's last step would have counted it
+        JOB_SECONDS.observe(max(0.0, (datetime.now(UTC) - row["created"]).total_seconds()))
         return True
 
     async def _reason(self, job_id: str, run_id: str) -> str:
@@ -187,28 +194,41 @@ class StrandedJobs:
             return None  # the graph was written again since: a data-plane worker recorded a node failed
         return status, progress, graph, str(created or now_ms())
 
-    async def _record_row(self, job_id: str, run_id: str, status: str, progress: float, graph: dict, created: str):
-        """The PostgreSQL half of the run's last step, with the status message it announced as that step's row."""
+    async def _record_row(
+        self, job_id: str, run_id: str, seen_updated: datetime, ending: tuple[str, float, dict, str]
+    ) -> bool:
+        """The PostgreSQL half of the run's last step, with the status message it announced as that step's row; under
+        the row's lock, as `_record`, so that one relay counts it. False if the row is held or changed."""
+        status, progress, graph, created = ending
         fields: dict = {"status": status, "source": CONTROL_SOURCE}
         if status == JobStatus.FAILED:
             fields["error"] = job_error(graph)
         *_, event = announcement(self.bridge, "status", job_id, fields, created, f"{run_id}/status/{status}")
         assert event is not None  # a status message has a row
-        await self.store.save_snapshot(job_id, status, progress, graph, [event])
+        async with self.store.held(job_id, seen_updated) as conn:
+            if conn is None:
+                return False
+            await self.store.save_snapshot(job_id, status, progress, graph, [event], conn=conn)
         await expire_finished_job(self.redis, self.bridge, job_id, run_id, graph, self.finished_key_seconds)
+        return True
 
-    async def _record(self, job_id: str, run_id: str, graph: dict, progress: float) -> None:
-        """As the workflow's cancel step records its end, with the row last (see the module's docstring)."""
+    async def _record(self, job_id: str, run_id: str, seen_updated: datetime, graph: dict, progress: float) -> bool:
+        """As the workflow's cancel step records its end, with the row last (see the module's docstring), under the
+        row's lock: of two relays in the same round, one tells clients. False if the row is held or changed."""
         created = now_ms()
         fields = {"status": JobStatus.FAILED, "source": CONTROL_SOURCE, "error": job_error(graph)}
         channel, raw, event = announcement(self.bridge, "status", job_id, fields, created, f"{run_id}/status/failed")
         assert event is not None  # a status message has a row
-        pipe = self.redis.pipeline(transaction=False)
-        queue_withdraw(pipe, self.bridge, job_id)
-        jobkeys.set_graph(pipe, self.bridge, job_id, json.dumps(graph, separators=(",", ":")), created)
-        jobkeys.set_state(pipe, self.bridge, job_id, JobStatus.FAILED, progress, g.progress_ceiling(graph))
-        queue_expire_finished(pipe, self.bridge, job_id, run_id, graph, self.finished_key_seconds)
-        pipe.publish(channel, raw)
-        withdrawal, *_ = await pipe.execute()
-        withdrawn(self.bridge, job_id, withdrawal)
-        await self.store.save_snapshot(job_id, JobStatus.FAILED, progress, graph, [event])
+        async with self.store.held(job_id, seen_updated) as conn:
+            if conn is None:
+                return False
+            pipe = self.redis.pipeline(transaction=False)
+            queue_withdraw(pipe, self.bridge, job_id)
+            jobkeys.set_graph(pipe, self.bridge, job_id, json.dumps(graph, separators=(",", ":")), created)
+            jobkeys.set_state(pipe, self.bridge, job_id, JobStatus.FAILED, progress, g.progress_ceiling(graph))
+            queue_expire_finished(pipe, self.bridge, job_id, run_id, graph, self.finished_key_seconds)
+            pipe.publish(channel, raw)
+            withdrawal, *_ = await pipe.execute()
+            withdrawn(self.bridge, job_id, withdrawal)
+            await self.store.save_snapshot(job_id, JobStatus.FAILED, progress, graph, [event], conn=conn)
+        return True

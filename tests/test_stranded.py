@@ -34,6 +34,11 @@ SADTALKER = {"mode": "fixed_graph", "variant": "sadtalker", "params": {"script":
 JOB_STATUS = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
 
 
+def finished_counted(status: str) -> float:
+    """Jobs finished `status` in the relay's metrics, as this process's relays counted them."""
+    return role_registry("relay").get_sample_value("spinbot_jobs_finished_total", {"status": status}) or 0.0
+
+
 def relay_search(stack, store) -> StrandedJobs:
     """The relay's search, as `spinbot relay` runs it (the stack's relay runs one too, on its own interval)."""
     return StrandedJobs(stack.temporal, stack.redis, store, BRIDGE, 1.0, stack.settings.finished_key_seconds)
@@ -121,6 +126,34 @@ async def test_a_job_that_cannot_be_recorded_holds_up_no_other_and_a_nul_in_the_
             await store.pool.execute("UPDATE jobs SET status = 'failed' WHERE job_id = $1", uuid.UUID(broken))
     error = (await stack.api.get(f"/api/status/{job_id}")).json()["error"]
     assert error["message"] == "terminated in Temporal: drained by ops"
+
+
+async def test_two_relays_at_once_tell_clients_once(stack, store):
+    """Before, two relays whose rounds met on the same terminated job each wrote its keys and each published
+    `failed` to its clients (the row took one status event, by its eventId)."""
+    async with stack.no_dataplane():
+        job_id = await submit(stack, SADTALKER)
+        await pushed_segment(stack.redis, job_id)
+        handle = stack.temporal.get_workflow_handle(job_id)
+        pubsub = stack.redis.pubsub()
+        await pubsub.subscribe(BRIDGE.channel("status", job_id))
+        try:
+            await handle.terminate(reason="drained")
+            run_id = (await handle.describe()).run_id
+            relays = [relay_search(stack, store), relay_search(stack, store)]
+            counted = finished_counted("failed")
+            outcomes = await asyncio.gather(
+                *(relay.close_out(job_id, run_id, WorkflowExecutionStatus.TERMINATED) for relay in relays)
+            )
+            heard = [await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2) for _ in range(5)]
+            told = [json.loads(message["data"])["status"] for message in heard if message]
+        finally:
+            await pubsub.aclose()
+    assert outcomes.count(True) <= 1  # none if the stack's own relay got there first
+    assert told.count("failed") == 1
+    assert finished_counted("failed") - counted == 1  # counted once, by whichever relay recorded it
+    assert (await store.job(job_id))["status"] == "failed"
+    assert [event["status"] for event in await store.events(job_id)].count("failed") == 1
 
 
 async def test_a_job_whose_workflow_was_reset_runs_on_untouched(stack, store):
@@ -230,6 +263,7 @@ async def test_a_job_whose_last_step_reached_only_redis_is_recorded_as_it_ended(
             await handle.terminate(reason="stuck on PostgreSQL")
             run_id = (await handle.describe()).run_id
             await listener.subscribe(BRIDGE.channel("status", job_id))
+            counted = finished_counted(status)
 
             async def recorded():
                 await search.sweep()
@@ -261,6 +295,7 @@ async def test_a_job_whose_last_step_reached_only_redis_is_recorded_as_it_ended(
     await stack.redis.delete(*(key(job_id) for key in (BRIDGE.job_key, BRIDGE.status_key, BRIDGE.progress_key)))
     assert (await stack.api.get(f"/api/status/{job_id}")).json() == told
     assert job_id not in await relay_search(stack, store).sweep()
+    assert finished_counted(status) - counted == 1  # before, such an end was in no count of finished jobs
 
 
 @pytest.mark.parametrize("left", ["by an earlier run", "before a data-plane worker wrote the graph again"])

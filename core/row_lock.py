@@ -1,0 +1,31 @@
+"""A job's row held while a relay tells Redis and clients something its row does not say yet.
+
+A relay that records a job's end outside its workflow (handoff/stranded.py, handoff/unstarted.py) writes Redis and
+publishes first, then the row, which marks the work done. Two relays, or a relay and a retry, could each read the
+row, then each announce. Under the row's lock, taken only if the row is still as read, one acts; the other skips the
+row (SKIP LOCKED) or, once the row has changed, finds it so, and a retry waiting on the lock finds the job taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import asyncpg
+
+
+@contextlib.asynccontextmanager
+async def job_row_held(
+    pool: asyncpg.Pool, job_id: str, seen_updated: datetime
+) -> AsyncIterator[asyncpg.Connection | None]:
+    """A transaction holding the job's row if the row is as read (every write of a row sets its `updated`) and no
+    other holds it; None otherwise. Write the row on the connection given, before the block ends."""
+    async with pool.acquire() as conn, conn.transaction():
+        held = await conn.fetchval(
+            "SELECT true FROM jobs WHERE job_id = $1 AND updated = $2 FOR UPDATE SKIP LOCKED",
+            uuid.UUID(job_id),
+            seen_updated,
+        )
+        yield conn if held else None
