@@ -1,5 +1,5 @@
 """Our sadtalker jobs over HTTP: POST /api/jobs to `completed` (on pub/sub, as the workflow announces it), one at a
-time back to back and paced, then many queued at once while GET /api/status is timed."""
+time back to back and paced, then many queued at once while GET /api/status (and GET /health, beside it) is timed."""
 
 from __future__ import annotations
 
@@ -91,6 +91,14 @@ async def run_one(api: ApiClient, finished: Finished) -> tuple[str, float]:
 
 
 @dataclass
+class Lookups:
+    """Seconds each GET took while queued jobs ran."""
+
+    status: list[float] = field(default_factory=list)
+    health: list[float] = field(default_factory=list)
+
+
+@dataclass
 class LoadFigures:
     back_to_back: list[float] = field(default_factory=list)
     paced: list[float] = field(default_factory=list)
@@ -98,6 +106,7 @@ class LoadFigures:
     queued: int = 0
     rounds: int = 1
     status_lookups: list[float] = field(default_factory=list)
+    health_lookups: list[float] = field(default_factory=list)
     failed: int = 0
 
 
@@ -110,26 +119,34 @@ async def latencies(api: ApiClient, finished: Finished, runs: int, pause: float)
     return times
 
 
-async def throughput(api: ApiClient, finished: Finished, queued: int) -> tuple[float, list[float], int]:
-    """`queued` jobs submitted at once: (jobs/s until the last ends, GET /api/status times meanwhile, failed)."""
+async def throughput(api: ApiClient, finished: Finished, queued: int) -> tuple[float, Lookups, int]:
+    """`queued` jobs submitted at once: (jobs/s until the last ends, GET /api/status and GET /health times
+    meanwhile, failed)."""
     started = time.perf_counter()
     jobs = [job for job, _ in await asyncio.gather(*(submit(api) for _ in range(queued)))]
-    lookups: list[float] = []
-    probe = HttpProbe(api.base_url)
+    lookups = Lookups()
 
-    async def look_up_status() -> None:
+    async def look_up(times: list[float], path_of, offset: float = 0.0) -> None:
         # Paced, as pollers are: a loop asking as fast as it can would add its own load (it took about a quarter
         # of these two cores, between this client and the API) to the load it measures under.
-        while not all(job in finished.done for job in jobs):
-            t0 = time.perf_counter()
-            await probe.get(f"/api/status/{jobs[len(lookups) % len(jobs)]}")
-            lookups.append(time.perf_counter() - t0)
-            await asyncio.sleep(max(0.0, STATUS_EVERY - (time.perf_counter() - t0)))
+        probe = HttpProbe(api.base_url)
+        await asyncio.sleep(offset)
+        try:
+            while not all(job in finished.done for job in jobs):
+                t0 = time.perf_counter()
+                await probe.get(path_of(len(times)))
+                times.append(time.perf_counter() - t0)
+                await asyncio.sleep(max(0.0, STATUS_EVERY - (time.perf_counter() - t0)))
+        finally:
+            await probe.aclose()
 
-    try:
-        await asyncio.gather(look_up_status(), *(finished.wait(job) for job in jobs))
-    finally:
-        await probe.aclose()
+    await asyncio.gather(
+        look_up(lookups.status, lambda n: f"/api/status/{jobs[n % len(jobs)]}"),
+        # A request that does nothing (no Redis, no PostgreSQL), between the status lookups: what any answer from
+        # the API takes on these cores under this load, the floor the status lookup stands on.
+        look_up(lookups.health, lambda n: "/health", offset=STATUS_EVERY / 2),
+        *(finished.wait(job) for job in jobs),
+    )
     elapsed = max(finished.done[job] for job in jobs) - started
     failed = sum(finished.outcome[job] != JobStatus.COMPLETED for job in jobs)
     return queued / elapsed, lookups, failed
@@ -155,7 +172,8 @@ async def measure_load(
             await asyncio.sleep(1.0)  # let what ran before settle
             rate, lookups, failed = await throughput(api, finished, queued)
             ours.append(queued / rate)
-            figures.status_lookups += lookups
+            figures.status_lookups += lookups.status
+            figures.health_lookups += lookups.health
             figures.failed += failed
             await asyncio.sleep(1.0)
             theirs.append(await floor.batch(queued))

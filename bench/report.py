@@ -18,6 +18,7 @@ KEYS = (
     "latency_b2b_p50_ms",
     "status_p50_ms",
     "status_p99_ms",
+    "health_p99_ms",
     "ws_clients",
     "ws_p50_ms",
     "ws_p99_ms",

@@ -25,6 +25,7 @@ def add_load(report: Report, load: LoadFigures, floor_figures: FloorFigures, sha
     f["latency_b2b_p50_ms"] = ms(load.back_to_back, 0.5)
     f["status_p50_ms"] = ms(load.status_lookups, 0.5)
     f["status_p99_ms"] = ms(load.status_lookups, 0.99)
+    f["health_p99_ms"] = ms(load.health_lookups, 0.99)
     share = load.jobs_per_s / floor
     report.add(
         "floor: bare Temporal workflows/s",
@@ -64,6 +65,12 @@ def add_load(report: Report, load: LoadFigures, floor_figures: FloorFigures, sha
         at_most(f["status_p99_ms"], STATUS_P99_GOAL_MS),
         f"{len(load.status_lookups)} lookups, one every {STATUS_EVERY * 1000:.0f} ms,"
         f" while our {_rounds(load)} ran (bench.http_probe: one keep-alive connection of its own)",
+    )
+    report.add(
+        "floor: GET /health under the same load, p50 / p99",
+        f"{ms(load.health_lookups, 0.5)} / {f['health_p99_ms']} ms",
+        note=f"{len(load.health_lookups)} requests that do nothing (no Redis, no PostgreSQL), one every"
+        f" {STATUS_EVERY * 1000:.0f} ms between the status lookups: what any answer takes on these cores then",
     )
 
 
