@@ -91,6 +91,7 @@ async def start_job(
     attempt: int = 1,
     segment_timeout: float | None = None,
     retried: dict | None = None,
+    replaced_run: str | None = None,
 ) -> dict:
     """Start the job's workflow, then record it; returns the accepted job.
 
@@ -101,7 +102,7 @@ async def start_job(
     job_id, pipeline = graph["workflowId"], graph["context"]["pipeline"]
     accepted_at = now_ms()  # `advertised` happened before the workflow's first step, even if announced after it
     if retried is not None:
-        await _reset_for_attempt(backend, graph, retried)
+        await _reset_for_attempt(backend, graph, retried, replaced_run)
     ceiling = segment_timeout or backend.settings.segment_timeout_seconds
     job = JobInput(graph, backend.runtimes, ceiling, attempt, python_timeouts(backend.contracts))
     try:
@@ -139,12 +140,14 @@ async def start_job(
     return accepted(job_id, created_ms)
 
 
-async def _reset_for_attempt(backend: Backend, graph: dict, row: dict) -> None:
+async def _reset_for_attempt(backend: Backend, graph: dict, row: dict, replaced_run: str | None) -> None:
     """A retry starts from clean state: status advertised and the reset graph's own progress, set exactly. The row
-    goes first, and only if it is still as the retry read it: of two retries at once, one starts the job."""
+    goes first, and only if it is still as the retry read it: of two retries at once, one starts the job. It names
+    the run it replaces: while that run is still the latest, the retry has not started (core/retry_rows.py)."""
     bridge, job_id = backend.contracts.bridge, graph["workflowId"]
     progress = job_progress(graph)
-    if not await backend.store.claim_retry(job_id, row, progress, backend.settings.retry_settled_seconds):
+    settled = backend.settings.retry_settled_seconds
+    if not await backend.store.claim_retry(job_id, row, progress, settled, replaced_run):
         raise ApiError(409, f"job {job_id} is being retried already")
     pipe = backend.redis.pipeline(transaction=False)
     pipe.set(bridge.status_key(job_id), JobStatus.ADVERTISED, ex=bridge.ttl)

@@ -73,7 +73,8 @@ async def retry_job(backend: BackendDep, job_id: str):
     metadata.pop("failure", None)
     metadata.pop("handoff", None)
     metadata["attempt"] = int(metadata.get("attempt", 1)) + 1
-    return await start_job(backend, graph, attempt=metadata["attempt"], retried=row)
+    replaced_run = run.run_id if run else None
+    return await start_job(backend, graph, attempt=metadata["attempt"], retried=row, replaced_run=replaced_run)
 
 
 @router.get("/{job_id}/graph", response_model=LiveGraph)

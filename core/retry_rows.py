@@ -24,13 +24,18 @@ RETRIED_ENDINGS = (
 
 
 def retry_never_started(row: dict, run: WorkflowExecutionDescription | None) -> bool:
-    """`advertised` with no run going, since after the last run closed: a retry reset the job and its API died
+    """`advertised`, and the run the retry replaced is still the latest: a retry reset the job and its API died
     before Temporal took the new run. (How long ago is the callers' to check: a retry may still be starting.)"""
     if row["status"] != JobStatus.ADVERTISED:
         return False
     if run is None:
         return True  # the job's runs are gone from Temporal (its namespace's retention)
-    return run.status in RETRIED_ENDINGS and run.close_time is not None and run.close_time <= row["updated"]
+    if run.status not in RETRIED_ENDINGS:
+        return False
+    if row.get("retried_run"):
+        return run.run_id == row["retried_run"]
+    # Claimed before the claim recorded its run (migration 0005): by the clocks, the reset after the run closed.
+    return run.close_time is not None and run.close_time <= row["updated"]
 
 
 class RetryRows:
@@ -38,12 +43,15 @@ class RetryRows:
 
     pool: asyncpg.Pool
 
-    async def claim_retry(self, job_id: str, seen: dict, progress: float, settled_seconds: float) -> bool:
-        """Reset the job for a retry if its row is still as `seen` (a `job()` row), and it is failed, or advertised
-        for longer than `settled_seconds` (a retry that never started); False if another got there first."""
+    async def claim_retry(
+        self, job_id: str, seen: dict, progress: float, settled_seconds: float, replaced_run: str | None
+    ) -> bool:
+        """Reset the job for a retry of `replaced_run` (its latest run, if Temporal still has it) if its row is still
+        as `seen` (a `job()` row), and it is failed, or advertised for longer than `settled_seconds` (a retry that
+        never started); False if another got there first."""
         outcome = await self.pool.execute(
             """
-            UPDATE jobs SET status = 'advertised', progress = $4, updated = now()
+            UPDATE jobs SET status = 'advertised', progress = $4, updated = now(), retried_run = $6
             WHERE job_id = $1 AND status = $2 AND updated = $3
               AND (status = 'failed' OR updated < now() - make_interval(secs => $5))
             """,
@@ -52,6 +60,7 @@ class RetryRows:
             seen["updated"],
             progress,
             settled_seconds,
+            replaced_run,
         )
         return outcome == "UPDATE 1"
 
@@ -61,7 +70,7 @@ class RetryRows:
         (updated, job_id)."""
         rows = await self.pool.fetch(
             """
-            SELECT job_id, status, updated, last_graph FROM jobs
+            SELECT job_id, status, updated, last_graph, retried_run FROM jobs
             WHERE status = 'advertised' AND updated < now() - make_interval(secs => $1)
               AND last_graph->'metadata' ? 'failure'
               AND ($2::timestamptz IS NULL OR (updated, job_id) > ($2, $3))

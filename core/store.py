@@ -208,7 +208,7 @@ class Store(RetryRows):
 
     async def job(self, job_id: str) -> dict | None:
         row = await self.pool.fetchrow(
-            "SELECT job_id, status, progress, last_graph, created, updated FROM jobs WHERE job_id = $1",
+            "SELECT job_id, status, progress, last_graph, created, updated, retried_run FROM jobs WHERE job_id = $1",
             uuid.UUID(job_id),
         )
         return dict(row) if row else None

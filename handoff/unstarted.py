@@ -2,8 +2,9 @@
 that dies in between (kill -9, out of memory) leaves the job `advertised` with no run, shown queued for ever.
 
 Each relay's stranded-jobs round puts such a job back to `failed`, as it was before the retry, once it has been
-`advertised` for SPINBOT_RETRY_SETTLED_SECONDS (no retry can still be starting) and its last run closed before the
-reset. Its clients are told `failed` again, with the job's error. It may then be retried as any failed job."""
+`advertised` for SPINBOT_RETRY_SETTLED_SECONDS (no retry can still be starting) and the run the retry replaced is
+still the job's latest. Its clients are told `failed` again, with the job's error. It may then be retried as any
+failed job."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class UnstartedRetries:
 
     async def restore(self, job_id: str, row: dict) -> bool:
         if not retry_never_started(row, await self._latest_run(job_id)):
-            return False  # a run goes on (its first step records it), or ended after the reset (see stranded.py)
+            return False  # a new run goes on (its first step records it), or ended (see stranded.py)
         graph = row["last_graph"]
         progress = g.job_progress(graph)
         fields = {"status": JobStatus.FAILED, "source": CONTROL_SOURCE, "error": job_error(graph)}

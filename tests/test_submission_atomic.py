@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -152,10 +153,14 @@ CLAIM_WAITING = """
 """
 
 
-@pytest.mark.parametrize("then", ["retried again", "put back to failed by a relay"])
+@pytest.mark.parametrize(
+    "then", ["retried again", "put back to failed by a relay", "put back by a relay, PostgreSQL's clock behind"]
+)
 async def test_a_retry_killed_before_its_run_started_strands_nothing(stack, store, then):
     """A real API process killed (-9) after a retry reset the job and before Temporal got the new run's start
-    request. Before, the job said `advertised` for ever with no run, and every later retry was refused (409)."""
+    request. Before, the job said `advertised` for ever with no run, and every later retry was refused (409). With
+    PostgreSQL's clock behind Temporal's, the reset was dated before the run closed, and so taken for a reset the
+    run had followed: the same for ever, until the claim named the run it replaced."""
     job_id = await cancelled_job(stack, store)
     host, port = stack.settings.temporal_address.rsplit(":", 1)
     async with HoldingProxy(host, int(port)) as temporal, store.pool.acquire() as lock:
@@ -177,7 +182,12 @@ async def test_a_retry_killed_before_its_run_started_strands_nothing(stack, stor
             api.kill()
             api.wait(10)
     handle = stack.temporal.get_workflow_handle(job_id)
-    assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED  # no new run was started
+    run = await handle.describe()
+    assert run.status == WorkflowExecutionStatus.CANCELED  # no new run was started
+    if "clock" in then:  # the reset as a PostgreSQL five seconds behind Temporal dates it
+        assert run.close_time is not None
+        dated = run.close_time - timedelta(seconds=5)
+        await store.pool.execute("UPDATE jobs SET updated = $2 WHERE job_id = $1", uuid.UUID(job_id), dated)
     # Right away it could be a retry still starting (its start call may take a while): another is refused.
     assert (await stack.api.post(f"/api/jobs/{job_id}/retry")).status_code == 409
     await asyncio.sleep(1.0)  # longer than the window below, as SPINBOT_RETRY_SETTLED_SECONDS (60 s) would pass
@@ -204,7 +214,8 @@ async def test_a_relay_leaves_an_unstarted_retry_alone_while_a_retry_holds_its_r
     the job at that moment, clients were told `failed` while the new run started."""
     job_id = await cancelled_job(stack, store)
     row = await store.job(job_id)
-    assert await store.claim_retry(job_id, row, 0.0, 60)  # the retry's reset, whose API then dies
+    run_id = (await stack.temporal.get_workflow_handle(job_id).describe()).run_id
+    assert await store.claim_retry(job_id, row, 0.0, 60, run_id)  # the retry's reset, whose API then dies
     await stack.redis.set(BRIDGE.status_key(job_id), "advertised")
     await asyncio.sleep(1.0)
     search = StrandedJobs(stack.temporal, stack.redis, store, BRIDGE, 1.0, 60, retry_settled_seconds=1.0)
