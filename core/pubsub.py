@@ -34,6 +34,36 @@ CONFIRM_SECONDS = 2.0  # how long `follow` waits for Redis to confirm a subscrip
 # How long a SUBSCRIBE may go unconfirmed, with nothing else arriving, before its connection is taken for dead.
 # Well past CONFIRM_SECONDS: a Redis busy for seconds (a long script) is slow, not gone.
 GIVE_UP_SECONDS = 10.0
+# A connection that has carried nothing for PROBE_SECONDS is asked for a PONG. redis-py's own health check PINGs too,
+# but never minds whether the answer comes: a frozen host or a lost NAT entry (no reset, ever) would leave us
+# listening to nothing for as long as TCP keeps retrying (~15 minutes), every message meanwhile lost. One that has not
+# answered the PING PONG_SECONDS later is given up and replaced.
+PROBE_SECONDS = 5.0
+PONG_SECONDS = 5.0
+
+
+class Quiet:
+    """How long a pub/sub connection has carried nothing: when to ask it for a PONG, and when to give it up."""
+
+    def __init__(self, probe_seconds: float = PROBE_SECONDS, pong_seconds: float = PONG_SECONDS):
+        self.probe_seconds, self.pong_seconds = probe_seconds, pong_seconds
+        self.heard()
+
+    def heard(self) -> None:
+        self.since: float = time.monotonic()
+        self.probed_at: float | None = None
+
+    def probe_now(self) -> bool:
+        """True once per quiet spell, when it is time to PING; raises once that PING has gone unanswered."""
+        now = time.monotonic()
+        if self.probed_at is not None:
+            if now - self.probed_at > self.pong_seconds:
+                raise RedisConnectionError(f"no answer to a PING on the pub/sub connection in {self.pong_seconds:g} s")
+            return False
+        if now - self.since > self.probe_seconds:
+            self.probed_at = now
+            return True
+        return False
 
 
 async def subscribe_forever(
@@ -63,13 +93,18 @@ async def _listen(
 ) -> None:
     client = redis_client(redis_url, raw=True, pool_size=2, reply_seconds=None)  # each read passes its own wait
     pubsub = client.pubsub()
+    quiet = Quiet()
     try:
         await pubsub.psubscribe(*patterns)
         while True:
             # A bounded wait, not listen(): a message is handled as it arrives, and a stop is seen within a second.
             message = await pubsub.get_message(timeout=IDLE_WAKE_SECONDS)
             if message is None:
+                if quiet.probe_now():
+                    async with asyncio.timeout(CONFIRM_SECONDS):  # its answer, a `pong`, is read as a message
+                        await pubsub.ping()
                 continue
+            quiet.heard()
             if message["type"] == "psubscribe":
                 # redis-py resubscribes by itself after a reconnect; each time, the last confirmation counts all.
                 if message["data"] == len(patterns):
@@ -165,13 +200,17 @@ class Following:
                 await self._send("SUBSCRIBE", *self.confirmed)
             else:
                 await _subscribed(health, self.on_subscribed)
+            quiet = Quiet()
             while True:
                 if not connection.is_connected:
                     raise RedisConnectionError("the pub/sub connection was lost")
                 message = await pubsub.get_message(timeout=IDLE_WAKE_SECONDS)
                 if message is None:
                     self._give_up_if_unconfirmed()
+                    if quiet.probe_now():
+                        await self._send("PING")  # its answer, a `pong`, is read as a message
                 else:
+                    quiet.heard()
                     await self._handle(message, health)
                 if self.dropped:
                     dropped, self.dropped = self.dropped, set()

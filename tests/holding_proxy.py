@@ -1,5 +1,7 @@
 """A TCP proxy for fault tests: it forwards both ways until it holds, then never delivers what clients send (a
-network that stopped delivering one way), so a test can catch a process with a call in flight."""
+network that stopped delivering one way), so a test can catch a process with a call in flight; or it silences the
+connections open at that moment, both ways and without a reset (a frozen host, a lost NAT entry), while new ones
+pass."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ class HoldingProxy:
         self.upstream = (upstream_host, upstream_port)
         self.holding = False
         self.held_bytes = 0
+        self._open: set[object] = set()  # a token per connection
+        self._silenced: set[object] = set()
         self._pumps: set[asyncio.Task] = set()
         self._server: asyncio.Server | None = None
 
@@ -32,20 +36,33 @@ class HoldingProxy:
         assert self._server is not None
         return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
+    def go_silent(self) -> None:
+        """From now on the connections open now deliver nothing, either way, and are never reset."""
+        self._silenced |= self._open
+
     async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
             writer.close()
             return
-        for pump in (self._pump(reader, up_writer, outbound=True), self._pump(up_reader, writer, outbound=False)):
+        link = object()
+        self._open.add(link)
+        for pump in (
+            self._pump(link, reader, up_writer, outbound=True),
+            self._pump(link, up_reader, writer, outbound=False),
+        ):
             task = asyncio.create_task(pump)
             self._pumps.add(task)
             task.add_done_callback(self._pumps.discard)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbound: bool) -> None:
+    async def _pump(
+        self, link: object, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbound: bool
+    ) -> None:
         try:
             while chunk := await reader.read(65536):
+                if link in self._silenced:
+                    continue
                 if outbound and self.holding:
                     self.held_bytes += len(chunk)  # never delivered
                     continue
