@@ -22,20 +22,21 @@ from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from core import jobkeys
 from core.contracts import Bridge, ContractError
 from core.messages import JobEvent, channel_job, parse_event
 from core.metrics import PUBSUB_MESSAGES
 from core.redis import TRANSIENT
-from core.retry import retrying
+from core.retry import call_with_retry, retrying
 from core.schemas import first_error
-from core.store import is_job_id
+from core.store import REFUSED, is_job_id
 from core.supervise import TaskHealth
 from core.temporal import RPC_TIMEOUT
 from core.wire import WireLimits
 from handoff.event_log import EventLog, Heard
+from handoff.relay import SignalNotDelivered
 from handoff.streams import dead_letter
 from workflows.graph import drop_nulls, failed_nodes, python_part
 from workflows.inputs import Handback
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 STOP_WRITE_SECONDS = 2.0  # how long a stopping relay may spend writing what it holds
 ROUND_LIMIT = 1000  # status and data messages written in one round (one transaction)
 CLOCK_AHEAD = timedelta(minutes=1)  # how far ahead of ours a publisher's clock may be before its times are not taken
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # a message dated before this is dated when heard
+FAILURE_SIGNAL_SECONDS = 900.0  # how long a data-plane failure's signal is retried through a Temporal outage
 
 UNREADABLE_FAILURE = "the data plane reported the job failed; the failed node's own error could not be read"
 
@@ -59,6 +62,7 @@ class EventListener:
         self.progress: dict[str, Heard] = {}  # per job, the highest progress message not yet written
         self.held: list[Heard] = []  # status and data messages not yet written
         self.waiting = asyncio.Event()  # something is held
+        self.signalling: set[asyncio.Task] = set()  # data-plane failures being signalled (see _signal_failure)
 
     async def on_message(self, channel: bytes | str, raw: bytes | str) -> None:
         """One message as read (bytes): recorded, or set aside as a dead letter when it breaks the contract."""
@@ -76,9 +80,10 @@ class EventListener:
             return
         PUBSUB_MESSAGES.labels(kind=event.kind).inc()
         heard_at = datetime.now(UTC)
-        if event.created is None or event.created > heard_at + CLOCK_AHEAD:
+        if event.created is None or not EARLIEST <= event.created <= heard_at + CLOCK_AHEAD:
             # Its row's time: when it was heard, not when its round is written; nor a time to come, which would keep
-            # the row past retention (that reads this time) and put progress in an interval not yet begun.
+            # the row past retention (that reads this time) and put progress in an interval not yet begun; nor one
+            # before any job (year 1, say), which PostgreSQL may not even take.
             event = dataclasses.replace(event, created=heard_at)
         if event.progress is not None:
             self._hold_progress(channel, raw, event)
@@ -93,10 +98,37 @@ class EventListener:
 
     async def _record_dataplane_failure(self, heard: Heard) -> None:
         """Written at once, alone, since only the relay that recorded the message first signals the workflow: several
-        relays hear every message. A job without a row yet (its first push and row are written at once) lets every
-        relay signal: the workflow takes the first, drops the rest."""
-        if await self.events.record(*heard) is not False:
-            await self._detect_dataplane_failure(heard.event.job_id)
+        relays hear every message. A job without a row yet (its first push and row are written at once), or a
+        message PostgreSQL refuses, lets every relay signal: the workflow takes the first, drops the rest."""
+        job_id = heard.event.job_id
+        try:
+            recorded = await self.events.record(*heard)
+        except REFUSED as exc:  # a row PostgreSQL cannot take must not cost the job its signal
+            log.error("PostgreSQL refused the data-plane failure of job %s (%s); signalled all the same", job_id, exc)
+            recorded = None
+        if recorded is not False:
+            task = asyncio.create_task(self._signal_failure(job_id))
+            self.signalling.add(task)
+            task.add_done_callback(self.signalling.discard)
+
+    async def _signal_failure(self, job_id: str) -> None:
+        """In a task of its own, not in the pub/sub loop; retried through a Temporal outage for up to
+        FAILURE_SIGNAL_SECONDS, after which the segment's own timeout ends the job's wait."""
+        try:
+            await call_with_retry(
+                f"signalling job {job_id} that its data plane failed",
+                (SignalNotDelivered, *TRANSIENT),
+                lambda: self._detect_dataplane_failure(job_id),
+                timeout=FAILURE_SIGNAL_SECONDS,
+            )
+        except Exception:
+            log.exception("job %s: its data-plane failure went unsignalled; the segment's timeout ends it", job_id)
+
+    async def aclose(self) -> None:
+        """Stop signalling: a relay that stops leaves what it did not deliver to the segments' timeouts."""
+        for task in self.signalling:
+            task.cancel()
+        await asyncio.gather(*self.signalling, return_exceptions=True)
 
     def _hold_progress(self, channel: bytes | str, raw: bytes | str, event: JobEvent, again: bool = False) -> None:
         assert event.progress is not None
@@ -180,4 +212,7 @@ class EventListener:
         try:
             await self.client.get_workflow_handle(job_id).signal(DATAPLANE_FAILED, handback, rpc_timeout=RPC_TIMEOUT)
         except RPCError as exc:
-            log.info("job %s not waiting for a data-plane failure (%s)", job_id, exc.message)
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                log.info("job %s not waiting for a data-plane failure (%s)", job_id, exc.message)
+                return
+            raise SignalNotDelivered(f"{exc.status.name if exc.status else 'error'}: {exc.message}") from exc

@@ -63,5 +63,6 @@ async def run_relay(
         await asyncio.gather(*tasks.tasks)
     finally:
         await tasks.stop()
+        await listener.aclose()
         await redis.aclose()
         await pool.close()

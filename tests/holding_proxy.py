@@ -1,7 +1,8 @@
 """A TCP proxy for fault tests: it forwards both ways until it holds, then never delivers what clients send (a
 network that stopped delivering one way), so a test can catch a process with a call in flight; or it silences the
 connections open at that moment, both ways and without a reset (a frozen host, a lost NAT entry), while new ones
-pass."""
+pass; or, from `refuse()` until `accept()`, it resets what is open and closes every connection as it comes (a server
+restarting)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ class HoldingProxy:
     def __init__(self, upstream_host: str, upstream_port: int):
         self.upstream = (upstream_host, upstream_port)
         self.holding = False
+        self.refusing = False
         self.held_bytes = 0
         self._open: set[object] = set()  # a token per connection
+        self._writers: set[asyncio.StreamWriter] = set()
         self._silenced: set[object] = set()
         self._pumps: set[asyncio.Task] = set()
         self._server: asyncio.Server | None = None
@@ -36,11 +39,22 @@ class HoldingProxy:
         assert self._server is not None
         return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
+    def refuse(self) -> None:
+        self.refusing = True
+        for writer in self._writers:
+            writer.transport.abort()
+
+    def accept(self) -> None:
+        self.refusing = False
+
     def go_silent(self) -> None:
         """From now on the connections open now deliver nothing, either way, and are never reset."""
         self._silenced |= self._open
 
     async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -48,6 +62,7 @@ class HoldingProxy:
             return
         link = object()
         self._open.add(link)
+        self._writers |= {writer, up_writer}
         for pump in (
             self._pump(link, reader, up_writer, outbound=True),
             self._pump(link, up_reader, writer, outbound=False),

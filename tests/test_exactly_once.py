@@ -8,6 +8,7 @@ import dataclasses
 import json
 import random
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio.api.enums.v1 import EventType
@@ -22,6 +23,7 @@ from core.store import Store, connect_pool
 from handoff.event_log import EventLog
 from handoff.listener import UNREADABLE_FAILURE, EventListener
 from tests.e2e import BRIDGE, outcome, pushed_segment, wait_for
+from tests.holding_proxy import HoldingProxy
 from workflows.inputs import JobInput, JobSnapshot
 from workflows.names import CONTROL_SOURCE, DATAPLANE_FAILED, JOB_WORKFLOW, WORKFLOW_QUEUE
 
@@ -179,6 +181,46 @@ async def test_two_relays_hearing_one_failure_signal_it_once(stack, store):
         state, message = await outcome(stack, job_id, timeout=10)
     assert state == "failed" and message and "CUDA out of memory" in message
     assert await signals(stack.temporal, job_id, DATAPLANE_FAILED) == 1
+
+
+async def test_a_failure_heard_while_temporal_restarts_is_signalled_once_it_is_back(stack, store):
+    """Before, the relay that recorded a data-plane failure first signalled it once: a Temporal that was restarting
+    at that moment (UNAVAILABLE) lost the signal for good, and the job waited for its segment's timeout."""
+    host, port = stack.settings.temporal_address.rsplit(":", 1)
+    async with stack.no_dataplane(), HoldingProxy(host, int(port)) as temporal:
+        job_id = await start_python_job(stack)  # its segment's timeout: 60 s
+        await fail_in_redis_like_the_worker(stack, job_id)
+        await wait_for(lambda: store.job(job_id), what=f"the row of job {job_id}")
+        client = await Client.connect(temporal.address, namespace=stack.temporal.namespace)
+        temporal.refuse()  # Temporal restarts: open connections reset, new ones refused
+        first = EventListener(stack.redis, EventLog(stack.redis, store, BRIDGE, "relay-a"), client, BRIDGE)
+        channel, raw = status_message(job_id, "failed")
+        await first.on_message(channel, raw)  # it records the failure first, so the signal is its to send
+        await listener(stack, store, "relay-b").on_message(channel, raw)  # recorded already: leaves it
+        await asyncio.sleep(2.0)  # its first tries are refused
+        temporal.accept()
+        try:
+            state, message = await outcome(stack, job_id, timeout=30)
+        finally:
+            await first.aclose()
+    assert state == "failed" and message and "CUDA out of memory" in message
+    assert await signals(stack.temporal, job_id, DATAPLANE_FAILED) == 1
+
+
+async def test_a_failure_dated_before_any_job_is_recorded_and_signalled(stack, store):
+    """Before, a `created` the schema takes but PostgreSQL cannot (year 1, fourteen hours east of UTC) made the
+    failure's row raise, and no relay signalled it: the job waited for its segment's timeout."""
+    async with stack.no_dataplane():
+        job_id = await start_python_job(stack)
+        await fail_in_redis_like_the_worker(stack, job_id)
+        await wait_for(lambda: store.job(job_id), what=f"the row of job {job_id}")
+        await listener(stack, store, "t1").on_message(
+            *status_message(job_id, "failed", created="0001-01-01T00:00:00+14:00")
+        )
+        state, message = await outcome(stack, job_id, timeout=20)
+    assert state == "failed" and message and "CUDA out of memory" in message
+    dated = [event["created"] for event in await store.events(job_id) if event["status"] == "failed"]
+    assert dated and all(at > datetime.now(UTC) - timedelta(minutes=5) for at in dated)  # dated when heard
 
 
 async def test_a_failure_whose_graph_was_overwritten_still_ends_the_wait(stack, store):
