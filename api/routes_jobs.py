@@ -18,7 +18,9 @@ from api.models import (
     JobWithEvents,
     PlanningRequest,
 )
+from core.contracts import ContractError
 from core.store import is_job_id, millis
+from core.wire import check_portable
 from workflows.names import CAPABILITIES_PIPELINE
 from workflows.status import JobStatus as JobStatusName
 
@@ -74,6 +76,11 @@ async def list_jobs(
 ):
     """Jobs, newest first; `pagination` shows the limit and offset actually used and how many jobs match."""
     limit_used, offset_used = clamped(limit, 20, 1, 100), clamped(offset, 0, 0, MAX_OFFSET)
+    if pipeline is not None:
+        try:
+            check_portable(pipeline, "pipeline")  # text PostgreSQL can compare: no NUL, no lone surrogate
+        except ContractError as exc:
+            raise ApiError(400, str(exc)) from None
     if status is not None and status not in set(JobStatusName):
         raise ApiError(400, f"status {status[:50]!r} is not a job status (one of: {', '.join(JobStatusName)})")
     shown = {part.strip() for part in (include or "").split(",") if part.strip()}

@@ -80,9 +80,11 @@ async def _checked(upload: UploadFile, part: str, kind: str, limit: int) -> str:
 
 def _parse_data(data: str) -> tuple[str, str]:
     try:
-        fields = json.loads(data)
-    except json.JSONDecodeError:
-        raise ApiError(400, "data: not valid JSON") from None
+        fields = json.loads(data)  # its text is checked as it is planned, where each field is named
+    except RecursionError:
+        raise ApiError(400, "data: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # not JSON; or an integer of more digits than Python converts
+        raise ApiError(400, f"data: not valid JSON ({str(exc)[:80]})") from None
     if not isinstance(fields, dict):
         raise ApiError(400, "data: must be a JSON object {prompt, refText}")
     prompt, ref_text = fields.get("prompt"), fields.get("refText", "")

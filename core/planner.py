@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from core.contracts import ConfigError, Contracts
+from core.contracts import ConfigError, ContractError, Contracts
 from core.graph_shape import (
     PlanningError,
     check_structure,
@@ -19,6 +19,7 @@ from core.graph_shape import (
 )
 from core.node_params import check_node_params
 from core.schemas import first_error
+from core.wire import MAX_DEPTH, check_portable
 from workflows.status import WAITING_NODE, NodeStatus
 
 GRAPH_SCHEMA = "graph.schema.json"
@@ -63,6 +64,7 @@ def _plan(
         _check_params(planned["nodes"], contracts, complete)
         _check_llm_endpoints(planned["nodes"], _allowed_endpoints(llm_defaults, llm_endpoints))
         _check_portable(planned, "graph")
+        _check_depth(planned)
     except RecursionError:
         # Absurdly deep JSON must be a rejection, not a crash of the caller.
         raise PlanningError("graph is nested too deeply") from None
@@ -262,6 +264,15 @@ def _check_portable(value: Any, where: str) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check_portable(item, f"{where}/{index}")
+
+
+def _check_depth(graph: dict) -> None:
+    """No deeper than the streams take (core/wire.MAX_DEPTH): a graph the data plane would set aside as a dead letter
+    is refused here, not accepted to wait for its segment's timeout."""
+    try:
+        check_portable(graph, "graph", MAX_DEPTH)
+    except ContractError as exc:
+        raise PlanningError(str(exc)) from None
 
 
 def _culprit(problem: str, graph: dict) -> str:

@@ -95,7 +95,14 @@ async def test_job_list_filters_by_status_and_pipeline_with_a_total(stack, llm):
 
 @pytest.mark.parametrize(
     "params",
-    [{"status": "done"}, {"status": "FAILED"}, {"status": ""}, {"include": "secrets"}, {"pipeline": "p" * 201}],
+    [
+        {"status": "done"},
+        {"status": "FAILED"},
+        {"status": ""},
+        {"include": "secrets"},
+        {"pipeline": "p" * 201},
+        {"pipeline": "a\x00"},  # before: 500, PostgreSQL refusing the NUL
+    ],
 )
 async def test_job_list_refuses_filters_it_cannot_apply(stack, params):
     reply = await stack.api.get("/api/jobs", params=params)

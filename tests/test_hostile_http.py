@@ -133,6 +133,23 @@ async def test_infinitetalk_with_a_surrogate_in_its_data_is_a_400(stack, llm):
     await completes_and_is_seen(stack)
 
 
+@pytest.mark.parametrize(
+    "data, error",
+    [("[" * 3000 + "]" * 3000, "nested too deeply"), ('{"prompt": "x", "a": ' + "1" * 10_000 + "}", "not valid JSON")],
+    ids=["nested 3000 deep", "an integer of 10,000 digits"],
+)
+async def test_infinitetalk_with_data_python_cannot_load_is_a_400(stack, llm, data, error):
+    """Before: 500 (RecursionError; ValueError past 4,300 digits), and the connection closed under the client."""
+    files = {
+        "image_file": ("face.png", png_bytes(), "image/png"),
+        "audio_file": ("voice.wav", wav_bytes(), "audio/wav"),
+    }
+    reply = await stack.api.post("/api/infinitetalk", files=files, data={"data": data})
+    assert reply.status_code == 400, reply.text
+    assert error in reply.json()["error"]
+    await completes_and_is_seen(stack)
+
+
 async def test_settings_endpoint_named_explicitly_is_allowed(stack, llm):
     # PROTOCOL §5: the infinitetalk path puts the settings' endpoint into params; that value is fine.
     body = sadtalker(prompt="p", endpoint=stack.settings.llm_endpoint + "/")

@@ -438,6 +438,20 @@ def test_deeply_nested_json_is_a_rejection(contracts):
     assert rejection({"mode": "process_graph", "graph": text}, contracts) == "graph is nested too deeply"
 
 
+def test_a_graph_nested_deeper_than_the_streams_take_is_a_rejection(contracts):
+    """Before, 70 levels inside a node's params planned (200), then the data plane set the graph aside as a dead
+    letter, and the job showed `running` until its segment's timeout (2 h)."""
+    deep: list = []
+    for _ in range(70):
+        deep = [deep]
+    node = {**task("a"), "params": {"x": deep}}
+    assert rejection(custom([node], []), contracts) == "graph: nested deeper than 64 levels"
+    for _ in range(20):
+        deep = deep[0]
+    node["params"] = {"x": deep}  # 50 levels: room for the graph around it
+    assert plan(custom([node], []), JOB_ID, contracts, LLM_DEFAULTS)["nodes"][0]["params"]
+
+
 # --- the door: text, params, statuses, endpoints (issue 8) -------------------
 
 
