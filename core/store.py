@@ -40,9 +40,11 @@ COMMAND_TIMEOUT = 30.0  # seconds; no query may hang a relay or a request for ev
 
 
 def is_job_id(value: str) -> bool:
+    """A job id as jobs are given them: a UUID spelt canonically (lower case, dashed). PostgreSQL would find a job by
+    any spelling of its UUID (upper case, braces, `urn:uuid:`), but its workflow and Redis keys know this one only:
+    such an id found the job's status, then could not cancel it nor follow it over WebSocket."""
     try:
-        uuid.UUID(value)
-        return True
+        return str(uuid.UUID(value)) == value
     except (ValueError, TypeError, AttributeError):
         return False
 

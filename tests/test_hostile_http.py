@@ -97,6 +97,19 @@ async def completes_and_is_seen(stack) -> None:
     assert updates[-1]["progress"] == 1
 
 
+async def test_a_job_id_spelt_otherwise_is_an_unknown_job(stack, llm):
+    """Before, `GET /api/status` and `GET /api/jobs/{id}` found a job by its id in upper case (PostgreSQL compares
+    UUIDs), while cancelling it so answered 409 and a WebSocket subscription so heard none of its updates."""
+    job_id = await submit(stack, SADTALKER)
+    assert (await stack.api.get(f"/api/status/{job_id}")).status_code == 200
+    for spelling in (job_id.upper(), "{" + job_id + "}", "urn:uuid:" + job_id, job_id.replace("-", "")):
+        for path in (f"/api/status/{spelling}", f"/api/jobs/{spelling}"):
+            reply = await stack.api.get(path)
+            assert reply.status_code == 404 and set(reply.json()) == {"error"}, (path, reply.text)
+    assert (await stack.api.post(f"/api/jobs/{job_id.upper()}/cancel")).status_code == 404
+    assert await outcome(stack, job_id) == ("completed", None)  # its script's LLM call made before the next test
+
+
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 async def test_hostile_submissions_are_400s_and_the_next_job_completes(stack, llm, kind):
     for body, where in HOSTILE[kind]:
