@@ -41,6 +41,12 @@ def check_structure(graph: dict) -> None:
         raise PlanningError(f"unreachable nodes (not connected to entry node {show(entries[0])}): {show_list(stray)}")
 
 
+def check_ids_and_edges(graph: dict) -> None:
+    """Unique node ids, and edges that join known nodes: what graph logic (workflows/graph.py) indexes by, so a graph
+    from the wire (the schema cannot say this) must hold it before any of that runs. Raises PlanningError."""
+    _links(graph["edges"], _node_ids(graph["nodes"]))
+
+
 def _node_ids(nodes: list) -> list[str]:
     """Node ids in node order; each node must be an object with a unique, non-empty string id."""
     first_seen: dict[str, int] = {}

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from core.contracts import Bridge, ContractError, check
 from core.failures import clean_error
+from core.graph_shape import PlanningError, check_ids_and_edges
 from core.schemas import first_error
 from core.wire import WireLimits, load_json, text_of
 from workflows.graph import clamp_progress, drop_nulls
@@ -16,7 +17,8 @@ from workflows.names import CONTROL_SOURCE
 
 
 def parse_graph_entry(fields: dict) -> tuple[str, dict]:
-    """(jobId, graph) of a stream entry; nulls in the graph mean absent. Raises ContractError."""
+    """(jobId, graph) of a stream entry; nulls in the graph mean absent. Raises ContractError, also for a graph whose
+    node ids repeat or whose edges name no node, which the schema lets through and readiness would crash on."""
     check(fields, "stream-entry.schema.json")
     graph = load_json(fields["graph"], "graph")
     if not isinstance(graph, dict):
@@ -27,6 +29,10 @@ def parse_graph_entry(fields: dict) -> tuple[str, dict]:
         raise ContractError(f"graph/{problem}")
     if graph["workflowId"] != fields["jobId"]:
         raise ContractError(f"graph/workflowId: {graph['workflowId']!r} differs from jobId {fields['jobId']!r}")
+    try:
+        check_ids_and_edges(graph)
+    except PlanningError as exc:
+        raise ContractError(f"graph: {exc}") from None
     return fields["jobId"], graph
 
 

@@ -13,6 +13,7 @@ keep a row each.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,8 +23,9 @@ import redis.asyncio as aioredis
 
 from core.contracts import Bridge, ContractError
 from core.event_rows import Event
-from core.messages import JobEvent, parse_event
+from core.messages import JobEvent, parse_created, parse_event
 from core.metrics import EVENTS_DELAYED
+from core.redis import Entry
 from core.retry import call_with_retry
 from core.store import REFUSED, UNAVAILABLE, Store, is_job_id
 from core.supervise import TaskHealth
@@ -32,6 +34,7 @@ from handoff.streams import StreamConsumer
 log = logging.getLogger(__name__)
 
 BACKLOG_GROUP = "recorders"
+DATED_FIELD = "created"  # a backlog entry's date as the relay gave it (ISO 8601); absent from older entries
 
 
 class Heard(NamedTuple):
@@ -50,6 +53,17 @@ def as_row(event: JobEvent, progress_seconds: float = 0.0) -> Event:
     interval = int(at.timestamp() // progress_seconds)
     fingerprint = f"progress/{progress_seconds:g}s/{interval}"
     return Event(event.job_id, fingerprint, None, event.progress, event.data, event.created, highest_progress=True)
+
+
+def _dated_as_kept(event: JobEvent, dated: str | None) -> JobEvent:
+    """`event` as re-parsed from a backlog entry, with the date the entry was kept with; an entry kept without one
+    (by an older relay) keeps the message's own date, as before."""
+    if dated is None:
+        return event
+    try:
+        return dataclasses.replace(event, created=parse_created(dated))
+    except (ValueError, OverflowError, OSError):
+        return event  # only a relay writes this stream, so this is not expected; the message's own date still serves
 
 
 class EventLog:
@@ -101,8 +115,13 @@ class EventLog:
         """Messages PostgreSQL cannot take now, into the backlog that relays drain once it is back (one round trip)."""
         log.warning("PostgreSQL unavailable (%s); %d events kept in the backlog", why, len(heard))
         pipe = self.redis.pipeline(transaction=False)
-        for channel, raw, _ in heard:
-            pipe.xadd(self.bridge.events_backlog, {"channel": channel, "raw": raw})
+        for channel, raw, event in heard:
+            # The date the relay gave the message (the time it was heard, where the publisher's was missing or to
+            # come): parsing `raw` again at the drain would bring back the publisher's date, or the drain's time.
+            entry: Entry = {"channel": channel, "raw": raw}
+            if event.created is not None:
+                entry[DATED_FIELD] = event.created.isoformat()
+            pipe.xadd(self.bridge.events_backlog, entry)
         await pipe.execute()
         EVENTS_DELAYED.inc(len(heard))
 
@@ -117,6 +136,7 @@ class EventLog:
         except ContractError:
             event = None  # it was valid when first read; nothing else could have written this stream
         if event is not None:
+            event = _dated_as_kept(event, fields.get(DATED_FIELD))
             row = as_row(event, self.progress_seconds)
             await call_with_retry("writing a delayed event", UNAVAILABLE, lambda: self.store.apply_event(row))
         await self.backlog.ack(entry_id)

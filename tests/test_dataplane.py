@@ -340,6 +340,45 @@ async def test_garbage_goes_to_the_dead_letter_stream_and_the_worker_keeps_servi
     assert not {p["message_id"] for p in pending} & set(ids)
 
 
+def _disjointed(graph: dict, how: str) -> dict:
+    """`graph` made schema-valid but not whole: an edge from or to a node it lacks, or a node id twice."""
+    graph = copy.deepcopy(graph)
+    if how == "edge from no node":
+        graph["edges"].append({"from": "ghost", "to": "train_voice", "kind": "normal"})
+    elif how == "edge to no node":
+        graph["edges"].append({"from": "train_voice", "to": "ghost", "kind": "normal"})
+    else:
+        graph["nodes"].append(copy.deepcopy(nodes_by_id(graph)["train_voice"]))
+    return graph
+
+
+async def test_a_graph_with_edges_to_nowhere_or_twice_used_ids_is_dead_lettered(
+    redis_client, bridge, start_worker, job_id
+):
+    """Readiness indexes nodes by id: an edge from a node the graph lacks crashed the entry (KeyError, left pending
+    for ever), and one to nowhere or a repeated id ran a graph the control plane never planned. Each is set aside."""
+    await start_worker(concurrency=1)
+    good = pipeline_graph(job_id, "sadtalker")
+    reasons = {
+        "edge from no node": 'unknown node "ghost"',
+        "edge to no node": 'unknown node "ghost"',
+        "a node id twice": 'node "train_voice": duplicate id',
+    }
+    bad = {how: {"jobId": job_id, "created": "1", "graph": json.dumps(_disjointed(good, how))} for how in reasons}
+    ids = [await redis_client.xadd(bridge.data_stream, fields) for fields in bad.values()]
+    after = str(uuid.uuid4())
+    await push(redis_client, bridge, after, pipeline_graph(after, "sadtalker"))
+
+    assert nodes_by_id(await handback_of(redis_client, bridge, after))["postprocess_video"]["status"] == "completed"
+    dead = await redis_client.xrange(bridge.dead_letter(bridge.data_stream))
+    assert [entry["graph"] for _, entry in dead] == [fields["graph"] for fields in bad.values()]
+    for (_, entry), reason in zip(dead, reasons.values(), strict=True):
+        assert reason in entry["error"], entry["error"]
+    pending = await redis_client.xpending_range(bridge.data_stream, bridge.workers_group, "-", "+", 100)
+    assert not {p["message_id"] for p in pending} & set(ids)
+    assert all(fields["jobId"] != job_id for _, fields in await redis_client.xrange(bridge.control_stream))
+
+
 async def test_progress_never_goes_backwards(redis_client, bridge, start_worker, job_id):
     await start_worker()
     # The control plane already recorded more progress than the input says: later nodes would start lower.

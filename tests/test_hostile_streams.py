@@ -22,8 +22,9 @@ from core.contracts import contracts
 from handoff.relay import HandbackRelay
 from handoff.streams import ensure_group
 from tests.e2e import BRIDGE, outcome, submit, wait_for
+from tests.test_exactly_once import signals, start_python_job
 from tests.ws_clients import metrics, ws_client
-from workflows.names import CONTROL_SOURCE
+from workflows.names import CONTROL_SOURCE, HANDBACK
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -320,3 +321,34 @@ async def test_entries_left_pending_are_dead_lettered_when_bad_or_tried_too_ofte
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)
         await raw_redis.delete(stream, bridge.dead_letter(stream))
+
+
+@pytest.mark.parametrize("how", ["edge from no node", "edge to no node", "a node id twice"])
+async def test_a_handback_whose_graph_is_not_whole_is_dead_lettered_not_signalled(stack, raw_redis, how):
+    """The relay parses handbacks as the worker parses segments: a graph with an edge naming no node, or an id used
+    twice, is set aside before it reaches the job's workflow (it used to be signalled, its edges dropped unread)."""
+    bridge = dataclasses.replace(BRIDGE, control_stream=f"t:{uuid.uuid4().hex}:control", block_ms=200)
+    stream, marker = bridge.control_stream, uuid.uuid4().hex
+    async with stack.no_dataplane():
+        job = await start_python_job(stack)  # a workflow waiting on its segment, which a signal would reach
+        graph = handback(job)
+        if how == "a node id twice":
+            graph["nodes"].append(dict(graph["nodes"][1]))
+        else:
+            known = graph["nodes"][1]["id"]
+            graph["edges"].append(
+                {"from": "ghost", "to": known} if how == "edge from no node" else {"from": known, "to": "ghost"}
+            )
+        await ensure_group(stack.redis, stream, bridge.control_group)
+        await raw_redis.xadd(stream, {"jobId": job, "created": "1", "graph": json.dumps(graph), "probe": marker})
+        relay = asyncio.create_task(HandbackRelay(stack.redis, stack.temporal, bridge, "live-relay").run())
+        try:
+            (letter,) = await dead_letters(stack.redis, bridge.dead_letter(stream), marker, 1, timeout=5)
+            assert ("duplicate id" if how == "a node id twice" else 'unknown node "ghost"') in letter["error"]
+            assert (await raw_redis.xpending(stream, bridge.control_group))["pending"] == 0
+            assert await signals(stack.temporal, job, HANDBACK) == 0
+        finally:
+            relay.cancel()
+            await asyncio.gather(relay, return_exceptions=True)
+            await raw_redis.delete(stream, bridge.dead_letter(stream))
+            await stack.temporal.get_workflow_handle(job).terminate(reason="test over")
