@@ -7,6 +7,8 @@ Every `cleanup_interval_seconds` each relay, as a supervised task:
   a segment's entries go regardless once older than `segment_timeout_seconds` (plus that window): no job waits
   for them any more;
 - caps each dead-letter stream at `dead_letter_max_entries` and drops letters older than their retention;
+- forgets relays' consumers (process:control, the event backlog) idle past `stream_retention_seconds` with nothing
+  pending: every relay process joins under a name of its own, and each restart would leave one more for good;
 - deletes the job_events rows of jobs finished more than `retention_hours` ago, in batches. (A finished job's
   Redis keys expire by themselves: its last sync gives them a short TTL, see core/jobkeys.py.)
 Every step is idempotent, so relays need not agree on who runs it. A round that finds Redis or PostgreSQL away
@@ -30,6 +32,7 @@ from core.settings import Settings
 from core.store import UNAVAILABLE, Store
 from core.stream_lua import STREAM_HELPERS
 from core.supervise import TaskHealth
+from handoff.event_log import BACKLOG_GROUP
 from handoff.streams import DEAD_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,24 @@ return trimmed
 """
 
 
+# A relay's consumer that holds nothing and has not read for ARGV[2] ms is gone (a live one reads every few seconds);
+# checked and deleted in one script, so that no entry it might be handed meanwhile is dropped with it.
+_FORGET_IDLE = """
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local forgotten = 0
+for _, consumer in ipairs(consumers) do
+  local about = {}
+  for i = 1, #consumer, 2 do about[consumer[i]] = consumer[i + 1] end
+  if about['pending'] == 0 and about['idle'] > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], about['name'])
+    forgotten = forgotten + 1
+  end
+end
+return forgotten
+"""
+
+
 @dataclass(frozen=True)
 class RetentionPolicy:
     """How long each kind of record is kept (from the settings), and how often that is applied."""
@@ -138,6 +159,7 @@ class Swept:
     """What one round removed: entries per stream, and job_events rows."""
 
     trimmed: dict[str, int] = field(default_factory=dict)
+    consumers_forgotten: int = 0
     events_deleted: int = 0
 
 
@@ -177,6 +199,7 @@ class Retention:
         swept, outages = Swept(), []
         try:
             swept.trimmed = await self.trim_streams()
+            swept.consumers_forgotten = await self.forget_idle_consumers()
         except OUTAGES as exc:
             outages.append(exc)
         try:
@@ -216,6 +239,14 @@ class Retention:
             if count:
                 STREAM_ENTRIES_TRIMMED.labels(stream=stream).inc(count)
         return trimmed
+
+    async def forget_idle_consumers(self) -> int:
+        """Relays' consumers gone for good (idle past the window, nothing pending); how many were forgotten."""
+        pipe = self.redis.pipeline(transaction=False)
+        groups = {self.bridge.control_stream: self.bridge.control_group, self.bridge.events_backlog: BACKLOG_GROUP}
+        for stream, group in groups.items():
+            pipe.eval(_FORGET_IDLE, 1, stream, group, self.policy.stream_ms)
+        return sum(int(count) for count in await pipe.execute())
 
     async def delete_expired_events(self) -> int:
         """job_events rows of jobs finished longer ago than the retention, in batches; returns how many."""

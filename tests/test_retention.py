@@ -147,6 +147,32 @@ async def test_a_segment_held_by_a_dead_worker_holds_its_stream_back_no_longer_t
     assert not [r for r in caplog.records if "not read or acked" in r.getMessage()]
 
 
+async def test_relays_gone_for_good_are_forgotten_by_their_groups(redis_client, store):
+    """Every relay process joins process:control's group and the backlog's under a name of its own
+    (relay-<host>-<pid>). Before, nothing removed them: each restart or deploy left two consumers for good."""
+    bridge, redis = own_bridge(), redis_client
+    groups = {bridge.control_stream: bridge.control_group, bridge.events_backlog: "recorders"}
+
+    async def handed(group: str, stream: str, consumer: str) -> str:
+        """A new entry read by `consumer` (Redis makes a consumer as it first hands it an entry)."""
+        await redis.xadd(stream, {"n": consumer})
+        [[_, [(entry_id, _)]]] = await redis.xreadgroup(group, consumer, {stream: ">"}, count=1)
+        return entry_id
+
+    for stream, group in groups.items():
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        await redis.xack(stream, group, await handed(group, stream, "relay-gone"))  # did its work, then left
+        await handed(group, stream, "relay-holding")  # died holding an entry: a takeover's to claim
+    await asyncio.sleep(0.3)
+    for stream, group in groups.items():  # a live relay: it has just been handed an entry, and acked it
+        await redis.xack(stream, group, await handed(group, stream, "relay-live"))
+    swept = await Retention(redis, store, bridge, RetentionPolicy(stream_ms=200)).sweep()
+    for stream, group in groups.items():
+        names = sorted(consumer["name"] for consumer in await redis.xinfo_consumers(stream, group))
+        assert names == ["relay-holding", "relay-live"], stream  # one holding an entry waits for a takeover
+    assert swept.consumers_forgotten == 2
+
+
 async def test_dead_letters_are_capped_and_aged(redis_client, store):
     bridge = own_bridge()
     redis = redis_client
