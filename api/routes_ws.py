@@ -172,6 +172,10 @@ async def _receive_forever(backend: Backend, client: Subscriber) -> None:
         else:
             WS_ERRORS.labels(kind="bad_message").inc()
             client.offer(FAILED)
+        # Let the sender write the answer before the next message is taken. Messages that came in one read are all
+        # queued already, and receive() hands them over without yielding: their answers would all count as unread,
+        # and a client that sent 257 in one write was closed as too slow. A client that does not read still is.
+        await asyncio.sleep(0)
 
 
 class WebSocketEndpoint:

@@ -4,6 +4,8 @@ uvicorn times out only an idle keep-alive connection, and any byte resets that t
 opens a connection and never finishes its request head (or sends it a byte at a time) is held for ever.
 Here every request head must arrive whole within `api_header_timeout_seconds` of the connection opening
 (or of the previous response), and within `api_max_header_bytes`; otherwise the connection is closed.
+
+A WebSocket is not read while what the server has written to it waits unsent (`PongBackpressure`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 
 import h11
 import uvicorn
+from uvicorn._types import ASGIReceiveEvent
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from core.settings import Settings
 
@@ -114,6 +118,31 @@ def protocol_class(name: str = "auto") -> type[asyncio.Protocol]:
     return H11HeadDeadline
 
 
+class PongBackpressure(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, not reading a client while the transport holds more than it can write to it.
+
+    The protocol answers every ping with a pong written at once, whether or not the client reads: a client that pings
+    in a loop and reads nothing had the server buffer every pong (+450 MB in 40 s, until it left). Reading stops
+    when the transport pauses our writes and starts again when they resume, so such a client is stopped by its own
+    full socket. uvicorn also pauses reading while the app has a message unread; reading resumes only when neither
+    holds it back."""
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if not self.read_paused:  # else the app still has a message to take, and receive() resumes reading
+            self.transport.resume_reading()
+
+    async def receive(self) -> ASGIReceiveEvent:
+        message = await super().receive()  # resumes reading once the app has taken every message
+        if not self.writable.is_set():
+            self.transport.pause_reading()  # at once, before the event loop can read anything
+        return message
+
+
 # A client's messages are a few hundred bytes: the API answers `failed` to any over 4 KiB, and to garbage of up to
 # this size, keeping the socket. A larger message closes the socket with 1009 as it arrives, instead of being
 # buffered whole: uvicorn's default is 16 MiB a message, from every client at once.
@@ -129,6 +158,7 @@ def server_config(
         host=host,
         port=port,
         http=protocol_class(http),
+        ws=PongBackpressure,
         timeout_keep_alive=settings.api_keep_alive_seconds,
         limit_concurrency=settings.api_max_connections,
         h11_max_incomplete_event_size=settings.api_max_header_bytes,
