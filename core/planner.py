@@ -64,10 +64,13 @@ def _plan(
         _check_params(planned["nodes"], contracts, complete)
         _check_llm_endpoints(planned["nodes"], _allowed_endpoints(llm_defaults, llm_endpoints))
         _check_portable(planned, "graph")
-        _check_depth(planned)
+        # No deeper than the streams take: else the data plane sets it aside, and the job waits in vain.
+        check_portable(planned, "graph", MAX_DEPTH)
     except RecursionError:
         # Absurdly deep JSON must be a rejection, not a crash of the caller.
         raise PlanningError("graph is nested too deeply") from None
+    except ContractError as exc:
+        raise PlanningError(str(exc)) from None
     return planned
 
 
@@ -264,15 +267,6 @@ def _check_portable(value: Any, where: str) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check_portable(item, f"{where}/{index}")
-
-
-def _check_depth(graph: dict) -> None:
-    """No deeper than the streams take (core/wire.MAX_DEPTH): a graph the data plane would set aside as a dead letter
-    is refused here, not accepted to wait for its segment's timeout."""
-    try:
-        check_portable(graph, "graph", MAX_DEPTH)
-    except ContractError as exc:
-        raise PlanningError(str(exc)) from None
 
 
 def _culprit(problem: str, graph: dict) -> str:
