@@ -112,15 +112,21 @@ class EventListener:
             task.add_done_callback(self.signalling.discard)
 
     async def _signal_failure(self, job_id: str) -> None:
-        """In a task of its own, not in the pub/sub loop; retried through a Temporal outage for up to
-        FAILURE_SIGNAL_SECONDS, after which the segment's own timeout ends the job's wait."""
+        """In a task of its own, not in the pub/sub loop. The handback is made once, from the graph as the failure
+        left it: a try made later, on a graph read again, could carry a newer run's segment tag and fail that
+        segment. Only the signal is retried, through a Temporal outage, for up to FAILURE_SIGNAL_SECONDS; the
+        segment's own timeout ends the job's wait after that."""
         try:
-            await call_with_retry(
-                f"signalling job {job_id} that its data plane failed",
-                (SignalNotDelivered, *TRANSIENT),
-                lambda: self._detect_dataplane_failure(job_id),
-                timeout=FAILURE_SIGNAL_SECONDS,
-            )
+            async with asyncio.timeout(FAILURE_SIGNAL_SECONDS):
+                handback = await call_with_retry(
+                    f"reading the graph of job {job_id}", TRANSIENT, lambda: self._failure_handback(job_id)
+                )
+                if handback is not None:
+                    await call_with_retry(
+                        f"signalling job {job_id} that its data plane failed",
+                        (SignalNotDelivered,),
+                        lambda: self._signal_failed(job_id, handback),
+                    )
         except Exception:
             log.exception("job %s: its data-plane failure went unsignalled; the segment's timeout ends it", job_id)
 
@@ -193,22 +199,24 @@ class EventListener:
                 self._hold_progress(*heard, again=True)
             raise
 
-    async def _detect_dataplane_failure(self, job_id: str) -> None:
-        """The existing worker reports a failed node by status + job:<id> graph, without a handback."""
+    async def _failure_handback(self, job_id: str) -> Handback | None:
+        """The existing worker reports a failed node by status + job:<id> graph, without a handback: the handback
+        that graph makes, or None when nothing in it is usable (the segment's timeout still ends the wait)."""
         raw = await self.redis.hget(self.bridge.job_key(job_id), "graph")
         try:
             graph = drop_nulls(json.loads(raw)) if raw else None
         except json.JSONDecodeError:
             graph = None
         if not isinstance(graph, dict) or first_error(graph, "graph.schema.json"):
-            return  # nothing usable: the segment timeout still ends the wait
+            return None
         if any(node["plane"] == "python" for node in failed_nodes(graph)):
-            handback = Handback(python_part(graph))
-        else:
-            # The node's own error was overwritten (a node-plane branch wrote job:<id> meanwhile): the failure
-            # still ends the segment now, with what we know, instead of waiting for its timeout.
-            metadata = {"handoff": (graph.get("metadata") or {}).get("handoff")}
-            handback = Handback({"metadata": metadata, "nodes": []}, reason=UNREADABLE_FAILURE)
+            return Handback(python_part(graph))
+        # The node's own error was overwritten (a node-plane branch wrote job:<id> meanwhile): the failure still ends
+        # the segment now, with what we know, instead of waiting for its timeout.
+        metadata = {"handoff": (graph.get("metadata") or {}).get("handoff")}
+        return Handback({"metadata": metadata, "nodes": []}, reason=UNREADABLE_FAILURE)
+
+    async def _signal_failed(self, job_id: str, handback: Handback) -> None:
         try:
             await self.client.get_workflow_handle(job_id).signal(DATAPLANE_FAILED, handback, rpc_timeout=RPC_TIMEOUT)
         except RPCError as exc:

@@ -20,6 +20,7 @@ from core.contracts import contracts, python_timeouts, service_runtimes
 from core.metrics import PUBSUB_MESSAGES
 from core.redis import redis_client
 from core.store import Store, connect_pool
+from core.temporal import RPC_TIMEOUT
 from handoff.event_log import EventLog
 from handoff.listener import UNREADABLE_FAILURE, EventListener
 from tests.e2e import BRIDGE, outcome, pushed_segment, wait_for
@@ -185,7 +186,9 @@ async def test_two_relays_hearing_one_failure_signal_it_once(stack, store):
 
 async def test_a_failure_heard_while_temporal_restarts_is_signalled_once_it_is_back(stack, store):
     """Before, the relay that recorded a data-plane failure first signalled it once: a Temporal that was restarting
-    at that moment (UNAVAILABLE) lost the signal for good, and the job waited for its segment's timeout."""
+    at that moment (UNAVAILABLE) lost the signal for good, and the job waited for its segment's timeout. And the
+    first retried version read job:<id> again for each try, so a try made after the graph had moved on signalled
+    that later graph (here: "the failed node's own error could not be read")."""
     host, port = stack.settings.temporal_address.rsplit(":", 1)
     async with stack.no_dataplane(), HoldingProxy(host, int(port)) as temporal:
         job_id = await start_python_job(stack)  # its segment's timeout: 60 s
@@ -198,6 +201,12 @@ async def test_a_failure_heard_while_temporal_restarts_is_signalled_once_it_is_b
         await first.on_message(channel, raw)  # it records the failure first, so the signal is its to send
         await listener(stack, store, "relay-b").on_message(channel, raw)  # recorded already: leaves it
         await asyncio.sleep(2.0)  # its first tries are refused
+        # job:<id> moves on meanwhile (a retry's new run pushing its own segment would write it): what is signalled
+        # is what the failure left, never a later graph, whose segment it would fail.
+        graph = json.loads(await stack.redis.hget(BRIDGE.job_key(job_id), "graph"))
+        graph["nodes"][0].update(status="running", error=None)
+        await stack.redis.hset(BRIDGE.job_key(job_id), "graph", json.dumps(graph))
+        await asyncio.sleep(RPC_TIMEOUT.total_seconds() + 1)  # the first try gives up; the next goes out, refused
         temporal.accept()
         try:
             state, message = await outcome(stack, job_id, timeout=30)
