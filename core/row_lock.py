@@ -1,8 +1,8 @@
-"""A job's row held while a relay tells Redis and clients something its row does not say yet.
+"""A job's row held while a relay records something about the job that its row does not say yet.
 
-A relay that records a job's end outside its workflow (handoff/stranded.py, handoff/unstarted.py) writes Redis and
-publishes first, then the row, which marks the work done. Two relays, or a relay and a retry, could each read the
-row, then each announce. Under the row's lock, taken only if the row is still as read, one acts; the other skips the
+A relay that records a job's end outside its workflow (handoff/stranded.py, handoff/unstarted.py) may tell Redis and
+clients before it commits the row, which marks the work done. Two relays, or a relay and a retry, could each read
+the row, then each act. Under the row's lock, taken only if the row is still as read, one acts; the other skips the
 row (SKIP LOCKED) or, once the row has changed, finds it so, and a retry waiting on the lock finds the job taken.
 """
 

@@ -123,8 +123,9 @@ class Store(RetryRows):
         (each once, by fingerprint, as a relay hearing them records them); returns when the job was created.
 
         Progress lands in [the workflow's progress, the graph's ceiling]: reported progress within the
-        open work is kept, anything above it (or left from an earlier run) is corrected. On `conn` when given (a
-        transaction holding the row, see `held`).
+        open work is kept, anything above it (or left from an earlier run) is corrected. A run's step clears the run
+        a retry named as replaced (core/retry_rows.py): a run goes on. On `conn` when given (a transaction holding
+        the row, see `held`).
         """
         ceiling = max(progress, progress_ceiling(graph))
         return await (conn or self.pool).fetchval(
@@ -136,7 +137,7 @@ class Store(RetryRows):
                    SET status = EXCLUDED.status,
                        progress = LEAST(GREATEST(jobs.progress, EXCLUDED.progress), EXCLUDED.progress_ceiling),
                        progress_ceiling = EXCLUDED.progress_ceiling,
-                       last_graph = EXCLUDED.last_graph, updated = now()
+                       last_graph = EXCLUDED.last_graph, updated = now(), retried_run = NULL
                 RETURNING created
             ), ev AS (
                 INSERT INTO job_events (job_id, status, data, fingerprint, created)

@@ -7,8 +7,9 @@ Every `cleanup_interval_seconds` each relay, as a supervised task:
   a segment's entries go regardless once older than `segment_timeout_seconds` (plus that window): no job waits
   for them any more;
 - caps each dead-letter stream at `dead_letter_max_entries` and drops letters older than their retention;
-- forgets relays' consumers (process:control, the event backlog) idle past `stream_retention_seconds` with nothing
-  pending: every relay process joins under a name of its own, and each restart would leave one more for good;
+- forgets relays' consumers (process:control, the event backlog) handed nothing for `stream_retention_seconds` and
+  holding nothing: every relay process joins under a name of its own, and each restart would leave one more for
+  good (a live relay's consumer, so forgotten on a quiet stream, is made again by its next read);
 - deletes the job_events rows of jobs finished more than `retention_hours` ago, in batches. (A finished job's
   Redis keys expire by themselves: its last sync gives them a short TTL, see core/jobkeys.py.)
 Every step is idempotent, so relays need not agree on who runs it. A round that finds Redis or PostgreSQL away
@@ -110,8 +111,9 @@ return trimmed
 """
 
 
-# A relay's consumer that holds nothing and has not read for ARGV[2] ms is gone (a live one reads every few seconds);
-# checked and deleted in one script, so that no entry it might be handed meanwhile is dropped with it.
+# A relay's consumer that holds nothing and has been handed nothing for ARGV[2] ms: one gone for good, or (Redis
+# before 7.2 refreshes a consumer's idle time only as it hands it entries) a live one on a quiet stream, which its
+# next read makes again. Checked and deleted in one script, so no entry handed to it meanwhile is dropped with it.
 _FORGET_IDLE = """
 local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
 if not ok then return 0 end

@@ -75,6 +75,10 @@ def stranded_query(since: datetime) -> str:
     )
 
 
+def _from_ms(ms: str) -> datetime | None:
+    return datetime.fromtimestamp(int(ms) / 1000, UTC) if ms.isdigit() else None
+
+
 def closed_graph(graph: dict, message: str, code: str) -> dict:
     """The graph as the workflow would have left it: what ran or could run failed with the reason, the rest skipped."""
     graph = copy.deepcopy(graph)
@@ -96,10 +100,11 @@ class StrandedJobs:
         finished_key_seconds: int,
         first_lookback: timedelta = FIRST_LOOKBACK,
         retry_settled_seconds: float = 60.0,
+        visibility_lag: timedelta = VISIBILITY_LAG,
     ):
         self.client, self.redis, self.store, self.bridge = client, redis, store, bridge
         self.interval_seconds, self.finished_key_seconds = interval_seconds, finished_key_seconds
-        self.since = datetime.now(UTC) - first_lookback
+        self.since, self.visibility_lag = datetime.now(UTC) - first_lookback, visibility_lag
         self.unstarted = UnstartedRetries(client, redis, store, bridge, retry_settled_seconds, finished_key_seconds)
 
     async def run(self, health: TaskHealth) -> None:
@@ -121,10 +126,16 @@ class StrandedJobs:
         such error is raised once all were tried."""
         started = datetime.now(UTC)
         closed, errors = await self.unstarted.sweep()
+        look_again_from = started  # a run whose row was held or changed is listed again next round
         async for run in self.client.list_workflows(stranded_query(self.since), rpc_timeout=RPC_TIMEOUT):
             try:
-                if run.status in ENDINGS and await self.close_out(run.id, run.run_id, run.status):
+                if run.status not in ENDINGS:
+                    continue
+                recorded = await self.close_out(run.id, run.run_id, run.status, run.close_time)
+                if recorded:
                     closed.append(run.id)
+                elif recorded is None and run.close_time is not None:
+                    look_again_from = min(look_again_from, run.close_time)
             except RPCError as exc:
                 if exc.status == RPCStatusCode.NOT_FOUND:
                     log.info("job %s: its run %s is gone from Temporal (%s)", run.id, run.run_id, exc.message)
@@ -135,10 +146,14 @@ class StrandedJobs:
                 errors.append(exc)
         if errors:
             raise errors[0]
-        self.since = started - VISIBILITY_LAG
+        self.since = look_again_from - self.visibility_lag
         return closed
 
-    async def close_out(self, job_id: str, run_id: str, status: WorkflowExecutionStatus) -> bool:
+    async def close_out(
+        self, job_id: str, run_id: str, status: WorkflowExecutionStatus, closed_at: datetime | None = None
+    ) -> bool | None:
+        """Whether it recorded the job's end; None when the row was held or had changed (another relay's round, or a
+        progress report being written): the next round looks again."""
         row = await self.store.job(job_id) if is_job_id(job_id) else None
         if row is None or row["status"] in jobkeys.TERMINAL:
             return False
@@ -150,6 +165,7 @@ class StrandedJobs:
         if ending := await self._ended_in_redis(job_id, run_id):
             recorded, status_recorded = await self._record_row(job_id, run_id, row["updated"], ending), ending[0]
             said: dict = {"event": "job's end recorded from Redis", "status": status_recorded}
+            closed_at = _from_ms(ending[3]) or closed_at  # when its last step ended it
         else:
             reason = await self._reason(job_id, run_id)
             graph = closed_graph(graph, f"{what}: {reason}" if reason else what, code)
@@ -157,11 +173,11 @@ class StrandedJobs:
             status_recorded = JobStatus.FAILED
             said = {"event": "job failed outside its workflow", "error": job_error(graph)}
         if not recorded:
-            return False  # another relay records it, or the row changed since read (the next round reads it)
+            return None
         log_event(log, said.pop("event"), level=logging.WARNING, job_id=job_id, **said)
         JOBS_CLOSED_OUT.labels(code=code).inc()
         JOBS_FINISHED.labels(status=status_recorded).inc()  # as the workflow's last step would have counted it
-        JOB_SECONDS.observe(max(0.0, (datetime.now(UTC) - row["created"]).total_seconds()))
+        JOB_SECONDS.observe(max(0.0, ((closed_at or datetime.now(UTC)) - row["created"]).total_seconds()))
         return True
 
     async def _reason(self, job_id: str, run_id: str) -> str:

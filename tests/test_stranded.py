@@ -138,10 +138,10 @@ async def test_two_relays_at_once_tell_clients_once(stack, store):
         pubsub = stack.redis.pubsub()
         await pubsub.subscribe(BRIDGE.channel("status", job_id))
         try:
+            counted = finished_counted("failed")  # before the terminate: the stack's own relay may count it at once
             await handle.terminate(reason="drained")
             run_id = (await handle.describe()).run_id
             relays = [relay_search(stack, store), relay_search(stack, store)]
-            counted = finished_counted("failed")
             outcomes = await asyncio.gather(
                 *(relay.close_out(job_id, run_id, WorkflowExecutionStatus.TERMINATED) for relay in relays)
             )
@@ -154,6 +154,38 @@ async def test_two_relays_at_once_tell_clients_once(stack, store):
     assert finished_counted("failed") - counted == 1  # counted once, by whichever relay recorded it
     assert (await store.job(job_id))["status"] == "failed"
     assert [event["status"] for event in await store.events(job_id)].count("failed") == 1
+
+
+async def test_a_run_whose_row_was_held_is_looked_at_again_next_round(stack, store, database_url):
+    """A round finds the row held (another relay's round, a progress report being written) and leaves the job.
+    Before, the next round's search started after this round: a run first listed longer than the visibility lag
+    after it closed (a relay's first round, after a restart) was never listed again, and the job showed running."""
+    relay_store = await relay_under_test_store(database_url)
+    lag = timedelta(seconds=1)
+    try:
+        async with stack.no_dataplane():
+            job_id = await submit(stack, SADTALKER)
+            await pushed_segment(stack.redis, job_id)
+            # Only the relay under test may write the end: the stack's own relay must not record it meanwhile.
+            async with postgresql_refusing_the_end(store, job_id):
+                handle = stack.temporal.get_workflow_handle(job_id)
+                await handle.terminate(reason="drained")
+                run_id = (await handle.describe()).run_id
+
+                async def listed():
+                    query = stranded_query(datetime.now(UTC) - timedelta(minutes=5))
+                    return [run async for run in stack.temporal.list_workflows(query) if run.run_id == run_id]
+
+                await wait_for(listed, what="the terminated run listed")
+                await asyncio.sleep(2 * lag.total_seconds())  # the run closed longer ago than the lag
+                search = StrandedJobs(stack.temporal, stack.redis, relay_store, BRIDGE, 1.0, 60, visibility_lag=lag)
+                async with store.pool.acquire() as holder, holder.transaction():
+                    await holder.execute("SELECT 1 FROM jobs WHERE job_id = $1 FOR UPDATE", uuid.UUID(job_id))
+                    assert job_id not in await search.sweep()
+                assert job_id in await search.sweep()
+    finally:
+        await relay_store.pool.close()
+    assert (await store.job(job_id))["status"] == "failed"
 
 
 async def test_a_job_whose_workflow_was_reset_runs_on_untouched(stack, store):
