@@ -63,8 +63,8 @@ def _plan(
         _check_schema(planned)
         _check_params(planned["nodes"], contracts, complete)
         _check_llm_endpoints(planned["nodes"], _allowed_endpoints(llm_defaults, llm_endpoints))
-        _check_portable(planned, "graph")
-        # No deeper than the streams take: else the data plane sets it aside, and the job waits in vain.
+        # What filling in added, too; and no deeper than the streams take, else the data plane sets it aside and the
+        # job waits in vain. (The caller's own text was checked above, each string by its place.)
         check_portable(planned, "graph", MAX_DEPTH)
     except RecursionError:
         # Absurdly deep JSON must be a rejection, not a crash of the caller.

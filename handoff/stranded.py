@@ -15,9 +15,9 @@ said unfinished (a workflow that fails or is cancelled ends so itself, once its 
 
 The row is what marks the job done: a round cut short before it is done again in full. Either way it is done under
 the row's lock, taken only while the row is as the round read it (core/row_lock.py): of relays whose rounds meet on
-one job, one tells clients and counts it. A job already recorded
-finished, or whose workflow runs on in a later run (a reset, a retry), is left alone. So is a job without a row
-(nothing shows it running).
+one job, one tells clients and counts it; a round that finds the row held or changed looks again next round. A job
+already recorded finished, or whose workflow runs on in a later run (a reset, a retry), is left alone. So is a job
+without a row (nothing shows it running).
 """
 
 from __future__ import annotations
@@ -162,19 +162,20 @@ class StrandedJobs:
         if latest.run_id != run_id or not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
             return False
         code, what = ENDINGS[status]
+        details: dict[str, object]  # for the log line
         if ending := await self._ended_in_redis(job_id, run_id):
             recorded, status_recorded = await self._record_row(job_id, run_id, row["updated"], ending), ending[0]
-            said: dict = {"event": "job's end recorded from Redis", "status": status_recorded}
             closed_at = _from_ms(ending[3]) or closed_at  # when its last step ended it
+            what_happened, details = "job's end recorded from Redis", {"status": status_recorded}
         else:
             reason = await self._reason(job_id, run_id)
             graph = closed_graph(graph, f"{what}: {reason}" if reason else what, code)
             recorded = await self._record(job_id, run_id, row["updated"], graph, row["progress"])
             status_recorded = JobStatus.FAILED
-            said = {"event": "job failed outside its workflow", "error": job_error(graph)}
+            what_happened, details = "job failed outside its workflow", {"error": job_error(graph)}
         if not recorded:
             return None
-        log_event(log, said.pop("event"), level=logging.WARNING, job_id=job_id, **said)
+        log_event(log, what_happened, level=logging.WARNING, job_id=job_id, **details)
         JOBS_CLOSED_OUT.labels(code=code).inc()
         JOBS_FINISHED.labels(status=status_recorded).inc()  # as the workflow's last step would have counted it
         JOB_SECONDS.observe(max(0.0, ((closed_at or datetime.now(UTC)) - row["created"]).total_seconds()))

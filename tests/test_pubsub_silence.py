@@ -41,44 +41,50 @@ async def proxied(redis_url: str):
         yield proxy, f"redis://{proxy.address}{url.path or '/0'}"
 
 
-async def test_the_relays_subscription_replaces_a_silent_connection(redis_url, redis_client):
+async def hears_again_after_silence(redis_url: str, redis_client, listen, ready=None) -> TaskHealth:
+    """Run `listen(url, on_message, health)` through a proxy; once it hears, silence its connection, and require it
+    to hear again. `ready(listener)` runs once it serves, before anything is published. Returns its health."""
     heard: list[bytes] = []
 
     async def on_message(channel: bytes, data: bytes) -> None:
         heard.append(data)
 
-    health = TaskHealth("event-listener")
+    health = TaskHealth("listener")
     async with proxied(redis_url) as (proxy, through_proxy):
-        listening = asyncio.create_task(subscribe_forever(through_proxy, ["silence-test:*"], on_message, health))
+        listener = listen(through_proxy, on_message)
+        listening = asyncio.create_task(listener.run(health))
         try:
             await asyncio.wait_for(health.is_up.wait(), 10)
+            if ready:
+                await ready(listener)
             await redis_client.publish(CHANNEL, "before")
             await wait_for(lambda: b"before" in heard, what="the listener to hear what is published")
             proxy.go_silent()
             await heard_again(redis_client, heard, health)
-            assert health.report()["restarts"] == 0 and health.report()["state"] == "serving"
+            assert health.report()["state"] == "serving"  # its new connection subscribed again
         finally:
             listening.cancel()
             await asyncio.gather(listening, return_exceptions=True)
+    return health
+
+
+class RelaySubscription:
+    """The relay's pattern subscription, as `spinbot relay` runs it (core.pubsub.subscribe_forever)."""
+
+    def __init__(self, redis_url: str, on_message):
+        self.redis_url, self.on_message = redis_url, on_message
+
+    async def run(self, health: TaskHealth) -> None:
+        await subscribe_forever(self.redis_url, ["silence-test:*"], self.on_message, health)
+
+
+async def test_the_relays_subscription_replaces_a_silent_connection(redis_url, redis_client):
+    health = await hears_again_after_silence(redis_url, redis_client, RelaySubscription)
+    assert health.report()["restarts"] == 0  # its connection was replaced, the task itself kept running
 
 
 async def test_an_api_replicas_followed_channels_replace_a_silent_connection(redis_url, redis_client):
-    heard: list[bytes] = []
+    async def follow(channels: Following) -> None:
+        await channels.follow(CHANNEL)
 
-    async def on_message(channel: bytes, data: bytes) -> None:
-        heard.append(data)
-
-    health = TaskHealth("following")
-    async with proxied(redis_url) as (proxy, through_proxy):
-        channels = Following(through_proxy, on_message)
-        listening = asyncio.create_task(channels.run(health))
-        try:
-            await asyncio.wait_for(health.is_up.wait(), 10)
-            await channels.follow(CHANNEL)
-            await redis_client.publish(CHANNEL, "before")
-            await wait_for(lambda: b"before" in heard, what="the listener to hear what is published")
-            proxy.go_silent()
-            await heard_again(redis_client, heard, health)
-        finally:
-            listening.cancel()
-            await asyncio.gather(listening, return_exceptions=True)
+    await hears_again_after_silence(redis_url, redis_client, Following, follow)
