@@ -8,11 +8,16 @@ import json
 import uuid
 
 from temporalio.client import WorkflowFailureError
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from core.contracts import contracts
 from workflows.names import STATE
 
 BRIDGE = contracts().bridge
+
+# The default sandbox, with redis passed through: a redis-py pool the tests dropped may be collected in a workflow's
+# thread, and its finaliser imports lazily, which the sandbox would re-import and warn about. Workflows never use it.
+FULL_SANDBOX = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("redis"))
 
 
 async def submit(stack, request: dict, **headers) -> str:

@@ -21,11 +21,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHistory
 from temporalio.exceptions import CancelledError
 from temporalio.worker import Replayer
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from core.contracts import contracts, python_timeouts, service_runtimes
 from tests.conftest import SUGGEST_CONTINUE_AS_NEW_AT
-from tests.e2e import BRIDGE, graph_request, outcome, pushed_segment, submit, wait_for
+from tests.e2e import BRIDGE, FULL_SANDBOX, graph_request, outcome, pushed_segment, submit, wait_for
 from workflows.inputs import JobInput
 from workflows.job import JobWorkflow
 from workflows.names import DATAPLANE_FAILED, HANDBACK, JOB_WORKFLOW, WORKFLOW_QUEUE
@@ -47,13 +46,8 @@ LAYER_WIDTH = 4
 LAYERS = SUGGEST_CONTINUE_AS_NEW_AT // 20 + 4
 
 
-# The default sandbox, with redis passed through: a redis-py pool the tests dropped may be collected in the replay's
-# thread, and its finaliser imports lazily, which the sandbox would re-import and warn about. Workflows never use it.
-REPLAY_RUNNER = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("redis"))
-
-
 async def replay_and_record(name: str, history: WorkflowHistory) -> None:
-    await Replayer(workflows=[JobWorkflow], workflow_runner=REPLAY_RUNNER).replay_workflow(history)
+    await Replayer(workflows=[JobWorkflow], workflow_runner=FULL_SANDBOX).replay_workflow(history)
     if os.environ.get("SPINBOT_RECORD_HISTORIES"):
         (HISTORIES / f"{name}.json").write_text(history.to_json())
 

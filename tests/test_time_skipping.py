@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 
 from core.contracts import contracts, python_timeouts, service_runtimes
 from core.search_attributes import KEYWORD
+from tests.e2e import FULL_SANDBOX
 from workflows.inputs import JobInput, JobSnapshot
 from workflows.job import JobWorkflow
 from workflows.names import JOB_WORKFLOW, SEARCH_ATTRIBUTES, SYNC_JOB
@@ -80,7 +81,9 @@ async def run_without_dataplane(env: WorkflowEnvironment, job: JobInput) -> tupl
         return None
 
     queue = f"time-skipping-{uuid.uuid4()}"
-    async with Worker(env.client, task_queue=queue, workflows=[JobWorkflow], activities=[sync_job]):
+    async with Worker(
+        env.client, task_queue=queue, workflows=[JobWorkflow], activities=[sync_job], workflow_runner=FULL_SANDBOX
+    ):
         with pytest.raises(WorkflowFailureError) as failed:
             await env.client.execute_workflow(JOB_WORKFLOW, job, id=job.graph["workflowId"], task_queue=queue)
     cause = failed.value.cause
